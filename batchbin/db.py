@@ -1,0 +1,57 @@
+"""Open a BatchBin DuckDB file with its schema in place.
+
+Tasks open the file by path (DuckDB shares one database instance per process, so several
+tasks in one flow run are one writer). All SQL comes from sql/ through batchbin.sqlfiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from batchbin.sqlfiles import sql
+
+SCHEMA_VERSION = "1"
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by an incompatible BatchBin version."""
+
+
+def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and if needed create) the database at db_path, schema applied."""
+    path = Path(db_path)
+    if read_only:
+        if not path.exists():
+            raise FileNotFoundError(f"no BatchBin database at {path}; run `batchbin run` first")
+        return duckdb.connect(str(path), read_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    ensure_schema(con)
+    return con
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables if missing; refuse a database of another schema version."""
+    con.execute(sql("schema.create_tables"))
+    row = con.execute(sql("schema.get_meta"), {"key": "schema_version"}).fetchone()
+    if row is None:
+        con.execute(sql("schema.set_meta"), {"key": "schema_version", "value": SCHEMA_VERSION})
+    elif row[0] != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"database schema version {row[0]} but this BatchBin writes version {SCHEMA_VERSION}; "
+            "use a new --db file"
+        )
+
+
+def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:
+    """When a stage last finished for a run, or None if it never did (or the db is gone)."""
+    if not Path(db_path).exists():
+        return None
+    con = connect(db_path)
+    try:
+        row = con.execute(sql("stages.stamp"), {"run_id": run_id, "stage": stage}).fetchone()
+    finally:
+        con.close()
+    return None if row is None else f"{row[0]}:{row[1]}:{row[2]}"

@@ -1,0 +1,82 @@
+"""Load the named SQL statements in sql/*.sql.
+
+Each statement opens with a `-- name: NAME` line; the comment lines after it are its
+docstring, the rest up to the next `-- name:` line is its body. Parameters use DuckDB's own
+`$name` syntax. A malformed file fails at load time with its file and line, not mid-run.
+
+    from batchbin.sqlfiles import sql
+    con.execute(sql("load.insert_prompts"), {"run_id": run_id})
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+class SQLFileError(ValueError):
+    """A file in sql/ that cannot be read as named statements."""
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    doc: str
+    body: str
+    source: str  # "file.sql:line"
+
+
+def parse_sql_file(text: str, filename: str) -> dict[str, Query]:
+    """Split one .sql file into its named queries."""
+    queries: dict[str, Query] = {}
+    current: dict | None = None
+
+    def finish(block: dict | None) -> None:
+        if block is None:
+            return
+        body = "\n".join(block["body"]).strip()
+        if not body:
+            raise SQLFileError(f"{block['source']}: query '{block['name']}' has no SQL body")
+        queries[block["name"]] = Query(block["name"], "\n".join(block["doc"]).strip(), body, block["source"])
+
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        match = NAME_LINE.match(line.strip())
+        if match:
+            finish(current)
+            name = match["name"]
+            if name in queries or (current and current["name"] == name):
+                raise SQLFileError(f"{filename}:{lineno}: query '{name}' is defined twice")
+            current = {"name": name, "doc": [], "body": [], "source": f"{filename}:{lineno}"}
+        elif current is None:
+            if line.strip() and not line.strip().startswith("--"):
+                raise SQLFileError(f"{filename}:{lineno}: SQL before the first '-- name:' line")
+        elif line.strip().startswith("--") and not current["body"]:
+            current["doc"].append(line.strip().lstrip("-").strip())
+        else:
+            current["body"].append(line)
+    finish(current)
+    return queries
+
+
+@cache
+def all_queries() -> dict[str, Query]:
+    """Every query in sql/, keyed as 'file_stem.query_name'."""
+    found: dict[str, Query] = {}
+    for entry in sorted(resources.files("batchbin.sql").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            stem = entry.name[: -len(".sql")]
+            for name, query in parse_sql_file(entry.read_text(), entry.name).items():
+                found[f"{stem}.{name}"] = query
+    return found
+
+
+def sql(qualified_name: str) -> str:
+    """The SQL text of one named query, e.g. sql('schema.create_tables')."""
+    try:
+        return all_queries()[qualified_name].body
+    except KeyError:
+        raise KeyError(f"no SQL query named '{qualified_name}' in sql/*.sql") from None

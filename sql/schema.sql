@@ -1,0 +1,151 @@
+-- name: create_tables
+-- The whole BatchBin schema. Every row belongs to a run; re-running it is harmless.
+-- Bump meta.schema_version (batchbin/db.py SCHEMA_VERSION) when a table changes.
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    input_path VARCHAR,
+    input_fingerprint VARCHAR,
+    model VARCHAR,
+    config JSON,            -- every flow parameter
+    engine JSON,            -- the vLLM engine settings actually used
+    status VARCHAR,         -- created | running | finished | failed
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR,
+    stage VARCHAR,
+    params VARCHAR,         -- hash of the stage's parameters
+    rows BIGINT,
+    finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, stage)
+);
+
+CREATE TABLE IF NOT EXISTS prompts (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    row_number INTEGER,     -- 1-based row of the input file
+    prompt VARCHAR,         -- plain prompt text, or NULL for chat
+    messages JSON,          -- chat messages, or NULL for plain prompts
+    max_tokens INTEGER,
+    temperature DOUBLE,
+    top_p DOUBLE,
+    seed INTEGER,
+    stop VARCHAR[],
+    metadata JSON,
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    token_ids INTEGER[],    -- exactly what vLLM receives (chat template applied)
+    prompt_tokens INTEGER,
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS rejects (
+    run_id VARCHAR,
+    row_number INTEGER,
+    request_id VARCHAR,
+    field VARCHAR,
+    reason VARCHAR,
+    raw VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS prompt_groups (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    group_id INTEGER,
+    sort_rank INTEGER,      -- rank in lexicographic token order
+    lcp_prev INTEGER,       -- longest common prefix with the previous prompt in that order
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS prefix_groups (
+    run_id VARCHAR,
+    group_id INTEGER,
+    members INTEGER,
+    prefix_tokens INTEGER,  -- tokens shared by every member
+    prompt_tokens BIGINT,
+    distinct_tokens BIGINT, -- prefill work of the group with perfect reuse
+    PRIMARY KEY (run_id, group_id)
+);
+
+CREATE TABLE IF NOT EXISTS run_prefix_stats (
+    run_id VARCHAR PRIMARY KEY,
+    prompts BIGINT,
+    prompt_tokens BIGINT,
+    distinct_tokens BIGINT,
+    ideal_cached_tokens BIGINT,  -- prompt tokens that perfect prefix reuse skips
+    groups BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    predicted_tokens DOUBLE,
+    predictor VARCHAR,
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS predictors (
+    version VARCHAR PRIMARY KEY,
+    kind VARCHAR,
+    path VARCHAR,
+    train_rows BIGINT,
+    metrics JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS schedule (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    bin INTEGER,
+    batch INTEGER,
+    position INTEGER,       -- order in which the request is handed to vLLM
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS results (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    output_text VARCHAR,
+    prompt_tokens INTEGER,
+    output_tokens INTEGER,
+    cached_tokens INTEGER,  -- vLLM's num_cached_tokens (prefix-cache hits)
+    finish_reason VARCHAR,
+    error VARCHAR,
+    batch INTEGER,
+    latency_s DOUBLE,       -- from hand-over to vLLM to completion
+    finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS run_reports (
+    run_id VARCHAR PRIMARY KEY,
+    report JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS bench_runs (
+    bench_id VARCHAR,
+    workload VARCHAR,
+    variant VARCHAR,
+    metrics JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- name: set_meta
+-- Record one key of the meta table.
+INSERT OR REPLACE INTO meta VALUES ($key, $value);
+
+-- name: get_meta
+SELECT value FROM meta WHERE key = $key;
