@@ -1,0 +1,9 @@
+"""BatchBin: offline LLM batch inference on vLLM, scheduled for throughput, run by Prefect."""
+
+import os
+
+# A temporary Prefect server's telemetry heartbeat can print a "database is locked" traceback
+# on healthy runs (ENVIRONMENT.md); BatchBin does not need it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+__version__ = "0.1.0"

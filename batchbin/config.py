@@ -29,7 +29,6 @@ class EngineOptions(BaseModel):
     max_num_batched_tokens: int | None = Field(None, ge=16, description="Token budget per step.")
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
     enforce_eager: bool | None = Field(None, description="Skip graph capture (faster start on CPU).")
-    preload_libs: bool = Field(True, description="Re-exec with tcmalloc/iomp in LD_PRELOAD where present (CPU).")
 
 
 class JobConfig(BaseModel):

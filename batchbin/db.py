@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchbin.sqlfiles import sql
+from batchbin.sqlfiles import run, sql
 
 SCHEMA_VERSION = "1"
 
@@ -34,7 +34,7 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the tables if missing; refuse a database of another schema version."""
-    con.execute(sql("schema.create_tables"))
+    run(con, "schema.create_tables")
     row = con.execute(sql("schema.get_meta"), {"key": "schema_version"}).fetchone()
     if row is None:
         con.execute(sql("schema.set_meta"), {"key": "schema_version", "value": SCHEMA_VERSION})

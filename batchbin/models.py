@@ -50,6 +50,7 @@ def prepare_default_model(verbose: bool = False) -> Path:
     started = time.perf_counter()
     if verbose:
         print(f"Preparing the default model {DEFAULT_MODEL_NAME} (one time) ...", flush=True)
+    import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     source = str(gguf_dir)
@@ -59,6 +60,7 @@ def prepare_default_model(verbose: bool = False) -> Path:
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict())
+    model = model.to(torch.bfloat16)  # 269 MB; vLLM casts to the engine's dtype at load
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -80,3 +80,39 @@ def sql(qualified_name: str) -> str:
         return all_queries()[qualified_name].body
     except KeyError:
         raise KeyError(f"no SQL query named '{qualified_name}' in sql/*.sql") from None
+
+
+PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+STATEMENT_END = re.compile(r";\s*(?:\n|$)")
+
+
+def statements(qualified_name: str) -> list[tuple[str, set[str]]]:
+    """The statements of one named query (split at ';' ending a line) with their $parameters."""
+    parts = [part.strip() for part in STATEMENT_END.split(sql(qualified_name))]
+    return [(part, set(PARAM.findall(part))) for part in parts if part and not _only_comments(part)]
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+def run(con, qualified_name: str, params: dict | None = None):
+    """Execute every statement of a named query, each with the parameters it uses.
+
+    Returns the connection after the last statement, so `.fetchall()` reads its result.
+    """
+    params = params or {}
+    result = con
+    for text, names in statements(qualified_name):
+        missing = names - params.keys()
+        if missing:
+            raise KeyError(f"query '{qualified_name}' needs parameters {sorted(missing)}")
+        result = con.execute(text, {name: params[name] for name in names} if names else None)
+    return result
+
+
+def arrow(con, qualified_name: str, params: dict | None = None):
+    """The result of a one-statement named query as an Arrow table."""
+    (text, names), = statements(qualified_name)
+    params = params or {}
+    return con.sql(text, params={name: params[name] for name in names} if names else None).to_arrow_table()

@@ -1,0 +1,164 @@
+"""The `batchbin` command: a thin layer over the flows (every run is a Prefect flow run).
+
+    batchbin run prompts.jsonl --k-bins 4
+    batchbin sql "select * from run_summary"
+    batchbin doctor
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from batchbin.cli_options import engine_options, job_options, split_options
+from batchbin.errors import BatchBinError
+
+EXAMPLE_QUERY = "select id, output_tokens, finish_reason, left(output_text, 60) as output from completions limit 5"
+
+
+def fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """BatchBin: offline LLM batch inference on vLLM, faster, with results in DuckDB."""
+
+
+@main.command("run")
+@click.argument("input_path", type=click.Path(dir_okay=False))
+@job_options
+@engine_options
+def run_command(input_path: str, **options) -> None:
+    """Run a batch job: every request of INPUT_PATH (JSONL, Parquet or CSV) through the model.
+
+    Example: batchbin run examples/sample_prompts.jsonl --max-tokens 64 --db out/batchbin.duckdb
+    """
+    from batchbin.config import EngineOptions, JobConfig
+    from batchbin.flows.batch import batch_inference
+
+    job, engine = split_options(options)
+    try:
+        config = JobConfig(input_path=input_path, engine=EngineOptions(**engine), **job)
+    except Exception as error:
+        fail(str(error))
+    state = batch_inference(config, return_state=True)
+    if not state.is_completed():
+        fail(state.message or "the run failed")
+    print_summary(state.result())
+
+
+def print_summary(report: dict) -> None:
+    tps = report.get("output_tps")
+    reuse = report.get("reuse_ratio")
+    lines = [
+        "",
+        f"BatchBin run {report['run_id']} {report['status'] or ''}".rstrip(),
+        f"  requests        {report['requests']} valid, {report['rejects']} rejected"
+        + (" (see: batchbin sql \"select * from rejects\")" if report["rejects"] else ""),
+        f"  completions     {report['completed']} ok, {report['errors']} errors ({report['generated_now']} generated now)",
+        f"  output tokens   {report['output_tokens'] or 0}"
+        + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
+        f"  prefix cache    {report['cached_tokens'] or 0} prompt tokens reused"
+        + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
+        f"  database        {report['db_path']}",
+        f"  output file     {report['output_path']} ({report['output_rows']} rows)",
+        "",
+        "Try:",
+        f"  batchbin sql --db {report['db_path']} \"{EXAMPLE_QUERY}\"",
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command("sql")
+@click.argument("query")
+@click.option("--db", "db_path", default="batchbin.duckdb", show_default=True, help="BatchBin database file.")
+@click.option("--max-rows", default=40, show_default=True, help="Rows to print.")
+def sql_command(query: str, db_path: str, max_rows: int) -> None:
+    """Run a read-only SQL QUERY on the database and print the result.
+
+    Example: batchbin sql "select run_id, requests, output_tokens, reuse_ratio from run_summary"
+    """
+    import duckdb
+
+    from batchbin import db
+
+    try:
+        con = db.connect(db_path, read_only=True)
+        relation = con.sql(query)
+        if relation is None:
+            click.echo("ok")
+            return
+        relation.show(max_rows=max_rows, max_width=200)
+    except FileNotFoundError as error:
+        fail(str(error))
+    except duckdb.Error as error:
+        fail(str(error).strip())
+
+
+@main.command("doctor")
+@engine_options
+def doctor_command(**options) -> None:
+    """Print this machine and the vLLM engine settings BatchBin chooses for it, with reasons.
+
+    Example: batchbin doctor --max-num-seqs 32
+    """
+    from batchbin.config import EngineOptions
+    from batchbin.engine_settings import choose_engine_settings, detect_machine
+
+    _, engine = split_options(options)
+    machine = detect_machine()
+    settings = choose_engine_settings(machine, EngineOptions(**engine))
+    flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
+    click.echo(f"CPU        {machine.cpu_model} ({len(machine.cores)} cores; {', '.join(flags) or 'no AVX2'})")
+    click.echo(f"memory     {machine.mem_available_gib:.1f} GiB available")
+    click.echo(f"GPU        {machine.gpu or 'none'}")
+    click.echo("engine settings:")
+    for name, value in settings.as_dict().items():
+        if name != "reasons":
+            click.echo(f"  {name:24} {str(value):12} {settings.reasons.get(name, '')}")
+
+
+@main.command("prepare-model")
+def prepare_model_command() -> None:
+    """Convert the embedded default model (SmolLM2-135M-Instruct) once; print its folder."""
+    from batchbin.models import prepare_default_model
+
+    try:
+        click.echo(prepare_default_model(verbose=True))
+    except BatchBinError as error:
+        fail(str(error))
+
+
+@main.command("train-predictor")
+@click.option("--db", "db_path", default="batchbin.duckdb", show_default=True, help="BatchBin database file.")
+@click.option("--max-tokens", default=256, show_default=True, help="Default max_tokens of requests without one.")
+def train_predictor_command(db_path: str, max_tokens: int) -> None:
+    """(Re)train the output-length predictor on the real lengths of all finished runs.
+
+    Example: batchbin train-predictor --db batchbin.duckdb
+    """
+    from batchbin.flows.train import train_length_predictor
+
+    if not Path(db_path).exists():
+        fail(f"no BatchBin database at {db_path}; run `batchbin run` first")
+    state = train_length_predictor(db_path=db_path, default_max_tokens=max_tokens, return_state=True)
+    if not state.is_completed():
+        fail(state.message or "training failed")
+    click.echo(json.dumps(state.result(), indent=2, default=str))
+
+
+def _register_bench() -> None:
+    from batchbin.bench.cli import bench_command
+
+    main.add_command(bench_command)
+
+
+_register_bench()
+
+if __name__ == "__main__":
+    main()

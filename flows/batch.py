@@ -1,0 +1,94 @@
+"""The batch-inference flow: input file -> DuckDB -> vLLM -> results and output file.
+
+    python flows/batch.py examples/sample_prompts.jsonl   # small run on the default model
+    batchbin run examples/sample_prompts.jsonl            # the same through the CLI
+
+Stages hand each other a RunRef (database path + run id); the data stays in DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from batchbin.config import JobConfig, file_fingerprint
+from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
+from batchbin.errors import BatchBinError
+from batchbin.models import resolve_model
+from batchbin.sqlfiles import run
+from batchbin.tasks.common import RunRef, open_run_db
+from batchbin.tasks.generate import SamplingDefaults, generate
+from batchbin.tasks.load import detect_format, load, no_valid_request_message
+from batchbin.tasks.predict import predict_lengths
+from batchbin.tasks.prefixes import group_prefixes
+from batchbin.tasks.report import report
+from batchbin.tasks.schedule import schedule
+from batchbin.tasks.tokenize import tokenize
+
+
+@task(name="start run", cache_policy=NO_CACHE)
+def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, settings: EngineSettings) -> RunRef:
+    """Create or resume the run's row with its parameters and engine settings."""
+    with open_run_db(ref) as con:
+        run(con, "runs.start_run", {
+            "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
+            "model": model_path, "config": config.model_dump_json(), "engine": json.dumps(settings.as_dict()),
+        })
+    return ref
+
+
+def finish_run(ref: RunRef, status: str) -> None:
+    with open_run_db(ref) as con:
+        run(con, "runs.finish_run", {"run_id": ref.run_id, "status": status})
+
+
+def check_input(config: JobConfig) -> None:
+    """Fail early, with a message, on a missing file or an unknown format."""
+    if not Path(config.input_path).is_file():
+        raise BatchBinError(f"input file not found: {config.input_path}")
+    detect_format(Path(config.input_path))
+
+
+@flow(name="batch-inference", log_prints=True)
+def batch_inference(config: JobConfig) -> dict:
+    """Run one batch job end to end and return its report.
+
+    Problems with the user's input end the run as Failed with a one-line message (no traceback).
+    """
+    try:
+        check_input(config)
+        model_path = resolve_model(config.model)
+        fingerprint = file_fingerprint(config.input_path)
+    except BatchBinError as error:
+        return Failed(message=str(error))
+    settings = choose_engine_settings(detect_machine(), config.engine)
+    ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
+    start_run(ref, config, fingerprint, model_path, settings)
+    try:
+        loaded = load(ref, config.input_path, fingerprint)
+        if loaded.requests == 0:
+            finish_run(ref, "failed")
+            with open_run_db(ref) as con:
+                rejects = run(con, "report.reject_examples", {"run_id": ref.run_id, "limit": 3}).fetchall()
+            return Failed(message=no_valid_request_message(config.input_path, rejects))
+        ref = tokenize(ref, model_path, config.max_model_len)
+        ref = group_prefixes(ref, min_shared_tokens=settings.block_size or 16)
+        ref = predict_lengths(ref, config.predictor, config.max_tokens)
+        ref = schedule(ref, config.k_bins, config.order)
+        defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
+        generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)
+    except BaseException:
+        finish_run(ref, "failed")
+        raise
+    finish_run(ref, "finished")
+    return report(ref, str(config.resolved_output_path(ref.run_id)), generation)
+
+
+if __name__ == "__main__":
+    print(json.dumps(batch_inference(JobConfig(input_path=sys.argv[1] if len(sys.argv) > 1 else "examples/sample_prompts.jsonl",
+                                               max_tokens=32)), indent=2, default=str))

@@ -1,0 +1,55 @@
+"""The predictor-training flow: learn output lengths from every finished run in a database.
+
+    python flows/train.py out/batchbin.duckdb
+    batchbin train-predictor --db out/batchbin.duckdb
+
+The new version goes into the `predictors` registry; `--predictor auto` runs use the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from batchbin import db
+from batchbin.errors import BatchBinError
+
+
+@task(name="train predictor", cache_policy=NO_CACHE, retries=0)
+def train(db_path: str, default_max_tokens: int, seed: int) -> dict:
+    """Train, evaluate and register a new predictor version."""
+    from batchbin.predictors.train import train_predictor
+
+    con = db.connect(db_path)
+    try:
+        return train_predictor(con, str(Path(db_path).resolve().parent / "predictors"), default_max_tokens, seed)
+    finally:
+        con.close()
+
+
+@flow(name="train-length-predictor", log_prints=True)
+def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens: int = 256, seed: int = 0) -> dict:
+    """(Re)train the output-length predictor on the real lengths of finished runs."""
+    if not Path(db_path).exists():
+        return Failed(message=f"no BatchBin database at {db_path}; run `batchbin run` first")
+    try:
+        registered = train(db_path, default_max_tokens, seed)
+    except BatchBinError as error:
+        return Failed(message=str(error))
+    metrics = registered.get("metrics") or {}
+    if isinstance(metrics, str):
+        metrics = json.loads(metrics)
+    rows = "\n".join(f"| {key} | {value} |" for key, value in metrics.items())
+    create_markdown_artifact(key="batchbin-predictor", description="Latest length predictor",
+                             markdown=f"# Predictor {registered['version']}\n\n| metric | value |\n|---|---|\n{rows}\n")
+    return registered
+
+
+if __name__ == "__main__":
+    print(json.dumps(train_length_predictor(sys.argv[1] if len(sys.argv) > 1 else "batchbin.duckdb"), indent=2, default=str))

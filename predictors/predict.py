@@ -1,0 +1,145 @@
+"""Stage 4, predict lengths: the predicted output tokens of every request of a run.
+
+    predict_lengths(con, run_id, spec="auto", default_max_tokens=256)
+
+spec chooses the predictor:
+  "auto"              the latest registered (trained) predictor, else the fallback;
+  "fallback"          the fallback rule below;
+  "oracle:<run_id>"   the real output tokens of the same request ids in a finished run (the
+                      benchmark's perfect predictor); ids missing there get the fallback;
+  "<version>"         one registered predictor by its version.
+Each row of `predictions` names the predictor that made it ('fallback', 'oracle:<run_id>' or the
+trained version). Re-running replaces the run's rows (idempotent).
+
+THE FALLBACK (no trained predictor yet): base = the median output tokens of the finished
+requests of other runs, or max_tokens / 2 when there are none; per request:
+  - an explicit length request ("in 100 words", "3 paragraphs") -> its token estimate
+    (features.asked_length);
+  - else a short-answer cue ("one word", "yes or no", "briefly", "one sentence", ...) -> base / 4;
+  - else a long-answer cue ("list", "essay", "step by step", "detailed", code, ...) -> base * 2;
+  - else base;
+always clipped to [1, max_tokens]. Crude, but it orders obvious cases and needs no training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from batchbin.errors import BatchBinError
+from batchbin.predictors.features import (LONG_CUES, SHORT_CUES, FeatureSettings, asked_length, cue_flags,
+                                          instruction_window, last_user_text)
+from batchbin.predictors.registry import get_predictor, latest_predictor, load_predictor
+from batchbin.sqlfiles import run
+
+FALLBACK = "fallback"
+SHORT_FACTOR = 0.25
+LONG_FACTOR = 2.0
+
+PREDICTIONS_SCHEMA = pa.schema([("request_id", pa.string()), ("predicted_tokens", pa.float64()),
+                                ("predictor", pa.string())])
+
+
+class PredictorSpecError(BatchBinError):
+    """A predictor spec that names nothing usable."""
+
+
+def fallback_length(request: dict, base: float | None) -> float:
+    """The fallback rule (module docstring) for one request with max_tokens set."""
+    limit = max(1, int(request["max_tokens"]))
+    text = instruction_window(last_user_text(request), FeatureSettings()).lower()
+    base_tokens = min(limit, base) if base is not None and not math.isnan(base) else limit / 2
+    asked = asked_length(text)
+    flags = cue_flags(text)
+    if asked is not None:
+        value = asked
+    elif any(flags[name] for name in SHORT_CUES):
+        value = base_tokens * SHORT_FACTOR
+    elif any(flags[name] for name in LONG_CUES):
+        value = base_tokens * LONG_FACTOR
+    else:
+        value = base_tokens
+    return float(min(max(value, 1.0), limit))
+
+
+def fallback_lengths(requests: list[dict], base: float | None) -> np.ndarray:
+    return np.array([fallback_length(request, base) for request in requests], dtype=np.float64)
+
+
+def run_requests(con, run_id: str, default_max_tokens: int) -> list[dict]:
+    """The run's requests with what the predictors read, in input order."""
+    cursor = run(con, "predictors.run_requests", {"run_id": run_id, "default_max_tokens": default_max_tokens})
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def fallback_base(con, run_id: str) -> float | None:
+    value = run(con, "predictors.past_median_output", {"run_id": run_id}).fetchall()[0][0]
+    return None if value is None else float(value)
+
+
+def _oracle(con, run_id: str, source_run_id: str, requests: list[dict]) -> tuple[np.ndarray, list[str]]:
+    if not source_run_id:
+        raise PredictorSpecError("oracle needs a run id: --predictor oracle:<run_id of a finished run>")
+    if run(con, "predictors.count_results", {"run_id": source_run_id}).fetchall()[0][0] == 0:
+        raise PredictorSpecError(
+            f"oracle:{source_run_id}: that run has no finished results; run the same input once first "
+            "and pass its run id (see `batchbin sql \"select run_id, status from runs\"`)"
+        )
+    known = dict(run(con, "predictors.oracle_lengths", {"run_id": run_id, "source_run_id": source_run_id}).fetchall())
+    missing = [r for r in requests if r["request_id"] not in known]
+    fallback = dict(zip((r["request_id"] for r in missing), fallback_lengths(missing, fallback_base(con, run_id))))
+    values, names = [], []
+    for request in requests:
+        if request["request_id"] in known:
+            values.append(min(max(float(known[request["request_id"]]), 1.0), max(1, request["max_tokens"])))
+            names.append(f"oracle:{source_run_id}")
+        else:
+            values.append(fallback[request["request_id"]])
+            names.append(FALLBACK)
+    return np.array(values, dtype=np.float64), names
+
+
+def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256) -> dict:
+    """Write `predictions` for every prompt of the run; returns {"predictor", "rows", "fallback_rows"}."""
+    requests = run_requests(con, run_id, default_max_tokens)
+    spec = (spec or "auto").strip()
+    if spec.startswith("oracle:") or spec == "oracle":
+        source = spec.partition(":")[2].strip()
+        values, names = _oracle(con, run_id, source, requests)
+        name = f"oracle:{source}"
+    else:
+        if spec == "auto":
+            entry = latest_predictor(con)
+        elif spec == FALLBACK:
+            entry = None
+        else:
+            entry = get_predictor(con, spec)
+            if entry is None:
+                raise PredictorSpecError(
+                    f"unknown predictor '{spec}': use 'auto', 'fallback', 'oracle:<run_id>' or a version "
+                    "from `batchbin sql \"select version, metrics from predictors\"`"
+                )
+        if entry is None:
+            name = FALLBACK
+            values = fallback_lengths(requests, fallback_base(con, run_id))
+        else:
+            name = entry["version"]
+            values = load_predictor(entry["path"]).predict(requests)
+        names = [name] * len(requests)
+    table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
+                                  "predicted_tokens": [float(v) for v in values], "predictor": names},
+                                 schema=PREDICTIONS_SCHEMA)
+    con.register("incoming_predictions", table)
+    try:
+        con.execute("BEGIN")
+        run(con, "predictors.replace_predictions", {"run_id": run_id})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_predictions")
+    return {"predictor": name, "rows": len(requests), "fallback_rows": names.count(FALLBACK)}

@@ -1,0 +1,15 @@
+-- name: store_oracle_lengths
+-- A baseline's real output lengths (registered as `oracle_lengths`) as results of a source run,
+-- so the oracle variant's predictor ("oracle:<run_id>") reads them like any finished run.
+DELETE FROM results WHERE run_id = $run_id;
+INSERT INTO results (run_id, request_id, output_tokens, finish_reason, finished_at)
+SELECT $run_id, request_id, output_tokens, 'oracle', current_timestamp FROM oracle_lengths;
+
+-- name: result_lengths
+SELECT request_id, output_tokens FROM results WHERE run_id = $run_id;
+
+-- name: run_engine
+SELECT engine::VARCHAR FROM runs WHERE run_id = $run_id;
+
+-- name: store_bench_run
+INSERT INTO bench_runs (bench_id, workload, variant, metrics) VALUES ($bench_id, $workload, $variant, $metrics);

@@ -1,0 +1,39 @@
+-- name: create_views
+-- Views for users' SQL. `completions`: every result with its input row, id and prompt.
+-- `run_summary`: one row per run with counts, tokens and prefix-cache reuse against the ideal.
+CREATE OR REPLACE VIEW completions AS
+SELECT r.run_id, p.row_number, r.request_id AS id, coalesce(p.prompt, p.messages::VARCHAR) AS input,
+       r.output_text, r.finish_reason, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.error,
+       r.latency_s, r.batch, pr.predicted_tokens, p.metadata
+FROM results r
+JOIN prompts p USING (run_id, request_id)
+LEFT JOIN predictions pr USING (run_id, request_id);
+
+CREATE OR REPLACE VIEW run_summary AS
+SELECT ru.run_id, ru.input_path, ru.model, ru.status, ru.started_at, ru.finished_at,
+       (SELECT count(*) FROM prompts p WHERE p.run_id = ru.run_id) AS requests,
+       (SELECT count(*) FROM rejects j WHERE j.run_id = ru.run_id) AS rejects,
+       (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NULL) AS completed,
+       (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NOT NULL) AS errors,
+       (SELECT sum(prompt_tokens) FROM results r WHERE r.run_id = ru.run_id) AS prompt_tokens,
+       (SELECT sum(output_tokens) FROM results r WHERE r.run_id = ru.run_id) AS output_tokens,
+       (SELECT sum(cached_tokens) FROM results r WHERE r.run_id = ru.run_id) AS cached_tokens,
+       s.ideal_cached_tokens,
+       (SELECT sum(cached_tokens) FROM results r WHERE r.run_id = ru.run_id)
+           / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio
+FROM runs ru
+LEFT JOIN run_prefix_stats s USING (run_id);
+
+-- name: summary_of_run
+SELECT * FROM run_summary WHERE run_id = $run_id;
+
+-- name: export_rows
+-- The run's results in input order, keyed by the user's ids (the output file).
+SELECT id, output_text AS output, finish_reason, prompt_tokens, output_tokens, cached_tokens, error, metadata
+FROM completions WHERE run_id = $run_id ORDER BY row_number;
+
+-- name: store_report
+INSERT OR REPLACE INTO run_reports (run_id, report, created_at) VALUES ($run_id, $report, current_timestamp);
+
+-- name: reject_examples
+SELECT row_number, request_id, field, reason FROM rejects WHERE run_id = $run_id ORDER BY row_number LIMIT $limit;

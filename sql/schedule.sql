@@ -1,0 +1,66 @@
+-- name: replace_schedule
+-- Bin and order a run's requests (Multi-Bin Batching + BatchLLM). One row per request:
+-- bin 0 holds the longest predicted outputs; `position` is the order of hand-over to vLLM.
+-- Orders ($order):
+--   input  - the input file's order;
+--   sorted - lexicographic token order (what a capable user does by hand);
+--   group  - prefix groups kept together, groups with the larger decode ratio first
+--            (predicted output tokens over the group's distinct prefill tokens);
+--   bin    - bin-major (longest bin first), token order inside a bin: groups may be split;
+--   hybrid - each whole group goes to the bin of its mean predicted length; bins longest
+--            first, then groups by decode ratio, token order inside a group.
+-- Parameters: $run_id, $k_bins, $order.
+DELETE FROM schedule WHERE run_id = $run_id;
+INSERT INTO schedule (run_id, request_id, bin, batch, position)
+WITH req AS (
+    SELECT t.request_id, t.prompt_tokens, p.row_number, g.group_id, g.sort_rank, g.lcp_prev,
+           coalesce(pr.predicted_tokens, 1) AS predicted
+    FROM tokens t
+    JOIN prompts p USING (run_id, request_id)
+    JOIN prompt_groups g USING (run_id, request_id)
+    LEFT JOIN predictions pr USING (run_id, request_id)
+    WHERE t.run_id = $run_id
+),
+grp AS (
+    SELECT group_id,
+           avg(predicted) AS mean_predicted,
+           sum(predicted) / greatest(1, sum(prompt_tokens - lcp_prev)) AS decode_ratio
+    FROM req GROUP BY group_id
+),
+request_bins AS (
+    SELECT request_id, $k_bins - ntile($k_bins) OVER (ORDER BY predicted, request_id) AS bin FROM req
+),
+group_bins AS (
+    SELECT group_id, $k_bins - ntile($k_bins) OVER (ORDER BY mean_predicted, group_id) AS bin FROM grp
+),
+keyed AS (
+    SELECT r.request_id,
+           CASE WHEN $order = 'hybrid' THEN gb.bin ELSE rb.bin END AS bin,
+           CASE $order
+               WHEN 'input'  THEN [r.row_number::DOUBLE]
+               WHEN 'sorted' THEN [r.sort_rank::DOUBLE]
+               WHEN 'group'  THEN [-g.decode_ratio, r.group_id, r.sort_rank]
+               WHEN 'bin'    THEN [rb.bin::DOUBLE, r.sort_rank]
+               WHEN 'hybrid' THEN [gb.bin::DOUBLE, -g.decode_ratio, r.group_id, r.sort_rank]
+           END AS sort_key
+    FROM req r
+    JOIN grp g USING (group_id)
+    JOIN request_bins rb USING (request_id)
+    JOIN group_bins gb USING (group_id)
+)
+SELECT $run_id, request_id, bin, bin AS batch,
+       row_number() OVER (ORDER BY sort_key, request_id) - 1 AS position
+FROM keyed;
+
+-- name: work_in_order
+-- What generation still has to do for a run, in schedule order: requests without a result.
+SELECT s.request_id, s.batch, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop
+FROM schedule s
+JOIN tokens t USING (run_id, request_id)
+JOIN prompts p USING (run_id, request_id)
+LEFT JOIN results r USING (run_id, request_id)
+WHERE s.run_id = $run_id AND r.request_id IS NULL
+ORDER BY s.position;
+
+-- name: count_scheduled
+SELECT count(*) FROM schedule WHERE run_id = $run_id;

@@ -1,0 +1,200 @@
+"""Stage 6, generate: hand the scheduled requests to vLLM in schedule order and store each
+finished request as it completes, `checkpoint_every` at a time, so a crash loses at most one
+checkpoint and a re-run generates only what is missing.
+
+vLLM's own engine API (`LLMEngine.add_request` / `step`) is used instead of one big
+`LLM.generate` call: the waiting queue is first-come-first-served, so adding the requests in
+schedule order is the same as one `generate` call in that order, and results stream out as
+they finish instead of at the end. Prompts go in as token ids (tokenized once, stage 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import duckdb
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from batchbin.engine import Engine, get_engine
+from batchbin.engine_settings import EngineSettings
+from batchbin.sqlfiles import arrow, run
+from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+
+RESULT_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("output_text", pa.string()), ("prompt_tokens", pa.int32()),
+    ("output_tokens", pa.int32()), ("cached_tokens", pa.int32()), ("finish_reason", pa.string()),
+    ("error", pa.string()), ("batch", pa.int32()), ("latency_s", pa.float64()),
+])
+
+
+@dataclass
+class SamplingDefaults:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0
+    max_model_len: int = 2048
+
+
+@dataclass
+class GenerationStats:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    generate_s: float = 0.0
+    checkpoints: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def sampling_params_for(row: dict, defaults: SamplingDefaults):
+    """vLLM SamplingParams of one request: its own overrides, else the job's defaults."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    room = defaults.max_model_len - len(row["token_ids"])
+    return SamplingParams(
+        max_tokens=max(1, min(row["max_tokens"] or defaults.max_tokens, room)),
+        temperature=defaults.temperature if row["temperature"] is None else row["temperature"],
+        top_p=defaults.top_p if row["top_p"] is None else row["top_p"],
+        seed=defaults.seed if row["seed"] is None else row["seed"],
+        stop=row["stop"] or None,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def generate_in_order(
+    engine: Engine,
+    work: list[dict],
+    defaults: SamplingDefaults,
+    store: Callable[[list[dict]], None],
+    checkpoint_every: int = 32,
+    progress: Callable[[GenerationStats, int], None] | None = None,
+) -> GenerationStats:
+    """Run `work` (rows of schedule.work_in_order) through vLLM; `store` every checkpoint."""
+    llm_engine = engine.llm.llm_engine
+    stats = GenerationStats()
+    pending: dict[str, dict] = {}
+    finished: list[dict] = []
+    counter = itertools.count()
+
+    def flush() -> None:
+        if finished:
+            store(finished)
+            stats.checkpoints += 1
+            finished.clear()
+
+    def record(row: dict, **result) -> None:
+        finished.append({"request_id": row["request_id"], "batch": row["batch"], **result})
+        stats.requests += 1
+        if len(finished) >= checkpoint_every:
+            flush()
+
+    started = time.perf_counter()
+    try:
+        for row in work:
+            key = f"bb-{next(counter)}"
+            try:
+                params = sampling_params_for(row, defaults)
+                internal = llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
+            except Exception as error:  # a bad request must not stop the run
+                stats.errors += 1
+                record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
+                       finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
+                continue
+            row["added_at"] = time.perf_counter()
+            pending[key] = row
+            pending[internal] = row
+        last_report = time.perf_counter()
+        while llm_engine.has_unfinished_requests():
+            for output in llm_engine.step():
+                if not output.finished:
+                    continue
+                row = pending.pop(output.request_id, None)
+                if row is None:
+                    continue
+                completion = output.outputs[0]
+                reason = completion.finish_reason or "unknown"
+                stats.prompt_tokens += len(output.prompt_token_ids or row["token_ids"])
+                stats.output_tokens += len(completion.token_ids)
+                stats.cached_tokens += output.num_cached_tokens or 0
+                stats.finish_reasons[reason] = stats.finish_reasons.get(reason, 0) + 1
+                record(row, output_text=completion.text, prompt_tokens=len(row["token_ids"]),
+                       output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
+                       finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
+            if progress and time.perf_counter() - last_report > 5:
+                progress(stats, len(work))
+                last_report = time.perf_counter()
+    except BaseException:
+        unfinished = [key for key in pending if key.startswith("bb-")]
+        if unfinished:
+            try:
+                llm_engine.abort_request(unfinished)
+            except Exception:
+                pass
+        flush()
+        raise
+    flush()
+    stats.generate_s = time.perf_counter() - started
+    if progress:
+        progress(stats, len(work))
+    return stats
+
+
+def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict]) -> None:
+    """Write one checkpoint of finished requests."""
+    con.register("finished_batch", pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
+    try:
+        run(con, "generate.insert_results", {"run_id": run_id})
+    finally:
+        con.unregister("finished_batch")
+
+
+def generate_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    engine: Engine,
+    defaults: SamplingDefaults,
+    checkpoint_every: int = 32,
+    progress: Callable[[GenerationStats, int], None] | None = None,
+) -> GenerationStats:
+    """Generate every scheduled request of the run that has no result yet."""
+    work = arrow(con, "schedule.work_in_order", {"run_id": run_id}).to_pylist()
+    if not work:
+        return GenerationStats()
+    return generate_in_order(engine, work, defaults, lambda rows: store_results(con, run_id, rows),
+                             checkpoint_every, progress)
+
+
+def log_progress(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[GenerationStats, int], None]:
+    started = time.perf_counter()
+
+    def report(stats: GenerationStats, total: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        logger.info(
+            "generated %d/%d requests, %d output tokens, %.0f tokens/s",
+            stats.requests, total, stats.output_tokens, stats.output_tokens / elapsed,
+        )
+
+    return report
+
+
+# Not cached by Prefect: the results table is this stage's cache (only missing requests run),
+# so a re-run reports honestly what it generated and a deleted result is generated again.
+@task(**{**stage_task_options("generate"), "cache_policy": NO_CACHE, "persist_result": False})
+def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: SamplingDefaults,
+             checkpoint_every: int) -> dict:
+    """Generate the missing results of the run with vLLM, in schedule order."""
+    engine = get_engine(model_path, settings, defaults.max_model_len)
+    with open_run_db(ref) as con:
+        stats = generate_run(con, ref.run_id, engine, defaults, checkpoint_every, log_progress(get_run_logger()))
+        total, ok = run(con, "generate.count_results", {"run_id": ref.run_id}).fetchone()
+    return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
+            "output_tokens": stats.output_tokens, "results": total, "ok": ok}

@@ -1,0 +1,233 @@
+"""Stage 1, load: read a JSONL, Parquet or CSV file of requests, validate every row with
+pydantic, store valid rows in `prompts` and every invalid one in `rejects` with its row number,
+field and reason. Nothing a user sent is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batchbin.errors import BatchBinError
+from batchbin.sqlfiles import run
+from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+JSON_COLUMNS = ("messages", "metadata", "stop")  # arrive as JSON text from CSV files
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Request(BaseModel):
+    """One row of the input file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def id_as_text(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return value
+        return str(value).strip() if isinstance(value, (int, str)) else value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the prompt is empty")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def messages_end_with_user(cls, value: list[Message] | None) -> list[Message] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("the message list is empty")
+        if value[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        if not value[-1].content.strip():
+            raise ValueError("the last user message is empty")
+        return value
+
+    @model_validator(mode="after")
+    def prompt_or_messages(self) -> "Request":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' (text) or 'messages' (chat)")
+        return self
+
+
+def detect_format(path: Path) -> str:
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise BatchBinError(
+            f"unknown input format '{path.suffix}' for {path}: use .jsonl, .parquet or .csv"
+        ) from None
+
+
+def read_rows(path: str | Path) -> list[tuple[int, dict | None, str, str | None]]:
+    """(row number, row dict or None, raw text, parse error) for every row of the file."""
+    path = Path(path)
+    if not path.exists():
+        raise BatchBinError(f"input file not found: {path}")
+    kind = detect_format(path)
+    rows: list[tuple[int, dict | None, str, str | None]] = []
+    if kind == "jsonl":
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as error:
+                    rows.append((number, None, line.rstrip("\n"), f"not valid JSON: {error.msg} at column {error.colno}"))
+                    continue
+                if not isinstance(value, dict):
+                    rows.append((number, None, line.rstrip("\n"), "a line must be a JSON object"))
+                    continue
+                rows.append((number, value, line.rstrip("\n"), None))
+        return rows
+    try:
+        frame = pl.read_parquet(path) if kind == "parquet" else pl.read_csv(path, infer_schema=False)
+    except Exception as error:  # polars raises many kinds for unreadable files
+        raise BatchBinError(f"cannot read {path} as {kind}: {error}") from None
+    for number, row in enumerate(frame.iter_rows(named=True), start=1):
+        row = {key: value for key, value in row.items() if value is not None and value != ""}
+        parse_error = None
+        for column in JSON_COLUMNS:
+            if isinstance(row.get(column), str) and (column != "stop" or row[column].startswith("[")):
+                try:
+                    row[column] = json.loads(row[column])
+                except json.JSONDecodeError as error:
+                    parse_error = f"column '{column}' is not valid JSON: {error.msg}"
+        rows.append((number, row, json.dumps(row, default=str), parse_error))
+    return rows
+
+
+def validate_rows(rows) -> tuple[list[dict], list[dict]]:
+    """Split rows into valid requests and rejects (row, id, field, reason, raw)."""
+    valid: list[dict] = []
+    rejects: list[dict] = []
+    first_seen: dict[str, int] = {}
+    for number, row, raw, parse_error in rows:
+        request_id = str(row.get("id")) if row and row.get("id") is not None else None
+        if parse_error:
+            rejects.append({"row_number": number, "request_id": request_id, "field": None, "reason": parse_error, "raw": raw})
+            continue
+        try:
+            request = Request.model_validate(row)
+        except ValidationError as error:
+            problems = error.errors()
+            fields = [".".join(str(part) for part in problem["loc"]) or "prompt/messages" for problem in problems]
+            reason = "; ".join(
+                f"{field}: {problem['msg']}" if field else problem["msg"] for field, problem in zip(fields, problems)
+            )
+            rejects.append({"row_number": number, "request_id": request_id, "field": fields[0], "reason": reason, "raw": raw})
+            continue
+        if request.id in first_seen:
+            rejects.append({"row_number": number, "request_id": request.id, "field": "id",
+                            "reason": f"duplicate id '{request.id}' (first on row {first_seen[request.id]})", "raw": raw})
+            continue
+        first_seen[request.id] = number
+        valid.append({
+            "request_id": request.id,
+            "row_number": number,
+            "prompt": request.prompt,
+            "messages": None if request.messages is None else json.dumps([m.model_dump() for m in request.messages]),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop": request.stop,
+            "metadata": None if request.metadata is None else json.dumps(request.metadata),
+        })
+    return valid, rejects
+
+
+PROMPT_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("row_number", pa.int32()), ("prompt", pa.string()), ("messages", pa.string()),
+    ("max_tokens", pa.int32()), ("temperature", pa.float64()), ("top_p", pa.float64()), ("seed", pa.int64()),
+    ("stop", pa.list_(pa.string())), ("metadata", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([
+    ("row_number", pa.int32()), ("request_id", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
+])
+
+
+def store_requests(con: duckdb.DuckDBPyConnection, run_id: str, valid: list[dict], rejects: list[dict]) -> None:
+    """Replace the run's prompts and load-time rejects with these rows (idempotent)."""
+    incoming_prompts = pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)
+    incoming_rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    con.register("incoming_prompts", incoming_prompts)
+    con.register("incoming_rejects", incoming_rejects)
+    try:
+        con.execute("BEGIN")
+        run(con, "load.replace_prompts", {"run_id": run_id})
+        run(con, "load.replace_rejects", {"run_id": run_id})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_prompts")
+        con.unregister("incoming_rejects")
+
+
+def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str) -> dict:
+    """Read, validate and store one input file; return how many rows were valid / rejected."""
+    valid, rejects = validate_rows(read_rows(input_path))
+    store_requests(con, run_id, valid, rejects)
+    return {"requests": len(valid), "rejects": len(rejects)}
+
+
+def no_valid_request_message(input_path: str, rejects: list[tuple]) -> str:
+    """The error for a file in which no row is valid (rejects: row, id, field, reason)."""
+    if not rejects:
+        return f"no request in {input_path}: the file is empty"
+    examples = "; ".join(f"row {row}: {reason}" for row, _, _, reason in rejects[:3])
+    return f"no valid request in {input_path} ({examples}); every row is in the rejects table"
+
+
+class LoadResult(RunRef):
+    requests: int
+    rejects: int
+
+
+@task(**stage_task_options("load"))
+def load(ref: RunRef, input_path: str, input_fingerprint: str) -> LoadResult:
+    """Load and validate the input file into prompts/rejects."""
+    params = {"input": input_fingerprint}
+    with open_run_db(ref) as con:
+        if not stage_is_done(con, ref.run_id, "load", params):
+            counts = load_requests(con, ref.run_id, input_path)
+            clear_stages(con, ref.run_id, ["tokenize", "group_prefixes", "predict_lengths", "schedule"])
+            mark_stage_done(con, ref.run_id, "load", params, counts["requests"])
+        requests, rejects = run(con, "load.counts", {"run_id": ref.run_id}).fetchone()
+    return LoadResult(db_path=ref.db_path, run_id=ref.run_id, requests=requests, rejects=rejects)

@@ -1,0 +1,83 @@
+"""Stage 7, report: the run's numbers (throughput, prefix-cache reuse against the ideal,
+predictor quality) as a JSON row in `run_reports`, a Prefect artifact under a fixed key, SQL
+views for users, and the output file (JSONL or Parquet, keyed by the user's ids, input order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from batchbin.sqlfiles import arrow, run
+from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+
+ARTIFACT_KEY = "batchbin-run-report"
+
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    run(con, "report.create_views")
+
+
+def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path) -> int:
+    """Write the run's results to .jsonl (default) or .parquet; return the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pl.from_arrow(arrow(con, "report.export_rows", {"run_id": run_id}))
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.write_parquet(path)
+    else:
+        frame.write_ndjson(path)
+    return frame.height
+
+
+def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:
+    """One dict with everything a user wants to know about the run."""
+    cursor = run(con, "report.summary_of_run", {"run_id": run_id})
+    columns = [d[0] for d in cursor.description]
+    summary = dict(zip(columns, cursor.fetchone()))
+    for key in ("started_at", "finished_at"):
+        summary[key] = None if summary[key] is None else str(summary[key])
+    generate_s = generation.get("generate_s") or 0.0
+    report = {
+        **summary,
+        "generated_now": generation.get("generated", 0),
+        "generate_s": round(generate_s, 2),
+        "engine_start_s": round(generation.get("engine_start_s") or 0.0, 1),
+        "output_tokens_now": generation.get("output_tokens", 0),
+        "output_tps": round(generation.get("output_tokens", 0) / generate_s, 1) if generate_s else None,
+        "predictor_quality": predictor_quality,
+    }
+    if report.get("reuse_ratio") is not None:
+        report["reuse_ratio"] = round(float(report["reuse_ratio"]), 3)
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, dict))
+    quality = report.get("predictor_quality") or {}
+    quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items())
+    return (f"# BatchBin run {report['run_id']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+            + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n" if quality_rows else ""))
+
+
+@task(**{**stage_task_options("report"), "cache_policy": NO_CACHE, "persist_result": False})
+def report(ref: RunRef, output_path: str, generation: dict) -> dict:
+    """Store the run report, publish it as an artifact and export the output file."""
+    from batchbin.predictors.evaluate import run_prediction_quality
+
+    with open_run_db(ref) as con:
+        create_views(con)
+        quality = run_prediction_quality(con, ref.run_id)
+        summary = build_report(con, ref.run_id, generation, quality)
+        summary["output_rows"] = export_results(con, ref.run_id, output_path)
+        summary["output_path"] = str(output_path)
+        summary["db_path"] = ref.db_path
+        run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
+    return summary

@@ -1,0 +1,72 @@
+"""Stage 2, tokenize: the exact token ids vLLM will receive (chat template applied once, here),
+stored as DuckDB lists. Prompts that leave no room for output in the model's context become
+rejects (field 'prompt_tokens'), with their row, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import duckdb
+import pyarrow as pa
+from prefect import task
+
+from batchbin.sqlfiles import run
+from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+
+TOKENS_SCHEMA = pa.schema([("request_id", pa.string()), ("token_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())])
+TOO_LONG_SCHEMA = pa.schema([("request_id", pa.string()), ("prompt_tokens", pa.int32())])
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def render_token_ids(tokenizer, prompt: str | None, messages_json: str | None) -> list[int]:
+    """Token ids of a plain prompt, or of chat messages through the model's chat template."""
+    if messages_json is not None:
+        text = tokenizer.apply_chat_template(json.loads(messages_json), tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int) -> dict:
+    """Tokenize every prompt of a run; reject those with no room left for output."""
+    tokenizer = load_tokenizer(model_path)
+    rows = run(con, "tokenize.prompts_to_tokenize", {"run_id": run_id}).fetchall()
+    kept, too_long = [], []
+    for request_id, prompt, messages in rows:
+        ids = render_token_ids(tokenizer, prompt, messages)
+        if len(ids) >= max_model_len:
+            too_long.append({"request_id": request_id, "prompt_tokens": len(ids)})
+        else:
+            kept.append({"request_id": request_id, "token_ids": ids, "prompt_tokens": len(ids)})
+    con.register("incoming_tokens", pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA))
+    con.register("too_long", pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA))
+    try:
+        con.execute("BEGIN")
+        run(con, "tokenize.replace_tokens", {"run_id": run_id, "max_model_len": max_model_len})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_tokens")
+        con.unregister("too_long")
+    return {"tokenized": len(kept), "too_long": len(too_long)}
+
+
+@task(**stage_task_options("tokenize"))
+def tokenize(ref: RunRef, model_path: str, max_model_len: int) -> RunRef:
+    """Token ids for every prompt of the run."""
+    params = {"model": model_path, "max_model_len": max_model_len}
+    with open_run_db(ref) as con:
+        if not stage_is_done(con, ref.run_id, "tokenize", params):
+            counts = tokenize_run(con, ref.run_id, model_path, max_model_len)
+            clear_stages(con, ref.run_id, ["group_prefixes", "predict_lengths", "schedule"])
+            mark_stage_done(con, ref.run_id, "tokenize", params, counts["tokenized"])
+    return ref

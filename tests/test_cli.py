@@ -1,0 +1,58 @@
+"""The command line: every command has help with an example and is documented in the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchbin.cli import main
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_command_has_help_and_is_documented(name):
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output or name in ("prepare-model",)
+    assert f"batchbin {name}" in README, f"README does not show `batchbin {name}`"
+
+
+def test_run_has_a_flag_for_every_flow_parameter():
+    from batchbin.config import EngineOptions, JobConfig
+
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    for name in list(JobConfig.model_fields) + list(EngineOptions.model_fields):
+        if name not in ("input_path", "engine"):
+            assert "--" + name.replace("_", "-") in help_text, name
+
+
+def test_sql_on_a_missing_database_is_a_clean_error(tmp_path):
+    result = CliRunner().invoke(main, ["sql", "select 1", "--db", str(tmp_path / "none.duckdb")])
+    assert result.exit_code == 1
+    assert "no BatchBin database" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sql_prints_a_table_and_reports_bad_sql(tmp_path, db_path):
+    from batchbin import db
+
+    db.connect(db_path).close()
+    ok = CliRunner().invoke(main, ["sql", "select 41 + 1 as answer", "--db", db_path])
+    assert ok.exit_code == 0 and "42" in ok.output
+    bad = CliRunner().invoke(main, ["sql", "select * from no_such_table", "--db", db_path])
+    assert bad.exit_code == 1 and "no_such_table" in bad.output
+
+
+def test_run_with_a_missing_file_fails_with_one_line(tmp_path, prefect_api):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "x.duckdb")])
+    assert result.exit_code == 1
+    assert "input file not found" in result.output
+
+
+def test_doctor_prints_the_settings_and_why():
+    result = CliRunner().invoke(main, ["doctor", "--max-num-seqs", "8"])
+    assert result.exit_code == 0
+    assert "max_num_seqs" in result.output and "set by the user" in result.output

@@ -1,0 +1,62 @@
+"""Engine settings chosen from the machine: CPU flags -> dtype, cores -> threads, overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchbin.config import EngineOptions
+from batchbin.engine_settings import (
+    MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
+)
+
+INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)
+AMD = MachineInfo("AMD EPYC", frozenset({"avx2"}), (0, 1), 20.0)
+GPU = MachineInfo("any", frozenset({"avx2"}), (0, 1), 20.0, gpu="NVIDIA L4")
+
+
+def test_bf16_only_where_the_cpu_has_it():
+    assert choose_engine_settings(INTEL).dtype == "bfloat16"
+    assert choose_engine_settings(AMD).dtype == "float32"
+    assert "lacks" in choose_engine_settings(AMD).reasons["dtype"]
+
+
+def test_threads_bind_every_core():
+    assert choose_engine_settings(AMD).threads == "0-1"
+    assert choose_engine_settings(AMD).environment() == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert core_ranges((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
+    assert core_ranges((3,)) == "3"
+
+
+def test_kv_cache_from_free_memory_within_bounds():
+    assert choose_engine_settings(AMD).kv_cache_gib == 5.0
+    small = MachineInfo("x", frozenset(), (0,), 2.0)
+    assert choose_engine_settings(small).kv_cache_gib == 1.0
+    big = MachineInfo("x", frozenset(), (0,), 200.0)
+    assert choose_engine_settings(big).kv_cache_gib == 8.0
+
+
+def test_user_options_win_and_say_so():
+    settings = choose_engine_settings(INTEL, EngineOptions(dtype="float32", max_num_seqs=8, threads="1"))
+    assert (settings.dtype, settings.max_num_seqs, settings.threads) == ("float32", 8, "1")
+    assert settings.reasons["dtype"] == "set by the user"
+    kwargs = settings.engine_kwargs()
+    assert kwargs["max_num_seqs"] == 8 and kwargs["kv_cache_memory_bytes"] == int(5.0 * 1024**3)
+
+
+def test_gpu_keeps_vllm_defaults():
+    settings = choose_engine_settings(GPU)
+    assert settings.device == "gpu" and settings.threads is None
+    assert settings.engine_kwargs() == {"dtype": "auto", "enforce_eager": False}
+
+
+def test_plain_vllm_baseline_only_fixes_what_cannot_run():
+    assert vllm_default_settings(INTEL).dtype == "bfloat16"
+    assert vllm_default_settings(AMD).dtype == "float32"
+    assert vllm_default_settings(AMD).threads is None
+    assert vllm_default_settings(AMD).max_num_seqs is None
+
+
+def test_this_machine_is_detected():
+    machine = detect_machine()
+    assert machine.cores and machine.mem_available_gib > 0
+    assert choose_engine_settings(machine).dtype in ("bfloat16", "float32", "auto")

@@ -1,0 +1,109 @@
+"""End to end: the batch-inference flow under the ephemeral Prefect API, with the real default
+model through vLLM on the CPU. Every input row ends in `results` or in `rejects`; a re-run adds
+no duplicate and generates only what is missing."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from batchbin.config import EngineOptions, JobConfig
+from batchbin.flows.batch import batch_inference
+from tests.conftest import TEST_ENGINE
+
+VALID = [
+    {"id": "capital", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+    {"id": "haiku", "messages": [{"role": "system", "content": "You are a poet."},
+                                 {"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 12},
+    {"id": "colors", "prompt": "The three primary colors are", "max_tokens": 6},
+    {"id": "list", "messages": [{"role": "user", "content": "List three fruits."}], "temperature": 0.7, "seed": 3},
+    {"id": "math", "messages": [{"role": "user", "content": "What is 2 + 2? Answer with a number."}], "stop": ["."]},
+    {"id": 42, "messages": [{"role": "user", "content": "Say hello."}]},
+    {"id": "sum1", "messages": [{"role": "system", "content": "Summarize in one sentence. " * 20},
+                                {"role": "user", "content": "Cats sleep a lot."}]},
+    {"id": "sum2", "messages": [{"role": "system", "content": "Summarize in one sentence. " * 20},
+                                {"role": "user", "content": "Dogs like walks."}]},
+]
+INVALID_LINES = [
+    json.dumps({"id": "empty", "prompt": ""}),
+    json.dumps({"id": "capital", "prompt": "duplicate id"}),
+    "this is not json",
+    json.dumps({"id": "too-long", "prompt": "word " * 3000}),
+]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, prefect_api, default_model_path):
+    folder = tmp_path_factory.mktemp("e2e")
+    path = folder / "requests.jsonl"
+    path.write_text("\n".join([json.dumps(row) for row in VALID] + INVALID_LINES) + "\n")
+    config = JobConfig(input_path=str(path), db_path=str(folder / "bb.duckdb"), max_tokens=8,
+                       output_path=str(folder / "out.jsonl"), engine=EngineOptions(**TEST_ENGINE))
+    first = batch_inference(config)
+    return config, first
+
+
+def query(config, text, params=None):
+    con = duckdb.connect(config.db_path, read_only=True)
+    try:
+        return con.execute(text, params).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_valid_id_has_a_real_completion(job):
+    config, report = job
+    rows = query(config, "select request_id, output_text, output_tokens, finish_reason, error from results")
+    assert sorted(r[0] for r in rows) == sorted(str(row["id"]) for row in VALID)
+    for request_id, text, tokens, reason, error in rows:
+        assert error is None and text and 1 <= tokens <= 12, request_id
+        assert reason in ("stop", "length")
+    assert report["completed"] == len(VALID) and report["errors"] == 0
+    assert report["output_tokens"] > 0 and report["output_tps"] > 0
+
+
+def test_every_invalid_row_is_in_rejects_with_a_reason(job):
+    config, report = job
+    rejects = query(config, "select row_number, field, reason from rejects order by row_number")
+    assert [(row, field) for row, field, _ in rejects] == [
+        (9, "prompt"), (10, "id"), (11, None), (12, "prompt_tokens")]
+    assert all(reason for _, _, reason in rejects)
+    assert "context" in rejects[-1][2]
+    total_rows = len(VALID) + len(INVALID_LINES)
+    assert report["completed"] + report["rejects"] == total_rows
+
+
+def test_output_file_is_keyed_by_ids_in_input_order(job):
+    config, report = job
+    lines = [json.loads(line) for line in open(config.output_path)]
+    assert [line["id"] for line in lines] == [str(row["id"]) for row in VALID]
+    assert all(line["output"] for line in lines)
+    assert report["output_rows"] == len(VALID)
+
+
+def test_rerun_reuses_stages_and_adds_no_duplicates(job):
+    config, first = job
+    second = batch_inference(config)
+    assert second["run_id"] == first["run_id"]
+    assert second["generated_now"] == 0
+    assert query(config, "select count(*), count(distinct request_id) from results") == [(len(VALID), len(VALID))]
+    assert query(config, "select count(*) from rejects")[0][0] == len(INVALID_LINES)
+
+
+def test_rerun_after_lost_results_generates_only_the_missing(job):
+    config, first = job
+    con = duckdb.connect(config.db_path)
+    con.execute("delete from results where request_id in ('haiku', 'list')")
+    con.close()
+    third = batch_inference(config)
+    assert third["generated_now"] == 2
+    assert query(config, "select count(*) from results")[0][0] == len(VALID)
+
+
+def test_views_answer_users_sql(job):
+    config, first = job
+    summary = query(config, "select requests, rejects, completed from run_summary where run_id = $r", {"r": first["run_id"]})
+    assert summary == [(len(VALID), len(INVALID_LINES), len(VALID))]
+    assert query(config, "select count(*) from completions")[0][0] == len(VALID)

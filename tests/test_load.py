@@ -1,0 +1,116 @@
+"""Stage 1: reading and validating input files; every row ends in prompts or rejects."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from batchbin.errors import BatchBinError
+from batchbin.tasks.load import load_requests, read_rows, validate_rows
+
+GOOD = [
+    {"id": "a", "prompt": "Hello there"},
+    {"id": 7, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+     "max_tokens": 5, "temperature": 0.5, "stop": "\n", "metadata": {"k": 1}},
+]
+
+
+def write_jsonl(path, rows, extra_lines=()):
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+        for line in extra_lines:
+            handle.write(line + "\n")
+    return str(path)
+
+
+def rejects_by_row(con, run_id="r"):
+    return {row: (field, reason) for row, field, reason in
+            con.execute("select row_number, field, reason from rejects where run_id = $r", {"r": run_id}).fetchall()}
+
+
+def test_valid_rows_are_stored_with_their_fields(fresh_db, tmp_path):
+    counts = load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", GOOD))
+    assert counts == {"requests": 2, "rejects": 0}
+    rows = fresh_db.execute(
+        "select request_id, row_number, prompt, json_extract_string(messages, '$[1].content'), max_tokens, "
+        "temperature, stop, metadata->>'k' from prompts order by row_number").fetchall()
+    assert rows == [("a", 1, "Hello there", None, None, None, None, None),
+                    ("7", 2, None, "Hi", 5, 0.5, ["\n"], "1")]
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"id": "x", "prompt": "   "}, "prompt", "empty"),
+    ({"id": "x"}, "prompt/messages", "exactly one"),
+    ({"id": "x", "prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "prompt/messages", "exactly one"),
+    ({"prompt": "no id"}, "id", "required"),
+    ({"id": "x", "prompt": "a", "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ({"id": "x", "prompt": "a", "temperature": -1}, "temperature", "greater than or equal to 0"),
+    ({"id": "x", "messages": []}, "messages", "empty"),
+    ({"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "messages", "role 'user'"),
+    ({"id": "x", "messages": [{"role": "robot", "content": "q"}]}, "messages.0.role", "Input should be"),
+])
+def test_invalid_rows_are_rejected_with_field_and_reason(fresh_db, tmp_path, row, field, words):
+    counts = load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", GOOD + [row]))
+    assert counts == {"requests": 2, "rejects": 1}
+    rejected_field, reason = rejects_by_row(fresh_db)[3]
+    assert rejected_field == field
+    assert words in reason
+
+
+def test_duplicates_and_broken_json_lines_are_rejects(fresh_db, tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD + [{"id": "a", "prompt": "again"}], ["{not json", "[1, 2]"])
+    counts = load_requests(fresh_db, "r", path)
+    assert counts == {"requests": 2, "rejects": 3}
+    rejects = rejects_by_row(fresh_db)
+    assert rejects[3] == ("id", "duplicate id 'a' (first on row 1)")
+    assert "not valid JSON" in rejects[4][1]
+    assert "JSON object" in rejects[5][1]
+    raw = fresh_db.execute("select raw from rejects where row_number = 4").fetchone()[0]
+    assert raw == "{not json"  # the user's input is kept as it was
+
+
+def test_reloading_replaces_instead_of_duplicating(fresh_db, tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD + [{"id": "bad"}])
+    load_requests(fresh_db, "r", path)
+    load_requests(fresh_db, "r", path)
+    assert fresh_db.execute("select count(*) from prompts").fetchone()[0] == 2
+    assert fresh_db.execute("select count(*) from rejects").fetchone()[0] == 1
+
+
+def test_runs_are_isolated(fresh_db, tmp_path):
+    load_requests(fresh_db, "r1", write_jsonl(tmp_path / "a.jsonl", GOOD))
+    load_requests(fresh_db, "r2", write_jsonl(tmp_path / "b.jsonl", GOOD[:1]))
+    assert fresh_db.execute("select run_id, count(*) from prompts group by all order by 1").fetchall() == [("r1", 2), ("r2", 1)]
+
+
+def test_csv_and_parquet_have_the_same_columns(fresh_db, tmp_path):
+    frame = pl.DataFrame({
+        "id": ["c1", "c2", "c3"],
+        "prompt": ["Tell me a joke", None, ""],
+        "messages": [None, json.dumps([{"role": "user", "content": "Hi"}]), None],
+        "max_tokens": ["8", "9", "x"],
+    })
+    frame.write_csv(tmp_path / "in.csv")
+    counts = load_requests(fresh_db, "csv", str(tmp_path / "in.csv"))
+    assert counts == {"requests": 2, "rejects": 1}
+    assert rejects_by_row(fresh_db, "csv")[3][0] in ("prompt/messages", "max_tokens")
+    frame.with_columns(pl.col("max_tokens").cast(pl.Int64, strict=False)).write_parquet(tmp_path / "in.parquet")
+    assert load_requests(fresh_db, "pq", str(tmp_path / "in.parquet")) == {"requests": 2, "rejects": 1}
+    assert fresh_db.execute("select max_tokens from prompts where run_id='pq' and request_id='c2'").fetchone() == (9,)
+
+
+def test_missing_file_and_unknown_format_are_clear_errors(tmp_path):
+    with pytest.raises(BatchBinError, match="not found"):
+        read_rows(tmp_path / "nope.jsonl")
+    (tmp_path / "in.txt").write_text("hello")
+    with pytest.raises(BatchBinError, match="unknown input format"):
+        read_rows(tmp_path / "in.txt")
+
+
+def test_validate_rows_keeps_first_of_duplicate_ids():
+    valid, rejects = validate_rows([(1, {"id": "a", "prompt": "x"}, "", None), (2, {"id": "a", "prompt": "y"}, "", None)])
+    assert [v["prompt"] for v in valid] == ["x"]
+    assert rejects[0]["row_number"] == 2

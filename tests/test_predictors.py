@@ -1,0 +1,291 @@
+"""Stage 4, predict lengths: one behaviour suite bound to every predictor (fallback, a trained
+MLP, the oracle), plus training, registry, features, fallback rule and metrics.
+
+Synthetic data: the output length depends on the cue words of the prompt ("one word" -> ~3
+tokens, "briefly" -> ~30, "list ten" -> ~150, "detailed essay" -> up to max_tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchbin.errors import BatchBinError
+from batchbin.predictors.evaluate import prediction_metrics, ranks, run_prediction_quality, spearman
+from batchbin.predictors.features import FeatureSettings, asked_length, feature_matrix, hashed_bag, last_user_text
+from batchbin.predictors.model import TINY_CONFIG
+from batchbin.predictors.predict import fallback_length, predict_lengths
+from batchbin.predictors.registry import PredictorNotFound, latest_predictor, load_predictor
+from batchbin.predictors.train import TINY_TRAIN_CONFIG, NotEnoughTrainingData, train_predictor
+
+DEFAULT_MAX = 256
+TEMPLATES = [  # (prompt template, typical output tokens)
+    ("Answer in one word: what is the capital of {t}?", 3),
+    ("Yes or no: is {t} older than the printing press?", 2),
+    ("Briefly, what is {t} known for?", 30),
+    ("Tell me about {t}.", 90),
+    ("List ten facts about {t}.", 160),
+    ("Write a detailed essay on the history of {t}.", 250),
+]
+TOPICS = [f"{a} {b}" for a in ("old", "northern", "great", "hidden", "ancient", "modern", "small")
+          for b in ("rome", "paris", "cairo", "lima", "oslo", "delhi", "kyoto", "quito", "accra")]
+
+
+def synthetic_requests(n: int, seed: int, prefix: str) -> list[dict]:
+    """n requests (half plain prompts, half chats) with their true output length."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        template, typical = TEMPLATES[i % len(TEMPLATES)]
+        text = template.format(t=rng.choice(TOPICS))
+        max_tokens = rng.choice([None, 128, DEFAULT_MAX, 512])
+        limit = max_tokens or DEFAULT_MAX
+        true = max(1, min(limit, round(typical * rng.lognormvariate(0, 0.25))))
+        chat = i % 2 == 1
+        messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": text}]
+        rows.append({
+            "request_id": f"{prefix}{i}", "row_number": i + 1,
+            "prompt": None if chat else text, "messages": json.dumps(messages) if chat else None,
+            "max_tokens": max_tokens, "prompt_tokens": len(text.split()) * 2 + (8 if chat else 0),
+            "group_id": i % 5, "output_tokens": true,
+        })
+    return rows
+
+
+def insert(con, table: str, rows: list[dict]) -> None:
+    con.register("incoming_test_rows", pa.Table.from_pylist(rows))
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_test_rows")
+    finally:
+        con.unregister("incoming_test_rows")
+
+
+def add_run(con, run_id: str, requests: list[dict], with_results: bool, skip_results: int = 0) -> None:
+    """Prompts, tokens, groups (and results) of a run, straight into the tables."""
+    insert(con, "runs", [{"run_id": run_id, "status": "finished" if with_results else "running",
+                          "config": json.dumps({"max_tokens": DEFAULT_MAX, "k_bins": 4})}])
+    insert(con, "prompts", [{"run_id": run_id, **{k: r[k] for k in ("request_id", "row_number", "prompt", "messages",
+                                                                     "max_tokens")}} for r in requests])
+    insert(con, "tokens", [{"run_id": run_id, "request_id": r["request_id"], "prompt_tokens": r["prompt_tokens"]}
+                           for r in requests])
+    insert(con, "prompt_groups", [{"run_id": run_id, "request_id": r["request_id"], "group_id": r["group_id"]}
+                                  for r in requests])
+    if with_results:
+        insert(con, "results", [{"run_id": run_id, "request_id": r["request_id"], "output_tokens": r["output_tokens"],
+                                 "finish_reason": "stop"} for r in requests[skip_results:]])
+
+
+NEW_RUN = "new"
+ORACLE_SOURCE = "new-done"
+
+
+@pytest.fixture
+def history(fresh_db):
+    """A database with one finished run of 300 requests and a new, not yet generated run of 30."""
+    add_run(fresh_db, "hist", synthetic_requests(300, seed=1, prefix="h"), with_results=True)
+    new = synthetic_requests(30, seed=2, prefix="n")
+    new[0]["max_tokens"] = 8  # a tight limit every predictor must respect
+    add_run(fresh_db, NEW_RUN, new, with_results=False)
+    return fresh_db
+
+
+def train_tiny(con, models_dir) -> dict:
+    return train_predictor(con, str(models_dir), DEFAULT_MAX, seed=0,
+                           model_config=TINY_CONFIG, train_config=TINY_TRAIN_CONFIG)
+
+
+# --- one behaviour suite, bound to each predictor -------------------------------------------
+
+@pytest.fixture(params=["fallback", "mlp", "oracle"])
+def predictor(request, history, tmp_path):
+    """(con, spec, name the predictions carry) for each kind of predictor."""
+    con = history
+    if request.param == "fallback":
+        return con, "fallback", "fallback"
+    if request.param == "mlp":
+        entry = train_tiny(con, tmp_path / "models")
+        return con, "auto", entry["version"]
+    # the same requests already ran once, except the first three: those get the fallback
+    add_run(con, ORACLE_SOURCE, synthetic_requests(30, seed=2, prefix="n"), with_results=True, skip_results=3)
+    return con, f"oracle:{ORACLE_SOURCE}", f"oracle:{ORACLE_SOURCE}"
+
+
+def stored(con, run_id: str = NEW_RUN) -> list[tuple]:
+    return con.execute("SELECT request_id, predicted_tokens, predictor FROM predictions WHERE run_id = $r "
+                       "ORDER BY request_id", {"r": run_id}).fetchall()
+
+
+def check_every_prompt_predicted(con, spec, name):
+    counts = predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    prompts = {r[0] for r in con.execute("SELECT request_id FROM prompts WHERE run_id = $r", {"r": NEW_RUN}).fetchall()}
+    assert counts["rows"] == len(prompts) == 30
+    assert {row[0] for row in stored(con)} == prompts
+    assert counts["predictor"] == name
+
+
+def check_within_limits(con, spec, name):
+    predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    rows = con.execute("SELECT pr.predicted_tokens, coalesce(p.max_tokens, $d) FROM predictions pr "
+                       "JOIN prompts p USING (run_id, request_id) WHERE pr.run_id = $r",
+                       {"r": NEW_RUN, "d": DEFAULT_MAX}).fetchall()
+    assert rows and all(1 <= predicted <= limit for predicted, limit in rows)
+    assert con.execute("SELECT predicted_tokens FROM predictions WHERE run_id = $r AND request_id = 'n0'",
+                       {"r": NEW_RUN}).fetchone()[0] <= 8
+
+
+def check_idempotent(con, spec, name):
+    predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    first = stored(con)
+    again = predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    assert stored(con) == first
+    assert again["rows"] == len(first) == 30
+    assert stored(con, "hist") == []  # other runs untouched
+
+
+def check_names_predictor(con, spec, name):
+    predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    names = {row[2] for row in stored(con)}
+    expected = {name, "fallback"} if spec.startswith("oracle:") else {name}
+    assert names == expected
+
+
+def check_orders_short_before_long(con, spec, name):
+    """Every predictor puts 'one word' requests below 'detailed essay' ones on average."""
+    predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    rows = con.execute("SELECT coalesce(p.prompt, p.messages::VARCHAR), pr.predicted_tokens FROM predictions pr "
+                       "JOIN prompts p USING (run_id, request_id) WHERE pr.run_id = $r", {"r": NEW_RUN}).fetchall()
+    short = [v for text, v in rows if "one word" in text]
+    long = [v for text, v in rows if "detailed essay" in text]
+    assert np.mean(short) < np.mean(long)
+
+
+CHECKS = [check_every_prompt_predicted, check_within_limits, check_idempotent, check_names_predictor,
+          check_orders_short_before_long]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+def test_predictor(predictor, check):
+    check(*predictor)
+
+
+# --- training and registry -------------------------------------------------------------------
+
+def test_training_learns_cue_words(history, tmp_path):
+    entry = train_tiny(history, tmp_path / "models")
+    metrics = entry["metrics"]
+    assert metrics["spearman"] > 0.5, metrics
+    assert metrics["val_rows"] > 20 and metrics["val_rows"] + metrics["fit_rows"] == 300
+    assert entry["kind"] == "mlp" and entry["train_rows"] == 300
+    assert latest_predictor(history)["version"] == entry["version"]
+    loaded = load_predictor(entry["path"])
+    assert loaded.version == entry["version"] and loaded.metrics["spearman"] == metrics["spearman"]
+    one_word, essay = loaded.predict([
+        {"prompt": "Answer in one word: what is the capital of old rome?", "max_tokens": 256},
+        {"prompt": "Write a detailed essay on the history of old rome.", "max_tokens": 256},
+    ])
+    assert one_word < 20 < 100 < essay <= 256
+
+
+def test_training_is_reproducible(history, tmp_path):
+    a = train_tiny(history, tmp_path / "a")
+    b = train_tiny(history, tmp_path / "b")
+    assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]
+    assert a["version"].split("-")[-1] == b["version"].split("-")[-1]  # same data and settings, same hash
+
+
+def test_too_few_rows_is_a_clear_error(fresh_db, tmp_path):
+    add_run(fresh_db, "small", synthetic_requests(12, seed=3, prefix="s"), with_results=True)
+    with pytest.raises(NotEnoughTrainingData, match=r"at least 20 .* has 12; run a batch job first") as error:
+        train_predictor(fresh_db, str(tmp_path))
+    assert isinstance(error.value, BatchBinError)
+    assert latest_predictor(fresh_db) is None
+
+
+def test_errored_results_are_not_training_rows(fresh_db, tmp_path):
+    add_run(fresh_db, "small", synthetic_requests(25, seed=3, prefix="s"), with_results=True)
+    fresh_db.execute("UPDATE results SET error = 'boom', output_tokens = NULL WHERE request_id IN ('s0','s1','s2','s3','s4','s5')")
+    with pytest.raises(NotEnoughTrainingData, match="has 19"):
+        train_predictor(fresh_db, str(tmp_path))
+
+
+def test_auto_without_trained_predictor_is_the_fallback(history):
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == "fallback"
+
+
+def test_missing_checkpoint_is_a_clear_error(history, tmp_path):
+    entry = train_tiny(history, tmp_path / "models")
+    (tmp_path / "models" / entry["path"].rsplit("/", 1)[-1]).unlink()
+    with pytest.raises(PredictorNotFound, match="train-predictor"):
+        predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)
+
+
+def test_a_registered_version_can_be_named(history, tmp_path):
+    entry = train_tiny(history, tmp_path / "models")
+    assert predict_lengths(history, NEW_RUN, entry["version"], DEFAULT_MAX)["predictor"] == entry["version"]
+
+
+def test_bad_specs_are_clear_errors(history):
+    with pytest.raises(BatchBinError, match="unknown predictor 'nonsense'"):
+        predict_lengths(history, NEW_RUN, "nonsense", DEFAULT_MAX)
+    with pytest.raises(BatchBinError, match="no finished results"):
+        predict_lengths(history, NEW_RUN, "oracle:nope", DEFAULT_MAX)
+
+
+# --- the fallback rule, features, metrics -----------------------------------------------------
+
+def test_fallback_rule():
+    plain = {"prompt": "Tell me about rome.", "max_tokens": 200}
+    assert fallback_length(plain, None) == 100                  # no history: max_tokens / 2
+    assert fallback_length(plain, 60) == 60                      # the past median
+    assert fallback_length(plain, 1000) == 200                   # never above max_tokens
+    assert fallback_length({**plain, "prompt": "Briefly: rome?"}, 60) == 15       # short cue: / 4
+    assert fallback_length({**plain, "prompt": "List facts about rome."}, 60) == 120  # long cue: * 2
+    assert fallback_length({**plain, "prompt": "Describe rome in 50 words."}, 60) == 70  # asked length
+    assert fallback_length({**plain, "max_tokens": 1, "prompt": "One word: rome?"}, 60) == 1
+
+
+def test_fallback_base_is_other_runs_median(history):
+    predict_lengths(history, NEW_RUN, "fallback", DEFAULT_MAX)
+    median = history.execute("SELECT median(output_tokens) FROM results").fetchone()[0]
+    plain = history.execute("SELECT pr.predicted_tokens FROM predictions pr JOIN prompts p USING (run_id, request_id) "
+                            "WHERE pr.run_id = $r AND coalesce(p.prompt, p.messages::VARCHAR) LIKE '%Tell me about%' "
+                            "AND coalesce(p.max_tokens, 256) >= $m LIMIT 1", {"r": NEW_RUN, "m": median}).fetchone()[0]
+    assert plain == median
+
+
+def test_features_are_deterministic_and_read_the_last_user_message():
+    settings = FeatureSettings(n_buckets=64)
+    chat = {"prompt": None, "max_tokens": 64, "messages": json.dumps([
+        {"role": "user", "content": "Write an essay."}, {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": [{"type": "text", "text": "Now in one word?"}]}])}
+    assert last_user_text(chat) == "Now in one word?"
+    same = {**chat, "messages": json.loads(chat["messages"])}
+    assert np.array_equal(feature_matrix([chat], settings), feature_matrix([same], settings))
+    # fixed buckets (blake2b): the same in every process, unlike Python's salted hash()
+    assert np.flatnonzero(hashed_bag("hello world", settings)).tolist() == [7, 24, 39]
+    assert asked_length("give three short reasons") == 75 and asked_length("hello") is None
+
+
+def test_metrics():
+    true = np.array([1, 5, 10, 50, 100, 200, 300, 400])
+    perfect = prediction_metrics(true, true, k_bins=4)
+    assert perfect["mae"] == 0 and perfect["spearman"] == 1 and perfect["bin_accuracy"] == 1
+    scaled = prediction_metrics(true, true * 3, k_bins=4)  # ranks well, scale off
+    assert scaled["spearman"] == 1 and scaled["bin_accuracy"] == 1 and scaled["bin_accuracy_true_edges"] < 1
+    reversed_ = prediction_metrics(true, true[::-1], k_bins=4)
+    assert reversed_["spearman"] == -1 and reversed_["bin_accuracy"] == 0
+    assert prediction_metrics(true, np.full(8, 7.0))["spearman"] is None
+    assert ranks(np.array([3, 1, 3, 2])).tolist() == [3.5, 1, 3.5, 2]
+    assert spearman(np.array([1.0]), np.array([2.0])) is None
+
+
+def test_run_prediction_quality(history):
+    assert run_prediction_quality(history, NEW_RUN) is None  # nothing generated yet
+    predict_lengths(history, "hist", "oracle:hist", DEFAULT_MAX)
+    quality = run_prediction_quality(history, "hist")
+    assert quality["n"] == 300 and quality["spearman"] == 1 and quality["mae"] == 0
+    assert quality["k_bins"] == 4 and quality["predictor"] == "oracle:hist"

@@ -1,0 +1,38 @@
+"""The SQL loader: named queries, load-time errors, multi-statement execution."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchbin.sqlfiles import SQLFileError, all_queries, parse_sql_file, run, statements
+
+
+def test_every_sql_file_loads_and_names_are_qualified():
+    queries = all_queries()
+    assert "schema.create_tables" in queries
+    assert "schedule.replace_schedule" in queries
+    assert all(query.body for query in queries.values())
+
+
+def test_docstring_and_body_are_split():
+    parsed = parse_sql_file("-- name: q\n-- Says hello.\n-- Twice.\nSELECT 1;\n", "x.sql")
+    assert parsed["q"].doc == "Says hello.\nTwice."
+    assert parsed["q"].body == "SELECT 1;"
+    assert parsed["q"].source == "x.sql:1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("SELECT 1;", "x.sql:1: SQL before the first '-- name:' line"),
+    ("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;", "x.sql:3: query 'a' is defined twice"),
+    ("-- name: a\n-- only a comment\n", "x.sql:1: query 'a' has no SQL body"),
+])
+def test_bad_files_fail_at_load_with_file_and_line(text, message):
+    with pytest.raises(SQLFileError, match=message):
+        parse_sql_file(text, "x.sql")
+
+
+def test_run_executes_each_statement_with_its_parameters(fresh_db):
+    assert len(statements("load.replace_prompts")) == 2
+    with pytest.raises(KeyError, match="run_id"):
+        run(fresh_db, "load.replace_prompts", {})
+    assert run(fresh_db, "load.counts", {"run_id": "none"}).fetchone() == (0, 0)
