@@ -24,6 +24,9 @@ def _click_type(annotation: Any):
     return {int: int, float: float, bool: bool, str: str}.get(annotation, str)
 
 
+SHORT_FLAGS = {"db_path": "--db", "output_path": "--output"}
+
+
 def options_from(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) -> Callable:
     """A decorator adding one --flag per field of `model`."""
 
@@ -40,7 +43,8 @@ def options_from(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...]
                                        help=help_text)(command)
             else:
                 shown = f" [default: {default}]" if default is not None and not prefix else ""
-                command = click.option(flag, f"{prefix}{name}", type=kind, default=None,
+                flags = [SHORT_FLAGS[name], flag] if name in SHORT_FLAGS else [flag]
+                command = click.option(*flags, f"{prefix}{name}", type=kind, default=None,
                                        help=help_text + shown)(command)
         return command
 

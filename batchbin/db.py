@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchbin.sqlfiles import run, sql
+from batchbin.sqlfiles import one, run, sql
 
 SCHEMA_VERSION = "1"
 
@@ -35,7 +35,7 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the tables if missing; refuse a database of another schema version."""
     run(con, "schema.create_tables")
-    row = con.execute(sql("schema.get_meta"), {"key": "schema_version"}).fetchone()
+    row = one(con, "schema.get_meta", {"key": "schema_version"})
     if row is None:
         con.execute(sql("schema.set_meta"), {"key": "schema_version", "value": SCHEMA_VERSION})
     elif row[0] != SCHEMA_VERSION:
@@ -51,7 +51,7 @@ def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:
         return None
     con = connect(db_path)
     try:
-        row = con.execute(sql("stages.stamp"), {"run_id": run_id, "stage": stage}).fetchone()
+        row = one(con, "stages.stamp", {"run_id": run_id, "stage": stage})
     finally:
         con.close()
     return None if row is None else f"{row[0]}:{row[1]}:{row[2]}"

@@ -116,3 +116,10 @@ def arrow(con, qualified_name: str, params: dict | None = None):
     (text, names), = statements(qualified_name)
     params = params or {}
     return con.sql(text, params={name: params[name] for name in names} if names else None).to_arrow_table()
+
+
+def one(con, qualified_name: str, params: dict | None = None):
+    """The first row of a named query's result, or None. Reads the whole result: DuckDB refuses
+    to register a table while a result is left half-read."""
+    rows = run(con, qualified_name, params).fetchall()
+    return rows[0] if rows else None

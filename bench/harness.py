@@ -226,11 +226,11 @@ def _result_lengths(db_path: str, run_id: str) -> dict[str, int]:
 def _run_engine(db_path: str, run_id: str) -> str:
     import duckdb
 
-    from batchbin.sqlfiles import run
+    from batchbin.sqlfiles import one
 
     con = duckdb.connect(db_path, read_only=True)
     try:
-        return run(con, "bench.run_engine", {"run_id": run_id}).fetchone()[0]
+        return one(con, "bench.run_engine", {"run_id": run_id})[0]
     finally:
         con.close()
 

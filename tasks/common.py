@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from batchbin import db
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import sql
+from batchbin.sqlfiles import one, sql
 
 
 class RunRef(BaseModel):
@@ -46,7 +46,7 @@ def open_run_db(ref: RunRef) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def stage_is_done(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, params: dict[str, Any]) -> bool:
     """True when the stage finished for this run with these parameters."""
-    row = con.execute(sql("stages.stamp"), {"run_id": run_id, "stage": stage}).fetchone()
+    row = one(con, "stages.stamp", {"run_id": run_id, "stage": stage})
     return row is not None and row[0] == params_hash(params)
 
 

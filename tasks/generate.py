@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.engine import Engine, get_engine
 from batchbin.engine_settings import EngineSettings
-from batchbin.sqlfiles import arrow, run
+from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
 
 RESULT_SCHEMA = pa.schema([
@@ -195,6 +195,6 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     engine = get_engine(model_path, settings, defaults.max_model_len)
     with open_run_db(ref) as con:
         stats = generate_run(con, ref.run_id, engine, defaults, checkpoint_every, log_progress(get_run_logger()))
-        total, ok = run(con, "generate.count_results", {"run_id": ref.run_id}).fetchone()
+        total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
             "output_tokens": stats.output_tokens, "results": total, "ok": ok}

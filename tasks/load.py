@@ -16,7 +16,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -229,5 +229,5 @@ def load(ref: RunRef, input_path: str, input_fingerprint: str) -> LoadResult:
             counts = load_requests(con, ref.run_id, input_path)
             clear_stages(con, ref.run_id, ["tokenize", "group_prefixes", "predict_lengths", "schedule"])
             mark_stage_done(con, ref.run_id, "load", params, counts["requests"])
-        requests, rejects = run(con, "load.counts", {"run_id": ref.run_id}).fetchone()
+        requests, rejects = one(con, "load.counts", {"run_id": ref.run_id})
     return LoadResult(db_path=ref.db_path, run_id=ref.run_id, requests=requests, rejects=rejects)

@@ -38,9 +38,7 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:
     """One dict with everything a user wants to know about the run."""
-    cursor = run(con, "report.summary_of_run", {"run_id": run_id})
-    columns = [d[0] for d in cursor.description]
-    summary = dict(zip(columns, cursor.fetchone()))
+    summary = arrow(con, "report.summary_of_run", {"run_id": run_id}).to_pylist()[0]
     for key in ("started_at", "finished_at"):
         summary[key] = None if summary[key] is None else str(summary[key])
     generate_s = generation.get("generate_s") or 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import duckdb
 from prefect import task
 
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
 ORDERS = ("hybrid", "group", "bin", "sorted", "input")
@@ -19,7 +19,7 @@ def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order
     if order not in ORDERS:
         raise ValueError(f"unknown order '{order}'; choose one of {', '.join(ORDERS)}")
     run(con, "schedule.replace_schedule", {"run_id": run_id, "k_bins": k_bins, "order": order})
-    return run(con, "schedule.count_scheduled", {"run_id": run_id}).fetchone()[0]
+    return one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
 
 
 @task(**stage_task_options("schedule"))
