@@ -181,15 +181,22 @@ def detect_machine() -> MachineInfo:
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:
     """What a user gets from `vllm.LLM(model)` with no engine options (the plain baseline).
 
-    One change is unavoidable on a CPU without bf16: vLLM takes the model's bf16, which does not
-    finish there in reasonable time, so the baseline uses float32 on such CPUs (and says so).
+    Two changes are unavoidable on CPU, and only those are made:
+    - dtype: vLLM takes the model's bf16 even where the CPU lacks bf16, which does not finish in
+      reasonable time there, so such CPUs get float32;
+    - memory: vLLM reserves 0.9 of *all* memory by default and refuses to start when less is
+      free; its own error message suggests `gpu_memory_utilization=0.5`, which is used here.
+    `enforce_eager` is on for CPU only to keep start-up short (it is outside the timed region).
     """
-    dtype = "auto" if (machine.gpu or machine.has_bf16) else "float32"
+    if machine.gpu:
+        return EngineSettings(device="gpu", dtype="auto", threads=None, kv_cache_gib=None,
+                              gpu_memory_utilization=None, max_num_seqs=None, max_num_batched_tokens=None,
+                              block_size=None, enforce_eager=False, reasons={"all": "vLLM defaults"})
     return EngineSettings(
-        device="gpu" if machine.gpu else "cpu",
-        dtype=dtype if dtype != "auto" else ("auto" if machine.gpu else "bfloat16"),
-        threads=None, kv_cache_gib=None, gpu_memory_utilization=None,
-        max_num_seqs=None, max_num_batched_tokens=None, block_size=None,
-        enforce_eager=not machine.gpu,
-        reasons={"all": "vLLM defaults (enforce_eager on CPU only to keep start-up short; dtype float32 where bf16 is unsupported)"},
+        device="cpu",
+        dtype="bfloat16" if machine.has_bf16 else "float32",
+        threads=None, kv_cache_gib=None, gpu_memory_utilization=0.5,
+        max_num_seqs=None, max_num_batched_tokens=None, block_size=None, enforce_eager=True,
+        reasons={"all": "vLLM defaults, but float32 where bf16 is unsupported, gpu_memory_utilization 0.5 as "
+                        "vLLM's error suggests (0.9 of all memory is more than is free), enforce_eager for start-up"},
     )

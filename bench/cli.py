@@ -17,7 +17,7 @@ from batchbin.cli_options import engine_options, split_options
               show_default=True, help="Comma-separated variants to run.")
 @click.option("--repeats", default=1, show_default=True, help="Timed runs per variant (interleaved); medians are reported.")
 @click.option("--seed", default=0, show_default=True, help="Workload and shuffle seed.")
-@click.option("--max-tokens", default=64, show_default=True, help="Output limit of requests without their own.")
+@click.option("--max-tokens", type=int, default=None, help="Override every request's output limit (default: the workload's own).")
 @click.option("--order", default="hybrid", show_default=True, help="BatchBin's schedule order.")
 @click.option("--k-bins", default=4, show_default=True, help="BatchBin's number of length bins.")
 @click.option("--db", "db_path", default="bench-out/bench.duckdb", show_default=True, help="Where bench results are stored.")
@@ -34,7 +34,8 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
     _, engine = split_options(options)
     out = Path(out_dir or f"bench-out/{Path(workload).stem}")
     summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                            repeats, max_tokens, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins)
+                            repeats, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins,
+                            max_tokens_override=max_tokens)
     click.echo(report.table(summary))
     path = report.write(summary, out)
     if len(summary["variants"]) > 0:

@@ -65,10 +65,10 @@ class VariantRun:
         return data
 
 
-def load_rows(workload: str, n_requests: int | None, seed: int) -> list[dict]:
-    """A built-in workload by name, or the rows of a user's JSONL file."""
+def load_rows(workload: str, n_requests: int | None, seed: int, max_tokens: int | None = None) -> list[dict]:
+    """A built-in workload by name (`max_tokens` overrides every request's), or a user's JSONL file."""
     if workload in WORKLOADS:
-        return make_workload(workload, n_requests, seed)
+        return make_workload(workload, n_requests, seed, max_tokens=max_tokens)
     path = Path(workload)
     if not path.exists():
         raise FileNotFoundError(f"'{workload}' is neither a built-in workload ({', '.join(WORKLOADS)}) nor a file")
@@ -283,7 +283,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                   variants: tuple[str, ...] = VARIANTS, repeats: int = 1, default_max_tokens: int = 64,
                   max_model_len: int = 2048, engine_options: EngineOptions | None = None,
                   baseline_options: EngineOptions | None = None, order: str = "hybrid", k_bins: int = 4,
-                  log=print) -> dict:
+                  max_tokens_override: int | None = None, log=print) -> dict:
     """Run the variants and return bench.json's content (also written to out_dir)."""
     from batchbin.models import resolve_model
 
@@ -294,7 +294,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
     engine_options = engine_options or EngineOptions()
     model_path = resolve_model("default")
     machine = detect_machine()
-    rows = load_rows(workload, n_requests, seed)
+    rows = load_rows(workload, n_requests, seed, max_tokens_override)
     input_path = write_jsonl(rows, out_dir / "requests.jsonl")
     tuned = choose_engine_settings(machine, engine_options)
     plain = vllm_default_settings(machine)

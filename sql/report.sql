@@ -15,9 +15,9 @@ SELECT ru.run_id, ru.input_path, ru.model, ru.status, ru.started_at, ru.finished
        (SELECT count(*) FROM rejects j WHERE j.run_id = ru.run_id) AS rejects,
        (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NULL) AS completed,
        (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NOT NULL) AS errors,
-       (SELECT sum(prompt_tokens) FROM results r WHERE r.run_id = ru.run_id) AS prompt_tokens,
-       (SELECT sum(output_tokens) FROM results r WHERE r.run_id = ru.run_id) AS output_tokens,
-       (SELECT sum(cached_tokens) FROM results r WHERE r.run_id = ru.run_id) AS cached_tokens,
+       (SELECT sum(prompt_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS prompt_tokens,
+       (SELECT sum(output_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS output_tokens,
+       (SELECT sum(cached_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS cached_tokens,
        s.ideal_cached_tokens,
        (SELECT sum(cached_tokens) FROM results r WHERE r.run_id = ru.run_id)
            / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio

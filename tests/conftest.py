@@ -8,6 +8,11 @@ import pytest
 from batchbin import db
 
 
+def pytest_collection_modifyitems(items):
+    """Run the benchmark test last: it replaces the shared engine with others."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_bench"))
+
+
 @pytest.fixture
 def fresh_db():
     """An in-memory DuckDB with the BatchBin schema."""

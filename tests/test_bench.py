@@ -1,0 +1,70 @@
+"""The benchmark harness on a tiny workload with every variant: bench.json's keys and ratios,
+the chart, the DuckDB rows. Correctness of the harness only; timings are not asserted."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from batchbin.bench import report
+from batchbin.bench.harness import VARIANTS, run_benchmark
+from batchbin.config import EngineOptions
+from tests.conftest import TEST_ENGINE
+
+VARIANT_KEYS = {"wall_s", "generate_s", "requests", "prompt_tokens", "output_tokens", "output_tps",
+                "cached_prompt_tokens", "engine", "wall_s_runs"}
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory, prefect_api, default_model_path):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_benchmark("sharegpt", out, n_requests=6, default_max_tokens=8, variants=VARIANTS,
+                           engine_options=EngineOptions(**TEST_ENGINE),
+                           baseline_options=EngineOptions(kv_cache_gib=1.0), max_tokens_override=8,
+                           log=lambda *_: None)
+    return out, result
+
+
+def test_every_variant_has_the_same_keys(summary):
+    _, result = summary
+    assert set(result["variants"]) == set(VARIANTS)
+    for name, variant in result["variants"].items():
+        assert VARIANT_KEYS <= set(variant), name
+        assert variant["requests"] == 6, name
+        assert variant["output_tokens"] > 0 and variant["wall_s"] > 0, name
+        assert variant["output_tps"] == pytest.approx(variant["output_tokens"] / variant["wall_s"], rel=0.01)
+
+
+def test_ratios_and_machine_are_recorded(summary):
+    _, result = summary
+    tps = {name: v["output_tps"] for name, v in result["variants"].items()}
+    assert result["speedup"] == pytest.approx(tps["batchbin"] / tps["vllm"], rel=0.01)
+    assert result["oracle_speedup"] == pytest.approx(tps["oracle"] / tps["vllm"], rel=0.01)
+    assert result["speedup_vs_tuned"] == pytest.approx(tps["batchbin"] / tps["vllm-tuned"], rel=0.01)
+    assert result["speedup_vs_sorted"] == pytest.approx(tps["batchbin"] / tps["vllm-sorted"], rel=0.01)
+    assert result["ideal_cached_tokens"] is not None and result["ideal_cached_tokens"] >= 0
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    assert result["variants"]["vllm-tuned"]["engine"]["max_num_seqs"] == TEST_ENGINE["max_num_seqs"]
+
+
+def test_greedy_variants_generate_the_same_work(summary):
+    _, result = summary
+    totals = [v["output_tokens"] for v in result["variants"].values()]
+    assert result["output_tokens_agree"] == ((max(totals) - min(totals)) / max(totals) <= 0.05)
+    assert result["output_tokens_agree"], totals
+
+
+def test_outputs_written_and_stored(summary, tmp_path):
+    out, result = summary
+    path = report.write(result, out)
+    assert json.loads(path.read_text())["workload"] == "sharegpt"
+    assert report.chart(result, out / "bench.png").stat().st_size > 1000
+    db_path = str(tmp_path / "bench.duckdb")
+    bench_id = report.store(result, db_path)
+    con = duckdb.connect(db_path, read_only=True)
+    rows = con.execute("select variant from bench_runs where bench_id = $b", {"b": bench_id}).fetchall()
+    con.close()
+    assert sorted(r[0] for r in rows) == sorted(VARIANTS)
+    assert "speedup_vs_sorted" in report.table(result)
