@@ -115,7 +115,7 @@ def doctor_command(**options) -> None:
     settings = choose_engine_settings(machine, EngineOptions(**engine))
     flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     click.echo(f"CPU        {machine.cpu_model} ({len(machine.cores)} cores; {', '.join(flags) or 'no AVX2'})")
-    click.echo(f"memory     {machine.mem_available_gib:.1f} GiB available")
+    click.echo(f"memory     {machine.mem_total_gib:.1f} GiB total")
     click.echo(f"GPU        {machine.gpu or 'none'}")
     click.echo("engine settings:")
     for name, value in settings.as_dict().items():

@@ -22,7 +22,7 @@ GIB = 1024**3
 CPU_MAX_NUM_SEQS = 64
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
 CPU_BLOCK_SIZE = 64
-CPU_KV_CACHE_SHARE = 0.25  # of available memory
+CPU_KV_CACHE_SHARE = 0.25  # of total memory (not of free memory, which moves: the same job must get the same engine)
 CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
 
 
@@ -31,7 +31,7 @@ class MachineInfo:
     cpu_model: str
     cpu_flags: frozenset[str]
     cores: tuple[int, ...]          # cores this process may run on
-    mem_available_gib: float
+    mem_total_gib: float
     gpu: str | None = None          # GPU name when vLLM's CUDA build sees one
 
     @property
@@ -119,12 +119,12 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         dtype = pick("dtype", "bfloat16", "CPU has avx512_bf16/amx_bf16: bf16 is fast")
     else:
         dtype = pick("dtype", "float32", "CPU lacks avx512_bf16/amx_bf16: bf16 would be >10x slower")
-    kv_default = min(CPU_KV_CACHE_MAX_GIB, max(CPU_KV_CACHE_MIN_GIB, round(machine.mem_available_gib * CPU_KV_CACHE_SHARE, 1)))
+    kv_default = float(min(CPU_KV_CACHE_MAX_GIB, max(CPU_KV_CACHE_MIN_GIB, int(machine.mem_total_gib * CPU_KV_CACHE_SHARE))))
     return EngineSettings(
         device="cpu",
         dtype=dtype,
         threads=pick("threads", core_ranges(machine.cores), f"all {len(machine.cores)} cores (vLLM's default leaves one to the front end)"),
-        kv_cache_gib=pick("kv_cache_gib", kv_default, f"{CPU_KV_CACHE_SHARE:.0%} of {machine.mem_available_gib:.1f} GiB available, within [{CPU_KV_CACHE_MIN_GIB:g}, {CPU_KV_CACHE_MAX_GIB:g}]"),
+        kv_cache_gib=pick("kv_cache_gib", kv_default, f"{CPU_KV_CACHE_SHARE:.0%} of {machine.mem_total_gib:.1f} GiB memory (whole GiB), within [{CPU_KV_CACHE_MIN_GIB:g}, {CPU_KV_CACHE_MAX_GIB:g}]"),
         gpu_memory_utilization=pick("gpu_memory_utilization", None, "not used with an explicit KV-cache size"),
         max_num_seqs=pick("max_num_seqs", CPU_MAX_NUM_SEQS, "measured sweep (bench/engine_sweep.py)"),
         max_num_batched_tokens=pick("max_num_batched_tokens", CPU_MAX_NUM_BATCHED_TOKENS, "measured sweep (bench/engine_sweep.py)"),
@@ -150,11 +150,11 @@ def read_cpu_flags() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def read_mem_available_gib() -> float:
+def read_mem_total_gib() -> float:
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) / 1024**2
     except OSError:
         pass
@@ -175,7 +175,7 @@ def detect_gpu() -> str | None:
 def detect_machine() -> MachineInfo:
     model, flags = read_cpu_flags()
     cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(os.cpu_count() or 1))
-    return MachineInfo(model, flags, cores, read_mem_available_gib(), detect_gpu())
+    return MachineInfo(model, flags, cores, read_mem_total_gib(), detect_gpu())
 
 
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:

@@ -238,7 +238,7 @@ def _run_engine(db_path: str, run_id: str) -> str:
 def machine_record(machine: MachineInfo) -> dict:
     flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     return {"cpu": machine.cpu_model, "cpu_flags": flags, "cores": len(machine.cores),
-            "mem_available_gib": round(machine.mem_available_gib, 1), "gpu": machine.gpu}
+            "mem_total_gib": round(machine.mem_total_gib, 1), "gpu": machine.gpu}
 
 
 def median_run(runs: list[VariantRun]) -> VariantRun:

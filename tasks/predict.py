@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from batchbin.predictors.predict import predict_lengths as predict_lengths_for_run
-from batchbin.tasks.common import RunRef, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
 
 @task(**stage_task_options("predict_lengths"))
@@ -16,6 +16,7 @@ def predict_lengths(ref: RunRef, spec: str, default_max_tokens: int) -> RunRef:
                   "predictor": _latest_version(con) if spec == "auto" else None}
         if not stage_is_done(con, ref.run_id, "predict_lengths", params):
             counts = predict_lengths_for_run(con, ref.run_id, spec, default_max_tokens)
+            clear_stages(con, ref.run_id, ["schedule"])
             mark_stage_done(con, ref.run_id, "predict_lengths", params, counts["rows"])
     return ref
 

@@ -19,8 +19,10 @@ and `run_prefix_stats` (one row). All SQL is in sql/prefixes.sql.
 from __future__ import annotations
 
 import duckdb
+from prefect import task
 
 from batchbin.sqlfiles import run
+from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
 DEFAULT_MIN_SHARED_TOKENS = 128  # one KV block of vLLM on CPU; prefix-cache hits come in whole blocks
 
@@ -53,13 +55,6 @@ def assign_prefix_groups(
     return dict(zip(columns, row))
 
 
-# --- Prefect task wrapper goes below this line (kept out of the plain function above). ---
-
-from prefect import task  # noqa: E402
-
-from batchbin.tasks.common import RunRef, mark_stage_done, open_run_db, stage_is_done, stage_task_options  # noqa: E402
-
-
 @task(**stage_task_options("group_prefixes"))
 def group_prefixes(ref: RunRef, min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS) -> RunRef:
     """Prefix groups and the ideal prefix reuse of the run."""
@@ -67,5 +62,6 @@ def group_prefixes(ref: RunRef, min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKE
     with open_run_db(ref) as con:
         if not stage_is_done(con, ref.run_id, "group_prefixes", params):
             stats = assign_prefix_groups(con, ref.run_id, min_shared_tokens)
+            clear_stages(con, ref.run_id, ["predict_lengths", "schedule"])
             mark_stage_done(con, ref.run_id, "group_prefixes", params, stats["prompts"])
     return ref
