@@ -19,9 +19,9 @@ from batchbin.config import EngineOptions
 GIB = 1024**3
 
 # From bench/engine_sweep.py on the default model (README "Engine settings"); used on CPU.
-CPU_MAX_NUM_SEQS = 64
+CPU_MAX_NUM_SEQS = 128
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
-CPU_BLOCK_SIZE = 64
+CPU_BLOCK_SIZE = 32
 CPU_KV_CACHE_SHARE = 0.25  # of total memory (not of free memory, which moves: the same job must get the same engine)
 CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
 

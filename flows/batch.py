@@ -77,9 +77,10 @@ def batch_inference(config: JobConfig) -> dict:
                 rejects = run(con, "report.reject_examples", {"run_id": ref.run_id, "limit": 3}).fetchall()
             return Failed(message=no_valid_request_message(config.input_path, rejects))
         ref = tokenize(ref, model_path, config.max_model_len)
-        ref = group_prefixes(ref, min_shared_tokens=settings.block_size or 16)
+        block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
+        ref = group_prefixes(ref, min_shared_tokens=block)
         ref = predict_lengths(ref, config.predictor, config.max_tokens)
-        ref = schedule(ref, config.k_bins, config.order)
+        ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block)
         defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
         generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)
     except BaseException:

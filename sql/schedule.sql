@@ -1,25 +1,34 @@
 -- name: replace_schedule
 -- Bin and order a run's requests (Multi-Bin Batching + BatchLLM). One row per request:
 -- bin 0 holds the longest predicted outputs; `position` is the order of hand-over to vLLM.
+-- The unit kept together is a prefix family: a maximal run of prompts, in token order, that
+-- share at least $min_shared_tokens (one KV block) with their neighbour. vLLM's prefix cache
+-- reuses nested prefixes (system prompt -> document -> question, conversation turns) as long
+-- as the whole family runs back to back in token order, so families are never split; BatchLLM's
+-- one-level groups (prefix_groups) would split conversations and lose reuse.
 -- Orders ($order):
 --   input  - the input file's order;
 --   sorted - lexicographic token order (what a capable user does by hand);
---   group  - prefix groups kept together, groups with the larger decode ratio first
---            (predicted output tokens over the group's distinct prefill tokens);
---   bin    - bin-major (longest bin first), token order inside a bin: groups may be split;
---   hybrid - each whole group goes to the bin of its mean predicted length; bins longest
---            first, then groups by decode ratio, token order inside a group.
--- Parameters: $run_id, $k_bins, $order.
+--   group  - families kept together, families with the larger decode ratio first
+--            (predicted output tokens over the family's distinct prefill tokens);
+--   bin    - bin-major (longest bin first), token order inside a bin: families may be split;
+--   hybrid - each whole family goes to the bin of its mean predicted length; bins longest
+--            first, then families by decode ratio, token order inside a family.
+-- Parameters: $run_id, $k_bins, $order, $min_shared_tokens.
 DELETE FROM schedule WHERE run_id = $run_id;
 INSERT INTO schedule (run_id, request_id, bin, batch, position)
-WITH req AS (
-    SELECT t.request_id, t.prompt_tokens, p.row_number, g.group_id, g.sort_rank, g.lcp_prev,
+WITH req0 AS (
+    SELECT t.request_id, t.prompt_tokens, p.row_number, g.sort_rank, g.lcp_prev,
            coalesce(pr.predicted_tokens, 1) AS predicted
     FROM tokens t
     JOIN prompts p USING (run_id, request_id)
     JOIN prompt_groups g USING (run_id, request_id)
     LEFT JOIN predictions pr USING (run_id, request_id)
     WHERE t.run_id = $run_id
+),
+req AS (
+    SELECT *, sum(CASE WHEN lcp_prev < $min_shared_tokens THEN 1 ELSE 0 END) OVER (ORDER BY sort_rank) AS group_id
+    FROM req0
 ),
 grp AS (
     SELECT group_id,

@@ -60,11 +60,14 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
     from vllm.sampling_params import RequestOutputKind
 
     room = defaults.max_model_len - len(row["token_ids"])
+    temperature = defaults.temperature if row["temperature"] is None else row["temperature"]
     return SamplingParams(
         max_tokens=max(1, min(row["max_tokens"] or defaults.max_tokens, room)),
-        temperature=defaults.temperature if row["temperature"] is None else row["temperature"],
+        temperature=temperature,
         top_p=defaults.top_p if row["top_p"] is None else row["top_p"],
-        seed=defaults.seed if row["seed"] is None else row["seed"],
+        # a seed only matters when sampling; on greedy requests it would only cost vLLM a
+        # per-request generator
+        seed=None if temperature == 0 else (defaults.seed if row["seed"] is None else row["seed"]),
         stop=row["stop"] or None,
         output_kind=RequestOutputKind.FINAL_ONLY,
     )

@@ -107,3 +107,12 @@ def test_views_answer_users_sql(job):
     summary = query(config, "select requests, rejects, completed from run_summary where run_id = $r", {"r": first["run_id"]})
     assert summary == [(len(VALID), len(INVALID_LINES), len(VALID))]
     assert query(config, "select count(*) from completions")[0][0] == len(VALID)
+
+
+def test_training_on_too_few_results_fails_with_a_message(job):
+    from batchbin.flows.train import train_length_predictor
+
+    config, _ = job
+    state = train_length_predictor(db_path=config.db_path, return_state=True)
+    assert state.is_failed()
+    assert "training rows" in state.message or "rows" in state.message

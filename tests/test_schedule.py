@@ -1,0 +1,70 @@
+"""Stage 5 SQL: bins by predicted length and the hand-over order, on a small hand-made run."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchbin.tasks.prefixes import assign_prefix_groups
+from batchbin.tasks.schedule import ORDERS, schedule_run
+
+BLOCK = 4
+# (request, tokens, predicted output). Two families sharing >= 4 tokens, and two loners.
+REQUESTS = [
+    ("a1", [1, 2, 3, 4, 5, 10], 100), ("a2", [1, 2, 3, 4, 5, 11], 90), ("a3", [1, 2, 3, 4, 6], 80),
+    ("b1", [7, 7, 7, 7, 1], 5), ("b2", [7, 7, 7, 7, 2], 6),
+    ("c", [3, 3], 50), ("d", [9, 1], 1),
+]
+
+
+@pytest.fixture
+def run_db(fresh_db):
+    for row, (request_id, ids, predicted) in enumerate(REQUESTS, start=1):
+        fresh_db.execute("insert into prompts (run_id, request_id, row_number, prompt) values ('r', $i, $n, 'x')",
+                         {"i": request_id, "n": row})
+        fresh_db.execute("insert into tokens values ('r', $i, $t, $l)", {"i": request_id, "t": ids, "l": len(ids)})
+        fresh_db.execute("insert into predictions values ('r', $i, $p, 'test')", {"i": request_id, "p": predicted})
+    assign_prefix_groups(fresh_db, "r", BLOCK)
+    return fresh_db
+
+
+def order_of(con, order, k_bins=2):
+    assert schedule_run(con, "r", k_bins, order, BLOCK) == len(REQUESTS)
+    return [r[0] for r in con.execute("select request_id from schedule where run_id = 'r' order by position").fetchall()]
+
+
+def test_input_and_sorted_orders(run_db):
+    assert order_of(run_db, "input") == [r[0] for r in REQUESTS]
+    assert order_of(run_db, "sorted") == ["a1", "a2", "a3", "c", "b1", "b2", "d"]
+
+
+@pytest.mark.parametrize("order", ["group", "hybrid", "sorted"])
+def test_families_stay_together_in_token_order(run_db, order):
+    got = order_of(run_db, order)
+    a = [got.index(x) for x in ("a1", "a2", "a3")]
+    b = [got.index(x) for x in ("b1", "b2")]
+    assert a == list(range(a[0], a[0] + 3)) and b == [b[0], b[0] + 1]
+
+
+def test_group_order_puts_decode_heavy_families_first(run_db):
+    got = order_of(run_db, "group")
+    assert got[:3] == ["a1", "a2", "a3"]  # 270 predicted tokens over 8 distinct prompt tokens
+    assert got[-1] == "b2" or got[-1] == "d"
+
+
+def test_bins_hold_the_longest_predictions_first(run_db):
+    order_of(run_db, "bin", k_bins=2)
+    bins = dict(run_db.execute("select request_id, bin from schedule where run_id = 'r'").fetchall())
+    assert bins["a1"] == 0 and bins["d"] == 1
+    got = order_of(run_db, "bin", k_bins=2)
+    assert all(bins[x] == 0 for x in got[:3])
+
+
+def test_rescheduling_replaces_rows(run_db):
+    for order in ORDERS:
+        order_of(run_db, order)
+    assert run_db.execute("select count(*) from schedule").fetchone()[0] == len(REQUESTS)
+
+
+def test_unknown_order_is_refused(run_db):
+    with pytest.raises(ValueError, match="unknown order"):
+        schedule_run(run_db, "r", 2, "random", BLOCK)
