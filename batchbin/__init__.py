@@ -5,5 +5,7 @@ import os
 # A temporary Prefect server's telemetry heartbeat can print a "database is locked" traceback
 # on healthy runs (ENVIRONMENT.md); BatchBin does not need it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# BatchBin's own loggers (e.g. predictor training) show up in Prefect's run logs.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "batchbin")
 
 __version__ = "0.1.0"

@@ -6,11 +6,13 @@ tasks in one flow run are one writer). All SQL comes from sql/ through batchbin.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 
-from batchbin.sqlfiles import one, run, sql
+from batchbin.sqlfiles import one, run
 
 SCHEMA_VERSION = "1"
 
@@ -37,7 +39,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "schema.create_tables")
     row = one(con, "schema.get_meta", {"key": "schema_version"})
     if row is None:
-        con.execute(sql("schema.set_meta"), {"key": "schema_version", "value": SCHEMA_VERSION})
+        run(con, "schema.set_meta", {"key": "schema_version", "value": SCHEMA_VERSION})
     elif row[0] != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"database schema version {row[0]} but this BatchBin writes version {SCHEMA_VERSION}; "
@@ -55,3 +57,27 @@ def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:
     finally:
         con.close()
     return None if row is None else f"{row[0]}:{row[1]}:{row[2]}"
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All or nothing: a stage's delete-then-insert never leaves a run half-written."""
+    con.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[None]:
+    """Arrow tables visible to SQL under the given names for the duration of the block."""
+    for name, table in tables.items():
+        con.register(name, table)
+    try:
+        yield
+    finally:
+        for name in tables:
+            con.unregister(name)

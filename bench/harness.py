@@ -177,8 +177,8 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
 
     con = db.connect(db_path)
     try:
-        con.register("oracle_lengths", pa.table({"request_id": list(lengths), "output_tokens": list(lengths.values())}))
-        run(con, "bench.store_oracle_lengths", {"run_id": ORACLE_SOURCE_RUN})
+        with db.registered(con, oracle_lengths=pa.table({"request_id": list(lengths), "output_tokens": list(lengths.values())})):
+            run(con, "bench.store_oracle_lengths", {"run_id": ORACLE_SOURCE_RUN})
     finally:
         con.close()
 

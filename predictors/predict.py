@@ -28,6 +28,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
+from batchbin.db import registered, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (LONG_CUES, SHORT_CUES, FeatureSettings, asked_length, cue_flags,
                                           instruction_window, last_user_text)
@@ -132,14 +133,6 @@ def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: in
     table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
                                   "predicted_tokens": [float(v) for v in values], "predictor": names},
                                  schema=PREDICTIONS_SCHEMA)
-    con.register("incoming_predictions", table)
-    try:
-        con.execute("BEGIN")
+    with registered(con, incoming_predictions=table), transaction(con):
         run(con, "predictors.replace_predictions", {"run_id": run_id})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("incoming_predictions")
     return {"predictor": name, "rows": len(requests), "fallback_rows": names.count(FALLBACK)}

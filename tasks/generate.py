@@ -21,6 +21,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from batchbin.db import registered
 from batchbin.engine import Engine, get_engine
 from batchbin.engine_settings import EngineSettings
 from batchbin.sqlfiles import arrow, one, run
@@ -153,11 +154,8 @@ def generate_in_order(
 
 def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict]) -> None:
     """Write one checkpoint of finished requests."""
-    con.register("finished_batch", pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
-    try:
+    with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
         run(con, "generate.insert_results", {"run_id": run_id})
-    finally:
-        con.unregister("finished_batch")
 
 
 def generate_run(

@@ -15,6 +15,7 @@ import pyarrow as pa
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchbin.db import registered, transaction
 from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
@@ -185,19 +186,9 @@ def store_requests(con: duckdb.DuckDBPyConnection, run_id: str, valid: list[dict
     """Replace the run's prompts and load-time rejects with these rows (idempotent)."""
     incoming_prompts = pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)
     incoming_rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-    con.register("incoming_prompts", incoming_prompts)
-    con.register("incoming_rejects", incoming_rejects)
-    try:
-        con.execute("BEGIN")
+    with registered(con, incoming_prompts=incoming_prompts, incoming_rejects=incoming_rejects), transaction(con):
         run(con, "load.replace_prompts", {"run_id": run_id})
         run(con, "load.replace_rejects", {"run_id": run_id})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("incoming_prompts")
-        con.unregister("incoming_rejects")
 
 
 def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import duckdb
 from prefect import task
 
+from batchbin.db import transaction
 from batchbin.sqlfiles import run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
@@ -40,15 +41,10 @@ def assign_prefix_groups(
     if int(min_shared_tokens) < 1:
         raise ValueError(f"min_shared_tokens must be at least 1, got {min_shared_tokens}")
     params = {"run_id": run_id, "min_shared_tokens": int(min_shared_tokens)}
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for step in STEPS:
             run(con, step, params)
         run(con, "prefixes.drop_scratch")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     cursor = run(con, "prefixes.run_stats", params)
     columns = [d[0] for d in cursor.description]
     (row,) = cursor.fetchall()  # fetchall: DuckDB 2.0 refuses new work while a result is unfinished

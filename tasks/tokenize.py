@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 from prefect import task
 
+from batchbin.db import registered, transaction
 from batchbin.sqlfiles import run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
@@ -45,18 +46,10 @@ def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, m
             too_long.append({"request_id": request_id, "prompt_tokens": len(ids)})
         else:
             kept.append({"request_id": request_id, "token_ids": ids, "prompt_tokens": len(ids)})
-    con.register("incoming_tokens", pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA))
-    con.register("too_long", pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA))
-    try:
-        con.execute("BEGIN")
+    tables = {"incoming_tokens": pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA),
+              "too_long": pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA)}
+    with registered(con, **tables), transaction(con):
         run(con, "tokenize.replace_tokens", {"run_id": run_id, "max_model_len": max_model_len})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("incoming_tokens")
-        con.unregister("too_long")
     return {"tokenized": len(kept), "too_long": len(too_long)}
 
 

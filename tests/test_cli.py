@@ -56,3 +56,17 @@ def test_doctor_prints_the_settings_and_why():
     result = CliRunner().invoke(main, ["doctor", "--max-num-seqs", "8"])
     assert result.exit_code == 0
     assert "max_num_seqs" in result.output and "set by the user" in result.output
+
+
+def test_run_with_no_valid_row_fails_with_one_line_and_keeps_the_rejects(tmp_path, prefect_api):
+    import duckdb
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "prompt": ""}\nnot json\n')
+    db_path = str(tmp_path / "x.duckdb")
+    result = CliRunner().invoke(main, ["run", str(path), "--db", db_path])
+    assert result.exit_code == 1
+    assert "no valid request" in result.output and "row 1" in result.output
+    con = duckdb.connect(db_path, read_only=True)
+    assert con.execute("select count(*) from rejects").fetchall() == [(2,)]
+    con.close()
