@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
-from batchbin.engine import build_engine, get_engine, reset_prefix_cache, shutdown_engine
+from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
 from batchbin.engine_settings import (
     EngineSettings, MachineInfo, choose_engine_settings, detect_machine, vllm_default_settings,
 )
@@ -47,7 +46,7 @@ class VariantRun:
     requests: int
     prompt_tokens: int
     output_tokens: int
-    cached_prompt_tokens: int
+    cached_prompt_tokens: int | None
     engine: dict
     output_lengths: dict[str, int] = field(default_factory=dict, repr=False)
     notes: str = ""
@@ -155,13 +154,15 @@ def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], 
 
     startup_s, _ = timed(openai_batch_lines(rows[:1], model_path, 1, seed), "startup")
     total_s, output = timed(openai_batch_lines(rows, model_path, default_max_tokens, seed), "requests")
-    lengths, prompt_tokens, cached = {}, 0, 0
+    lengths, prompt_tokens, cached = {}, 0, None  # None: this vLLM's batch runner does not report cache hits
     for line in output.read_text().splitlines():
         record = json.loads(line)
         usage = ((record.get("response") or {}).get("body") or {}).get("usage") or {}
         lengths[record["custom_id"]] = usage.get("completion_tokens", 0)
         prompt_tokens += usage.get("prompt_tokens", 0)
-        cached += ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        if details:
+            cached = (cached or 0) + (details.get("cached_tokens") or 0)
     wall = max(total_s - startup_s, 1e-6)
     return VariantRun("vllm-run-batch", wall, wall, len(lengths), prompt_tokens, sum(lengths.values()), cached,
                       settings.as_dict(), lengths,

@@ -14,8 +14,9 @@ def table(summary: dict) -> str:
              f"{summary['settings']['requests']} requests, median of {summary['repeats']}",
              f"{'variant':16}{'wall s':>9}{'gen s':>9}{'out tok':>9}{'tok/s':>9}{'cached':>9}  runs (wall s)"]
     for name, v in summary["variants"].items():
+        cached = "-" if v["cached_prompt_tokens"] is None else v["cached_prompt_tokens"]
         lines.append(f"{name:16}{v['wall_s']:9.1f}{v['generate_s']:9.1f}{v['output_tokens']:9d}{v['output_tps']:9.1f}"
-                     f"{v['cached_prompt_tokens']:9d}  {v['wall_s_runs']}")
+                     f"{cached:>9}  {v['wall_s_runs']}")
     for key in ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_run_batch", "reuse_ratio"):
         if summary.get(key) is not None:
             lines.append(f"{key:22} {summary[key]}")
