@@ -23,12 +23,14 @@ from batchbin.errors import BatchBinError
 
 @task(name="train predictor", cache_policy=NO_CACHE, retries=0)
 def train(db_path: str, default_max_tokens: int, seed: int) -> dict:
-    """Train, evaluate and register a new predictor version."""
+    """Train, evaluate and register a new predictor version ({"error": ...} when it cannot)."""
     from batchbin.predictors.train import train_predictor
 
     con = db.connect(db_path)
     try:
         return train_predictor(con, str(Path(db_path).resolve().parent / "predictors"), default_max_tokens, seed)
+    except BatchBinError as error:  # e.g. too few finished requests: a message, not a traceback
+        return {"error": str(error)}
     finally:
         con.close()
 
@@ -38,10 +40,9 @@ def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens:
     """(Re)train the output-length predictor on the real lengths of finished runs."""
     if not Path(db_path).exists():
         return Failed(message=f"no BatchBin database at {db_path}; run `batchbin run` first")
-    try:
-        registered = train(db_path, default_max_tokens, seed)
-    except BatchBinError as error:
-        return Failed(message=str(error))
+    registered = train(db_path, default_max_tokens, seed)
+    if "error" in registered:
+        return Failed(message=registered["error"])
     metrics = registered.get("metrics") or {}
     if isinstance(metrics, str):
         metrics = json.loads(metrics)

@@ -115,4 +115,4 @@ def test_training_on_too_few_results_fails_with_a_message(job):
     config, _ = job
     state = train_length_predictor(db_path=config.db_path, return_state=True)
     assert state.is_failed()
-    assert "training rows" in state.message or "rows" in state.message
+    assert "needs at least 20 finished requests" in state.message and "has 8" in state.message
