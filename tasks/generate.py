@@ -107,15 +107,14 @@ def generate_in_order(
             key = f"bb-{next(counter)}"
             try:
                 params = sampling_params_for(row, defaults)
-                internal = llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
+                llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
             except Exception as error:  # a bad request must not stop the run
                 stats.errors += 1
                 record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
                        finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
                 continue
             row["added_at"] = time.perf_counter()
-            pending[key] = row
-            pending[internal] = row
+            pending[key] = row  # outputs come back under this (external) id
         last_report = time.perf_counter()
         while llm_engine.has_unfinished_requests():
             for output in llm_engine.step():
@@ -137,10 +136,9 @@ def generate_in_order(
                 progress(stats, len(work))
                 last_report = time.perf_counter()
     except BaseException:
-        unfinished = [key for key in pending if key.startswith("bb-")]
-        if unfinished:
+        if pending:
             try:
-                llm_engine.abort_request(unfinished)
+                llm_engine.abort_request(list(pending))
             except Exception:
                 pass
         flush()
