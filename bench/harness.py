@@ -206,32 +206,20 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
     started = time.perf_counter()
     report = batch_inference(config)
     wall = time.perf_counter() - started
-    lengths = _result_lengths(str(db_path), report["run_id"])
+    lengths, engine = _read_finished_run(str(db_path), report["run_id"])
     return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
-                      report["output_tokens"] or 0, report["cached_tokens"] or 0,
-                      json.loads(_run_engine(str(db_path), report["run_id"])), lengths), report
+                      report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths), report
 
 
-def _result_lengths(db_path: str, run_id: str) -> dict[str, int]:
-    import duckdb
+def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict]:
+    """A finished run's output length per request and its engine settings (one read-only open)."""
+    from batchbin import db
+    from batchbin.sqlfiles import one, run
 
-    from batchbin.sqlfiles import run
-
-    con = duckdb.connect(db_path, read_only=True)
+    con = db.connect(db_path, read_only=True)
     try:
-        return dict(run(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
-    finally:
-        con.close()
-
-
-def _run_engine(db_path: str, run_id: str) -> str:
-    import duckdb
-
-    from batchbin.sqlfiles import one
-
-    con = duckdb.connect(db_path, read_only=True)
-    try:
-        return one(con, "bench.run_engine", {"run_id": run_id})[0]
+        lengths = dict(run(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
+        return lengths, json.loads(one(con, "bench.run_engine", {"run_id": run_id})[0])
     finally:
         con.close()
 
