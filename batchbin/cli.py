@@ -15,6 +15,7 @@ import click
 
 from batchbin.cli_options import engine_options, job_options, split_options
 from batchbin.errors import BatchBinError
+from batchbin.prefect_runtime import in_process_flow_runs
 
 EXAMPLE_QUERY = "select id, output_tokens, finish_reason, left(output_text, 60) as output from completions limit 5"
 
@@ -46,7 +47,8 @@ def run_command(input_path: str, **options) -> None:
         config = JobConfig(input_path=input_path, engine=EngineOptions(**engine), **job)
     except Exception as error:
         fail(str(error))
-    state = batch_inference(config, return_state=True)
+    with in_process_flow_runs():
+        state = batch_inference(config, return_state=True)
     if not state.is_completed():
         fail(state.message or "the run failed")
     print_summary(state.result())
@@ -146,7 +148,8 @@ def train_predictor_command(db_path: str, max_tokens: int) -> None:
 
     if not Path(db_path).exists():
         fail(f"no BatchBin database at {db_path}; run `batchbin run` first")
-    state = train_length_predictor(db_path=db_path, default_max_tokens=max_tokens, return_state=True)
+    with in_process_flow_runs():
+        state = train_length_predictor(db_path=db_path, default_max_tokens=max_tokens, return_state=True)
     if not state.is_completed():
         fail(state.message or "training failed")
     click.echo(json.dumps(state.result(), indent=2, default=str))

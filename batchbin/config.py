@@ -28,7 +28,7 @@ class EngineOptions(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences running at once.")
     max_num_batched_tokens: int | None = Field(None, ge=16, description="Token budget per step.")
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
-    enforce_eager: bool | None = Field(None, description="Skip graph capture (faster start on CPU).")
+    enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default: eager only for jobs under 100 requests on CPU).")
 
 
 class JobConfig(BaseModel):

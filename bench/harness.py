@@ -10,9 +10,10 @@ Variants (bench.json keys):
   batchbin        the whole pipeline, input file to stored results
   oracle          the same with the real output lengths of a baseline run as "predictions"
 
-Engines are built outside the timed regions and warmed up first. Timed from the request rows
-(tokenization included) to the last completion, or for BatchBin from the input file to the
-results in DuckDB. See README "Benchmarks".
+Engines are built outside the timed regions and warmed up first. Every variant is timed from
+the input file to its results file: the vLLM scripts read the JSONL, tokenize (and sort), generate
+and write the completions; BatchBin runs its whole flow to the results in DuckDB and the exported
+file. See README "Benchmarks".
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
+from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.engine_settings import (
     EngineSettings, MachineInfo, choose_engine_settings, detect_machine, vllm_default_settings,
 )
@@ -79,13 +81,19 @@ def load_rows(workload: str, n_requests: int | None, seed: int, max_tokens: int 
     return rows[:n_requests] if n_requests else rows
 
 
-def plain_vllm(variant: str, engine, model_path: str, rows: list[dict], order: str, seed: int,
-               default_max_tokens: int, max_model_len: int) -> VariantRun:
-    """One `LLM.generate` call over all rows, shuffled or sorted by token ids, as a user would."""
+def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, order: str, seed: int,
+               default_max_tokens: int, max_model_len: int, output_path: Path | None = None) -> VariantRun:
+    """One `LLM.generate` call over all rows, shuffled or sorted by token ids, as a user would.
+
+    Given the input file (not rows) and an output file, the timed region is the whole script a
+    user would write, like BatchBin's: read the file, tokenize, sort, generate, write results."""
     from vllm import SamplingParams
 
     reset_prefix_cache(engine)
     started = time.perf_counter()
+    if isinstance(rows, Path):
+        with open(rows, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
     tokenizer = load_tokenizer(model_path)
     prompts = [render_token_ids(tokenizer, row.get("prompt"), json.dumps(row["messages"]) if row.get("messages") else None)
                for row in rows]
@@ -97,6 +105,10 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict], order: s
     params = [SamplingParams(max_tokens=min(rows[i].get("max_tokens") or default_max_tokens, max_model_len - len(prompts[i])),
                              temperature=0.0) for i in indices]
     outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
+    if output_path is not None:
+        with open(output_path, "w", encoding="utf-8") as handle:
+            for i, out in zip(indices, outputs):
+                handle.write(json.dumps({"id": rows[i]["id"], "output": out.outputs[0].text}, ensure_ascii=False) + "\n")
     wall = time.perf_counter() - started
     lengths = {str(rows[i]["id"]): len(out.outputs[0].token_ids) for i, out in zip(indices, outputs)}
     return VariantRun(
@@ -204,7 +216,8 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
                        max_tokens=default_max_tokens, max_model_len=max_model_len, temperature=0.0,
                        order=order, k_bins=k_bins, predictor=predictor, engine=engine_options)
     started = time.perf_counter()
-    report = batch_inference(config)
+    with in_process_flow_runs():  # as `batchbin run` does
+        report = batch_inference(config)
     wall = time.perf_counter() - started
     lengths, engine = _read_finished_run(str(db_path), report["run_id"])
     return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
@@ -285,10 +298,12 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
     machine = detect_machine()
     rows = load_rows(workload, n_requests, seed, max_tokens_override)
     input_path = write_jsonl(rows, out_dir / "requests.jsonl")
-    tuned = choose_engine_settings(machine, engine_options)
+    tuned = choose_engine_settings(machine, engine_options, requests=len(rows))  # as the flow chooses
+    # the flow's warm-up run is small and would choose eager mode: pin the job's choice
+    engine_options = engine_options.model_copy(update={"enforce_eager": tuned.enforce_eager})
     plain = vllm_default_settings(machine)
     if baseline_options is not None:  # tests cap the baseline's memory; the README's numbers do not
-        plain = choose_engine_settings(machine, baseline_options)
+        plain = choose_engine_settings(machine, baseline_options, requests=len(rows))
         plain.threads = None
     log(f"bench {workload}: {len(rows)} requests, variants {', '.join(variants)}, repeats {repeats}")
     runs: dict[str, list[VariantRun]] = {name: [] for name in variants}
@@ -299,7 +314,8 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
         engine = get_engine(model_path, plain, max_model_len)
         plain_vllm("warm-up", engine, model_path, warmup, "shuffled", seed, 8, max_model_len)
         for _ in range(repeats):
-            runs["vllm"].append(plain_vllm("vllm", engine, model_path, rows, "shuffled", seed, default_max_tokens, max_model_len))
+            runs["vllm"].append(plain_vllm("vllm", engine, model_path, input_path, "shuffled", seed, default_max_tokens,
+                                           max_model_len, out_dir / "vllm.out.jsonl"))
             log(_line(runs["vllm"][-1]))
     if "vllm-run-batch" in variants:
         shutdown_engine()  # two engines would share the cores
@@ -321,8 +337,9 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
         for _ in range(repeats):  # interleaved: A B C D A B C D ...
             for name in tuned_variants:
                 if name in ("vllm-tuned", "vllm-sorted"):
-                    result = plain_vllm(name, engine, model_path, rows, "sorted" if name == "vllm-sorted" else "shuffled",
-                                        seed, default_max_tokens, max_model_len)
+                    result = plain_vllm(name, engine, model_path, input_path,
+                                        "sorted" if name == "vllm-sorted" else "shuffled", seed, default_max_tokens,
+                                        max_model_len, out_dir / f"{name}.out.jsonl")
                 else:
                     if name == "oracle" and oracle_lengths is None:
                         source = next((runs[v][0] for v in ("vllm", "vllm-tuned", "vllm-sorted") if runs.get(v)), None)

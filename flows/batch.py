@@ -16,6 +16,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from batchbin import db
 from batchbin.config import JobConfig, file_fingerprint
 from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
 from batchbin.errors import BatchBinError
@@ -32,14 +33,19 @@ from batchbin.tasks.tokenize import tokenize
 
 
 @task(name="start run", cache_policy=NO_CACHE)
-def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, settings: EngineSettings) -> RunRef:
-    """Create or resume the run's row with its parameters and engine settings."""
+def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> RunRef:
+    """Create or resume the run's row with its parameters."""
     with open_run_db(ref) as con:
         run(con, "runs.start_run", {
             "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
-            "model": model_path, "config": config.model_dump_json(), "engine": json.dumps(settings.as_dict()),
+            "model": model_path, "config": config.model_dump_json(),
         })
     return ref
+
+
+def record_engine(ref: RunRef, settings: EngineSettings) -> None:
+    with open_run_db(ref) as con:
+        run(con, "runs.set_engine", {"run_id": ref.run_id, "engine": json.dumps(settings.as_dict())})
 
 
 def finish_run(ref: RunRef, status: str) -> None:
@@ -66,9 +72,13 @@ def batch_inference(config: JobConfig) -> dict:
         fingerprint = file_fingerprint(config.input_path)
     except BatchBinError as error:
         return Failed(message=str(error))
-    settings = choose_engine_settings(detect_machine(), config.engine)
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
-    start_run(ref, config, fingerprint, model_path, settings)
+    with db.session(ref.db_path):  # one open of the file for the whole run
+        return run_stages(ref, config, fingerprint, model_path)
+
+
+def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> dict:
+    start_run(ref, config, fingerprint, model_path)
     try:
         loaded = load(ref, config.input_path, fingerprint)
         if loaded.requests == 0:
@@ -76,6 +86,9 @@ def batch_inference(config: JobConfig) -> dict:
             with open_run_db(ref) as con:
                 rejects = run(con, "report.reject_examples", {"run_id": ref.run_id, "limit": 3}).fetchall()
             return Failed(message=no_valid_request_message(config.input_path, rejects))
+        # chosen once the job's size is known (small jobs skip torch.compile's start-up)
+        settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+        record_engine(ref, settings)
         ref = tokenize(ref, model_path, config.max_model_len)
         block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
         ref = group_prefixes(ref, min_shared_tokens=block)
@@ -91,5 +104,9 @@ def batch_inference(config: JobConfig) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(batch_inference(JobConfig(input_path=sys.argv[1] if len(sys.argv) > 1 else "examples/sample_prompts.jsonl",
-                                               max_tokens=32)), indent=2, default=str))
+    from batchbin.prefect_runtime import in_process_flow_runs
+
+    with in_process_flow_runs():
+        result = batch_inference(JobConfig(input_path=sys.argv[1] if len(sys.argv) > 1 else "examples/sample_prompts.jsonl",
+                                           max_tokens=32))
+    print(json.dumps(result, indent=2, default=str))

@@ -1,10 +1,14 @@
 -- name: start_run
--- Create the run (or mark a resumed one as running again) with its parameters and engine.
-INSERT INTO runs (run_id, input_path, input_fingerprint, model, config, engine, status, started_at)
-VALUES ($run_id, $input_path, $fingerprint, $model, $config, $engine, 'running', current_timestamp)
+-- Create the run (or mark a resumed one as running again) with its parameters.
+INSERT INTO runs (run_id, input_path, input_fingerprint, model, config, status, started_at)
+VALUES ($run_id, $input_path, $fingerprint, $model, $config, 'running', current_timestamp)
 ON CONFLICT (run_id) DO UPDATE SET
-    input_path = excluded.input_path, config = excluded.config, engine = excluded.engine,
+    input_path = excluded.input_path, config = excluded.config,
     status = 'running', started_at = excluded.started_at, finished_at = NULL;
 
 -- name: finish_run
 UPDATE runs SET status = $status, finished_at = current_timestamp WHERE run_id = $run_id;
+
+-- name: set_engine
+-- The vLLM engine settings the run uses (chosen once the number of requests is known).
+UPDATE runs SET engine = $engine WHERE run_id = $run_id;

@@ -6,7 +6,7 @@ import pytest
 
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import (
-    MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
+    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
 )
 
 INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)
@@ -22,7 +22,7 @@ def test_bf16_only_where_the_cpu_has_it():
 
 def test_threads_bind_every_core():
     assert choose_engine_settings(AMD).threads == "0-1"
-    assert choose_engine_settings(AMD).environment() == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert choose_engine_settings(AMD).environment()["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     assert core_ranges((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
     assert core_ranges((3,)) == "3"
 
@@ -34,6 +34,19 @@ def test_kv_cache_from_free_memory_within_bounds():
     assert choose_engine_settings(small).kv_cache_gib == 1.0
     big = MachineInfo("x", frozenset(), (0,), 200.0)
     assert choose_engine_settings(big).kv_cache_gib == 8.0
+
+
+def test_torch_compile_only_for_jobs_that_repay_it():
+    large = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS)
+    assert large.enforce_eager is False and "torch.compile" in large.reasons["enforce_eager"]
+    # the compile cache vllm-cpu 0.32 can load again (its AOT cache fails to load)
+    assert large.environment()["VLLM_USE_AOT_COMPILE"] == "0"
+    small = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS - 1)
+    assert small.enforce_eager is True and "eager" in small.reasons["enforce_eager"]
+    assert "VLLM_USE_AOT_COMPILE" not in small.environment()
+    assert choose_engine_settings(INTEL).enforce_eager is False  # size unknown: a large job
+    forced = choose_engine_settings(INTEL, EngineOptions(enforce_eager=False), requests=5)
+    assert forced.enforce_eager is False and forced.reasons["enforce_eager"] == "set by the user"
 
 
 def test_user_options_win_and_say_so():
@@ -55,6 +68,7 @@ def test_plain_vllm_baseline_only_fixes_what_cannot_run():
     assert vllm_default_settings(AMD).dtype == "float32"
     assert vllm_default_settings(AMD).threads is None
     assert vllm_default_settings(AMD).max_num_seqs is None
+    assert vllm_default_settings(AMD).enforce_eager is False  # vLLM compiles by default
 
 
 def test_this_machine_is_detected():
