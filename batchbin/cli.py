@@ -103,23 +103,26 @@ def sql_command(query: str, db_path: str, max_rows: int) -> None:
 
 
 @main.command("doctor")
+@click.option("--requests", type=int, default=None,
+              help="Settings for a job of this many requests (default: a large job).")
 @engine_options
-def doctor_command(**options) -> None:
+def doctor_command(requests: int | None, **options) -> None:
     """Print this machine and the vLLM engine settings BatchBin chooses for it, with reasons.
 
-    Example: batchbin doctor --max-num-seqs 32
+    Example: batchbin doctor --requests 50 --max-num-seqs 32
     """
     from batchbin.config import EngineOptions
     from batchbin.engine_settings import choose_engine_settings, detect_machine
 
     _, engine = split_options(options)
     machine = detect_machine()
-    settings = choose_engine_settings(machine, EngineOptions(**engine))
+    settings = choose_engine_settings(machine, EngineOptions(**engine), requests=requests)
     flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     click.echo(f"CPU        {machine.cpu_model} ({len(machine.cores)} cores; {', '.join(flags) or 'no AVX2'})")
-    click.echo(f"memory     {machine.mem_total_gib:.1f} GiB total")
+    free = f", {machine.mem_available_gib:.1f} GiB free" if machine.mem_available_gib is not None else ""
+    click.echo(f"memory     {machine.mem_total_gib:.1f} GiB total{free}")
     click.echo(f"GPU        {machine.gpu or 'none'}")
-    click.echo("engine settings:")
+    click.echo(f"engine settings for {f'a job of {requests} requests' if requests else 'a large job'}:")
     for name, value in settings.as_dict().items():
         if name != "reasons":
             click.echo(f"  {name:24} {str(value):12} {settings.reasons.get(name, '')}")

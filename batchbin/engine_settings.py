@@ -22,7 +22,8 @@ GIB = 1024**3
 CPU_MAX_NUM_SEQS = 128
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
 CPU_BLOCK_SIZE = 32
-CPU_KV_CACHE_SHARE = 0.25  # of total memory (not of free memory, which moves: the same job must get the same engine)
+CPU_KV_CACHE_SHARE = 0.25  # of total memory ...
+CPU_KV_CACHE_FREE_SHARE = 0.5  # ... but never more than half of the memory free right now
 CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
 # torch.compile (vLLM's default) generated ~20% more output tokens/s than eager mode on the
 # default model (README "Engine settings") but starts ~10 s slower (~50 s the first time on a
@@ -37,6 +38,7 @@ class MachineInfo:
     cores: tuple[int, ...]          # cores this process may run on
     mem_total_gib: float
     gpu: str | None = None          # GPU name when vLLM's CUDA build sees one
+    mem_available_gib: float | None = None  # free for new allocations (MemAvailable)
 
     @property
     def has_bf16(self) -> bool:
@@ -131,12 +133,12 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         dtype = pick("dtype", "bfloat16", "CPU has avx512_bf16/amx_bf16: bf16 is fast")
     else:
         dtype = pick("dtype", "float32", "CPU lacks avx512_bf16/amx_bf16: bf16 would be >10x slower")
-    kv_default = float(min(CPU_KV_CACHE_MAX_GIB, max(CPU_KV_CACHE_MIN_GIB, int(machine.mem_total_gib * CPU_KV_CACHE_SHARE))))
+    kv_default, kv_why = kv_cache_choice(machine)
     return EngineSettings(
         device="cpu",
         dtype=dtype,
         threads=pick("threads", core_ranges(machine.cores), f"all {len(machine.cores)} cores (vLLM's default leaves one to the front end)"),
-        kv_cache_gib=pick("kv_cache_gib", kv_default, f"{CPU_KV_CACHE_SHARE:.0%} of {machine.mem_total_gib:.1f} GiB memory (whole GiB), within [{CPU_KV_CACHE_MIN_GIB:g}, {CPU_KV_CACHE_MAX_GIB:g}]"),
+        kv_cache_gib=pick("kv_cache_gib", kv_default, kv_why),
         gpu_memory_utilization=pick("gpu_memory_utilization", None, "not used with an explicit KV-cache size"),
         max_num_seqs=pick("max_num_seqs", CPU_MAX_NUM_SEQS, "measured sweep (bench/engine_sweep.py)"),
         max_num_batched_tokens=pick("max_num_batched_tokens", CPU_MAX_NUM_BATCHED_TOKENS, "measured sweep (bench/engine_sweep.py)"),
@@ -144,6 +146,21 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         enforce_eager=pick("enforce_eager", *compile_choice(requests)),
         reasons=reasons,
     )
+
+
+def kv_cache_choice(machine: MachineInfo) -> tuple[float, str]:
+    """(GiB, why): a quarter of total memory, at most half of what is free, in whole GiB.
+
+    On an idle machine the total-memory share decides, so the same job gets the same engine run
+    after run (and an engine already holding its cache does not shrink the next choice); only
+    when memory is short does the free share cut it, before vLLM would fail to allocate."""
+    share = machine.mem_total_gib * CPU_KV_CACHE_SHARE
+    why = f"{CPU_KV_CACHE_SHARE:.0%} of {machine.mem_total_gib:.1f} GiB memory"
+    if machine.mem_available_gib is not None and machine.mem_available_gib * CPU_KV_CACHE_FREE_SHARE < share:
+        share = machine.mem_available_gib * CPU_KV_CACHE_FREE_SHARE
+        why = f"{CPU_KV_CACHE_FREE_SHARE:.0%} of the {machine.mem_available_gib:.1f} GiB free (less than {why})"
+    gib = float(min(CPU_KV_CACHE_MAX_GIB, max(CPU_KV_CACHE_MIN_GIB, int(share))))
+    return gib, f"{why}, whole GiB within [{CPU_KV_CACHE_MIN_GIB:g}, {CPU_KV_CACHE_MAX_GIB:g}]"
 
 
 def compile_choice(requests: int | None) -> tuple[bool, str]:
@@ -171,15 +188,18 @@ def read_cpu_flags() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def read_mem_total_gib() -> float:
+def read_meminfo_gib() -> dict[str, float]:
+    """/proc/meminfo in GiB (MemTotal, MemAvailable, ...); empty where there is none."""
+    values = {}
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024**2
+                key, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    values[key] = int(rest.split()[0]) / 1024**2
     except OSError:
         pass
-    return 8.0
+    return values
 
 
 def detect_gpu() -> str | None:
@@ -196,7 +216,8 @@ def detect_gpu() -> str | None:
 def detect_machine() -> MachineInfo:
     model, flags = read_cpu_flags()
     cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(os.cpu_count() or 1))
-    return MachineInfo(model, flags, cores, read_mem_total_gib(), detect_gpu())
+    memory = read_meminfo_gib()
+    return MachineInfo(model, flags, cores, memory.get("MemTotal", 8.0), detect_gpu(), memory.get("MemAvailable"))
 
 
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:

@@ -19,6 +19,7 @@ file. See README "Benchmarks".
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
 
 
 def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: int) -> list[str]:
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "--model", model_path,
+    args = [sys.executable, "-m", "batchbin.bench.run_batch_timed", "--model", model_path,
             "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--seed", "0"]
     for name, value in settings.engine_kwargs().items():
         flag = "--" + name.replace("_", "-")
@@ -147,27 +148,23 @@ def openai_batch_lines(rows: list[dict], model_path: str, default_max_tokens: in
 
 def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], seed: int,
                    default_max_tokens: int, max_model_len: int, workdir: Path) -> VariantRun:
-    """vLLM's own batch runner as a command. Its start-up is measured on a one-request file and
-    subtracted, so wall_s compares like with like (engines are built outside the timed region
-    for the other variants)."""
+    """vLLM's own batch runner, through `bench/run_batch_timed.py`: the command builds its
+    engine and warms it up outside the timed region, like every variant."""
     command = run_batch_command(model_path, settings, max_model_len)
-    env = {**__import__("os").environ, **settings.environment()}
-
-    def timed(lines: list[str], name: str) -> tuple[float, Path]:
-        source, target = workdir / f"{name}.jsonl", workdir / f"{name}.out.jsonl"
-        source.write_text("\n".join(lines) + "\n")
-        started = time.perf_counter()
-        done = subprocess.run(command + ["-i", str(source), "-o", str(target)], env=env,
-                              capture_output=True, text=True)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"vllm run_batch failed ({done.returncode}): {done.stderr[-2000:]}")
-        return elapsed, target
-
-    startup_s, _ = timed(openai_batch_lines(rows[:1], model_path, 1, seed), "startup")
-    total_s, output = timed(openai_batch_lines(rows, model_path, default_max_tokens, seed), "requests")
+    env = {**os.environ, **settings.environment()}
+    source, target, warmup = workdir / "requests.jsonl", workdir / "requests.out.jsonl", workdir / "warmup.jsonl"
+    source.write_text("\n".join(openai_batch_lines(rows, model_path, default_max_tokens, seed)) + "\n")
+    warmup.write_text("\n".join(openai_batch_lines(rows[:8], model_path, 8, seed)) + "\n")
+    started = time.perf_counter()
+    done = subprocess.run(command + ["--warmup-file", str(warmup), "-i", str(source), "-o", str(target)], env=env,
+                          capture_output=True, text=True)
+    command_s = time.perf_counter() - started
+    timed = [line for line in done.stdout.splitlines() if line.startswith("run_batch_s=")]
+    if done.returncode != 0 or not timed:
+        raise RuntimeError(f"vllm run_batch failed ({done.returncode}): {done.stderr[-2000:]}")
+    wall = float(timed[-1].split("=", 1)[1])
     lengths, prompt_tokens, cached = {}, 0, None  # None: this vLLM's batch runner does not report cache hits
-    for line in output.read_text().splitlines():
+    for line in target.read_text().splitlines():
         record = json.loads(line)
         usage = ((record.get("response") or {}).get("body") or {}).get("usage") or {}
         lengths[record["custom_id"]] = usage.get("completion_tokens", 0)
@@ -175,10 +172,9 @@ def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], 
         details = usage.get("prompt_tokens_details")
         if details:
             cached = (cached or 0) + (details.get("cached_tokens") or 0)
-    wall = max(total_s - startup_s, 1e-6)
     return VariantRun("vllm-run-batch", wall, wall, len(lengths), prompt_tokens, sum(lengths.values()), cached,
                       settings.as_dict(), lengths,
-                      notes=f"command took {total_s:.1f} s; minus {startup_s:.1f} s measured for a one-request file")
+                      notes=f"timed inside the command (engine built and warmed first); the whole command took {command_s:.1f} s")
 
 
 def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:

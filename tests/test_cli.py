@@ -56,6 +56,9 @@ def test_doctor_prints_the_settings_and_why():
     result = CliRunner().invoke(main, ["doctor", "--max-num-seqs", "8"])
     assert result.exit_code == 0
     assert "max_num_seqs" in result.output and "set by the user" in result.output
+    small = CliRunner().invoke(main, ["doctor", "--requests", "20"])
+    assert small.exit_code == 0 and "a job of 20 requests" in small.output
+    assert [line.split()[1] for line in small.output.splitlines() if line.strip().startswith("enforce_eager")] == ["True"]
 
 
 def test_run_with_no_valid_row_fails_with_one_line_and_keeps_the_rejects(tmp_path, prefect_api):

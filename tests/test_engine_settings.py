@@ -34,6 +34,11 @@ def test_kv_cache_from_free_memory_within_bounds():
     assert choose_engine_settings(small).kv_cache_gib == 1.0
     big = MachineInfo("x", frozenset(), (0,), 200.0)
     assert choose_engine_settings(big).kv_cache_gib == 8.0
+    idle = MachineInfo("x", frozenset(), (0,), 20.0, mem_available_gib=18.0)
+    assert choose_engine_settings(idle).kv_cache_gib == 5.0  # the total share decides
+    busy = MachineInfo("x", frozenset(), (0,), 20.0, mem_available_gib=6.5)
+    settings = choose_engine_settings(busy)
+    assert settings.kv_cache_gib == 3.0 and "free" in settings.reasons["kv_cache_gib"]  # half of 6.5, whole GiB
 
 
 def test_torch_compile_only_for_jobs_that_repay_it():
