@@ -53,16 +53,13 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
     Inside a `session` on the same file, a cursor of the session's connection (close it as
     usual; the session's connection stays open)."""
     path = Path(db_path)
-    if not read_only:
-        with _sessions_lock:
-            entry = _sessions.get(str(path.resolve()))
-            if entry is not None:
-                return entry[0].cursor()
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"no BatchBin database at {path}; run `batchbin run` first")
         return duckdb.connect(str(path), read_only=True)
-    return _open(path)
+    with _sessions_lock:
+        entry = _sessions.get(str(path.resolve()))
+    return entry[0].cursor() if entry is not None else _open(path)
 
 
 def _open(path: Path) -> duckdb.DuckDBPyConnection:

@@ -1,4 +1,4 @@
-"""How BatchBin runs flows in its own process (the CLI, the benchmark, the tests).
+"""How BatchBin runs flows in its own process (`batchbin run`, `train-predictor`, the benchmark).
 
 Prefect sends a flow-run heartbeat from a thread that sleeps in 1 s steps, and joins that
 thread when the flow ends: up to a second of idle waiting at the end of every flow run. The

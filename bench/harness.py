@@ -31,10 +31,10 @@ from pathlib import Path
 from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
-from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.engine_settings import (
     EngineSettings, MachineInfo, choose_engine_settings, detect_machine, vllm_default_settings,
 )
+from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
 
 VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")
