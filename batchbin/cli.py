@@ -67,6 +67,7 @@ def print_summary(report: dict) -> None:
         + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
         f"  prefix cache    {report['cached_tokens'] or 0} prompt tokens reused"
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
+        time_line(report),
         f"  database        {report['db_path']}",
         f"  output file     {report['output_path']} ({report['output_rows']} rows)",
         "",
@@ -74,6 +75,14 @@ def print_summary(report: dict) -> None:
         f"  batchbin sql --db {report['db_path']} \"{EXAMPLE_QUERY}\"",
     ]
     click.echo("\n".join(lines))
+
+
+def time_line(report: dict) -> str:
+    stages = report.get("stage_seconds") or {}
+    other = sum(seconds for stage, seconds in stages.items() if stage != "generate")
+    return (f"  time            {report.get('engine_start_s') or 0:.1f} s engine start, "
+            f"{report.get('generate_s') or 0:.1f} s generation, {other:.1f} s other stages "
+            "(batchbin sql \"select report->'stage_seconds' from run_reports\")")
 
 
 @main.command("sql")

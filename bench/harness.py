@@ -53,6 +53,7 @@ class VariantRun:
     engine: dict
     output_lengths: dict[str, int] = field(default_factory=dict, repr=False)
     notes: str = ""
+    stage_seconds: dict[str, float] | None = None  # BatchBin variants: wall seconds per flow stage
 
     @property
     def output_tps(self) -> float:
@@ -195,7 +196,9 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
 def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_options: EngineOptions,
                       default_max_tokens: int, max_model_len: int, order: str, k_bins: int,
                       oracle_lengths: dict[str, int] | None) -> tuple[VariantRun, dict]:
-    """The whole flow, timed from the input file to the stored results (fresh database)."""
+    """The whole flow, timed from the input file to the stored results (fresh database).
+
+    Call it inside `in_process_flow_runs()`, entered once per process as `batchbin run` does."""
     from batchbin.engine import current_engine
     from batchbin.flows.batch import batch_inference
 
@@ -212,12 +215,12 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
                        max_tokens=default_max_tokens, max_model_len=max_model_len, temperature=0.0,
                        order=order, k_bins=k_bins, predictor=predictor, engine=engine_options)
     started = time.perf_counter()
-    with in_process_flow_runs():  # as `batchbin run` does
-        report = batch_inference(config)
+    report = batch_inference(config)
     wall = time.perf_counter() - started
     lengths, engine = _read_finished_run(str(db_path), report["run_id"])
     return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
-                      report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths), report
+                      report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths,
+                      stage_seconds=report.get("stage_seconds")), report
 
 
 def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict]:
@@ -324,30 +327,31 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
     tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", "batchbin", "oracle")]
     report = None
     if tuned_variants:
-        engine = get_engine(model_path, tuned, max_model_len)
-        plain_vllm("warm-up", engine, model_path, warmup, "shuffled", seed, 8, max_model_len)
-        warm_input = write_jsonl(warmup, out_dir / "warmup.jsonl")
-        batchbin_pipeline("warm-up", warm_input, out_dir / "warmup.duckdb", engine_options, 8, max_model_len,
-                          order, k_bins, None)  # starts Prefect's API and loads the tokenizer
-        oracle_lengths = None
-        for _ in range(repeats):  # interleaved: A B C D A B C D ...
-            for name in tuned_variants:
-                if name in ("vllm-tuned", "vllm-sorted"):
-                    result = plain_vllm(name, engine, model_path, input_path,
-                                        "sorted" if name == "vllm-sorted" else "shuffled", seed, default_max_tokens,
-                                        max_model_len, out_dir / f"{name}.out.jsonl")
-                else:
-                    if name == "oracle" and oracle_lengths is None:
-                        source = next((runs[v][0] for v in ("vllm", "vllm-tuned", "vllm-sorted") if runs.get(v)), None)
-                        if source is None:
-                            source = plain_vllm("oracle-source", engine, model_path, rows, "sorted", seed,
-                                                default_max_tokens, max_model_len)
-                        oracle_lengths = source.output_lengths
-                    result, report = batchbin_pipeline(name, input_path, out_dir / f"{name}.duckdb", engine_options,
-                                                       default_max_tokens, max_model_len, order, k_bins,
-                                                       oracle_lengths if name == "oracle" else None)
-                runs[name].append(result)
-                log(_line(result))
+        with in_process_flow_runs():  # once per process, as `batchbin run` does
+            engine = get_engine(model_path, tuned, max_model_len)
+            plain_vllm("warm-up", engine, model_path, warmup, "shuffled", seed, 8, max_model_len)
+            warm_input = write_jsonl(warmup, out_dir / "warmup.jsonl")
+            batchbin_pipeline("warm-up", warm_input, out_dir / "warmup.duckdb", engine_options, 8, max_model_len,
+                              order, k_bins, None)  # starts Prefect's API and loads the tokenizer
+            oracle_lengths = None
+            for _ in range(repeats):  # interleaved: A B C D A B C D ...
+                for name in tuned_variants:
+                    if name in ("vllm-tuned", "vllm-sorted"):
+                        result = plain_vllm(name, engine, model_path, input_path,
+                                            "sorted" if name == "vllm-sorted" else "shuffled", seed, default_max_tokens,
+                                            max_model_len, out_dir / f"{name}.out.jsonl")
+                    else:
+                        if name == "oracle" and oracle_lengths is None:
+                            source = next((runs[v][0] for v in ("vllm", "vllm-tuned", "vllm-sorted") if runs.get(v)), None)
+                            if source is None:
+                                source = plain_vllm("oracle-source", engine, model_path, rows, "sorted", seed,
+                                                    default_max_tokens, max_model_len)
+                            oracle_lengths = source.output_lengths
+                        result, report = batchbin_pipeline(name, input_path, out_dir / f"{name}.duckdb", engine_options,
+                                                           default_max_tokens, max_model_len, order, k_bins,
+                                                           oracle_lengths if name == "oracle" else None)
+                    runs[name].append(result)
+                    log(_line(result))
     ideal = report.get("ideal_cached_tokens") if report else None
     summary = summarize(workload, runs, ideal, machine_record(machine), repeats)
     summary["settings"] = {"requests": len(rows), "seed": seed, "default_max_tokens": default_max_tokens,

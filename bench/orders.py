@@ -18,6 +18,7 @@ from batchbin.config import EngineOptions
 from batchbin.engine import get_engine
 from batchbin.engine_settings import choose_engine_settings, detect_machine
 from batchbin.models import resolve_model
+from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.schedule import ORDERS
 
 
@@ -35,8 +36,14 @@ def main() -> None:
     rows = load_rows(args.workload, args.requests, 0)
     input_path = write_jsonl(rows, out / "requests.jsonl")
     model_path = resolve_model("default")
-    options = EngineOptions()
-    engine = get_engine(model_path, choose_engine_settings(detect_machine(), options), 2048)
+    settings = choose_engine_settings(detect_machine(), EngineOptions(), requests=len(rows))
+    options = EngineOptions(enforce_eager=settings.enforce_eager)  # the small warm-up flow must not rebuild it
+    engine = get_engine(model_path, settings, 2048)
+    with in_process_flow_runs():
+        compare_orders(args, rows, input_path, out, model_path, options, engine)
+
+
+def compare_orders(args, rows, input_path, out, model_path, options, engine) -> None:
     plain_vllm("warm-up", engine, model_path, rows[:8], "shuffled", 0, 8, 2048)
     batchbin_pipeline("warm-up", write_jsonl(rows[:8], out / "warm.jsonl"), out / "warm.duckdb", options, 8, 2048,
                       "hybrid", 4, None)

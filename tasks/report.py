@@ -6,6 +6,7 @@ views for users, and the output file (JSONL or Parquet, keyed by the user's ids,
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -60,15 +61,20 @@ def report_markdown(report: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, dict))
     quality = report.get("predictor_quality") or {}
     quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items())
+    stage_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in (report.get("stage_seconds") or {}).items())
     return (f"# BatchBin run {report['run_id']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
-            + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n" if quality_rows else ""))
+            + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n\n" if quality_rows else "")
+            + (f"## Time by stage\n\n| stage | seconds |\n|---|---|\n{stage_rows}\n" if stage_rows else ""))
 
 
 @task(**{**stage_task_options("report"), "cache_policy": NO_CACHE, "persist_result": False})
-def report(ref: RunRef, output_path: str, generation: dict) -> dict:
-    """Store the run report, publish it as an artifact and export the output file."""
+def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[str, float] | None = None) -> dict:
+    """Store the run report, publish it as an artifact and export the output file.
+
+    `stage_seconds`: wall seconds per stage so far; this stage adds its own ("report")."""
     from batchbin.predictors.evaluate import run_prediction_quality
 
+    started = time.perf_counter()
     with open_run_db(ref) as con:
         create_views(con)
         quality = run_prediction_quality(con, ref.run_id)
@@ -76,6 +82,7 @@ def report(ref: RunRef, output_path: str, generation: dict) -> dict:
         summary["output_rows"] = export_results(con, ref.run_id, output_path)
         summary["output_path"] = str(output_path)
         summary["db_path"] = ref.db_path
+        summary["stage_seconds"] = {**(stage_seconds or {}), "report": round(time.perf_counter() - started, 3)}
         run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
     return summary

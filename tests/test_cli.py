@@ -73,3 +73,11 @@ def test_run_with_no_valid_row_fails_with_one_line_and_keeps_the_rejects(tmp_pat
     con = duckdb.connect(db_path, read_only=True)
     assert con.execute("select count(*) from rejects").fetchall() == [(2,)]
     con.close()
+
+
+def test_summary_time_line_splits_engine_start_generation_and_the_rest():
+    from batchbin.cli import time_line
+
+    line = time_line({"engine_start_s": 27.94, "generate_s": 11.5,
+                      "stage_seconds": {"load": 0.05, "tokenize": 0.12, "generate": 39.5, "report": 0.05}})
+    assert "27.9 s engine start" in line and "11.5 s generation" in line and "0.2 s other stages" in line

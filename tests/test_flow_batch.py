@@ -64,6 +64,18 @@ def test_every_valid_id_has_a_real_completion(job):
     assert report["output_tokens"] > 0 and report["output_tps"] > 0
 
 
+def test_report_says_where_the_time_went(job):
+    config, report = job
+    stages = report["stage_seconds"]
+    assert list(stages) == ["start", "load", "tokenize", "group_prefixes", "predict_lengths", "schedule", "generate",
+                            "report"]
+    assert all(seconds >= 0 for seconds in stages.values())
+    # the generate stage holds the generation itself (and, on a first run, the engine's start)
+    assert stages["generate"] >= report["generate_s"] - 0.01
+    (stored,) = query(config, "select report->>'stage_seconds' from run_reports where run_id = ?", [report["run_id"]])[0]
+    assert json.loads(stored) == stages
+
+
 def test_every_invalid_row_is_in_rejects_with_a_reason(job):
     config, report = job
     rejects = query(config, "select row_number, field, reason from rejects order by row_number")
