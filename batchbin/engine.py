@@ -20,6 +20,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_USER_LD_PRELOAD = os.environ.get("LD_PRELOAD")  # vLLM appends to it; each engine starts from this
 
 
 @dataclass
@@ -51,12 +52,27 @@ def get_engine(model_path: str, settings: EngineSettings, max_model_len: int) ->
         return _current
 
 
-def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:
-    """A new vllm.LLM with prefix caching on and the given settings."""
+def apply_environment(settings: EngineSettings, user_preload: str | None = None) -> None:
+    """Put the settings' environment into os.environ, replacing what an earlier engine set."""
+    user_preload = _USER_LD_PRELOAD if user_preload is None else user_preload
+    if user_preload:
+        os.environ["LD_PRELOAD"] = user_preload
+    else:
+        os.environ.pop("LD_PRELOAD", None)
     for name, value in settings.environment().items():
         os.environ[name] = value
+    if settings.preload and user_preload:
+        os.environ["LD_PRELOAD"] = f"{settings.preload}:{user_preload}"
     if settings.device == "cpu" and not settings.threads:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # vLLM's own default binding
+
+
+def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:
+    """A new vllm.LLM with prefix caching on and the given settings.
+
+    The settings' environment (thread binding, LD_PRELOAD, ...) goes into os.environ, which the
+    engine's processes inherit when vLLM spawns them."""
+    apply_environment(settings)
     from vllm import LLM
 
     started = time.perf_counter()

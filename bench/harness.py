@@ -97,8 +97,8 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
         with open(rows, encoding="utf-8") as handle:
             rows = [json.loads(line) for line in handle if line.strip()]
     tokenizer = load_tokenizer(model_path)
-    prompts = [render_token_ids(tokenizer, row.get("prompt"), json.dumps(row["messages"]) if row.get("messages") else None)
-               for row in rows]
+    prompts = render_token_ids(tokenizer, [row.get("prompt") for row in rows],
+                               [json.dumps(row["messages"]) if row.get("messages") else None for row in rows])
     indices = list(range(len(rows)))
     if order == "sorted":
         indices.sort(key=lambda i: prompts[i])

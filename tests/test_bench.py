@@ -47,6 +47,9 @@ def test_ratios_and_machine_are_recorded(summary):
     assert result["ideal_cached_tokens"] is not None and result["ideal_cached_tokens"] >= 0
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
     assert result["variants"]["vllm-tuned"]["engine"]["max_num_seqs"] == TEST_ENGINE["max_num_seqs"]
+    stages = result["variants"]["batchbin"]["stage_seconds"]  # where BatchBin's wall time went
+    assert stages["generate"] >= result["variants"]["batchbin"]["generate_s"] - 0.01
+    assert sum(stages.values()) <= result["variants"]["batchbin"]["wall_s"]
 
 
 def test_greedy_variants_generate_the_same_work(summary):

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchbin.cli import main
+from batchbin.engine_settings import detect_machine
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -59,6 +60,16 @@ def test_doctor_prints_the_settings_and_why():
     small = CliRunner().invoke(main, ["doctor", "--requests", "20"])
     assert small.exit_code == 0 and "a job of 20 requests" in small.output
     assert [line.split()[1] for line in small.output.splitlines() if line.strip().startswith("enforce_eager")] == ["True"]
+
+
+@pytest.mark.skipif(detect_machine().gpu is not None, reason="GPUs take 16-token blocks")
+def test_an_engine_setting_the_cpu_engine_refuses_fails_with_one_line(tmp_path, prefect_api):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"id": "a", "prompt": "Hello"}\n')
+    result = CliRunner().invoke(main, ["run", str(path), "--db", str(tmp_path / "x.duckdb"), "--block-size", "16"])
+    assert result.exit_code == 1 and "multiple of 32" in result.output
+    doctor = CliRunner().invoke(main, ["doctor", "--block-size", "16"])
+    assert doctor.exit_code == 1 and "multiple of 32" in doctor.output
 
 
 def test_run_with_no_valid_row_fails_with_one_line_and_keeps_the_rejects(tmp_path, prefect_api):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import pytest
 
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import (
-    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
+    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, find_preload_libs,
+    vllm_default_settings,
 )
 
 INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)
@@ -80,3 +84,52 @@ def test_this_machine_is_detected():
     machine = detect_machine()
     assert machine.cores and machine.mem_total_gib > 0
     assert choose_engine_settings(machine).dtype in ("bfloat16", "float32", "auto")
+
+
+def test_tcmalloc_and_intel_openmp_are_preloaded_where_found():
+    libs = ("/venv/lib/libtcmalloc_minimal.so.4", "/venv/lib/libiomp5.so")
+    machine = MachineInfo("x", frozenset({"avx2"}), (0, 1), 20.0, preload_libs=libs)
+    chosen = choose_engine_settings(machine)
+    assert chosen.preload == "/venv/lib/libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so"
+    assert chosen.environment()["LD_PRELOAD"] == chosen.preload
+    assert "libiomp5.so" in chosen.reasons["preload"]
+    off = choose_engine_settings(machine, EngineOptions(preload=False))
+    assert off.preload is None and "LD_PRELOAD" not in off.environment() and off.reasons["preload"] == "turned off by the user"
+    assert choose_engine_settings(AMD).preload is None and "none found" in choose_engine_settings(AMD).reasons["preload"]
+    assert vllm_default_settings(machine).preload is None  # the plain baseline runs as vLLM ships
+
+
+def test_preload_libraries_are_found_in_the_venv(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    assert not any(path.startswith(str(tmp_path)) for path in find_preload_libs(str(tmp_path)))
+    (lib / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    (lib / "libiomp5.so").write_bytes(b"")
+    found = find_preload_libs(str(tmp_path))
+    assert found[0] == str(lib / "libtcmalloc_minimal.so.4")
+    if platform.machine() == "x86_64":
+        assert found[1] == str(lib / "libiomp5.so")
+
+
+def test_each_engine_gets_its_own_preload_and_keeps_the_users(monkeypatch):
+    from batchbin.engine import apply_environment
+
+    machine = MachineInfo("x", frozenset({"avx2"}), (0, 1), 20.0, preload_libs=("/lib/libtcmalloc_minimal.so.4",))
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_USE_AOT_COMPILE"):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "/left/by/an/earlier/engine.so")
+    apply_environment(choose_engine_settings(machine), user_preload="")
+    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4"
+    apply_environment(vllm_default_settings(machine), user_preload="")
+    assert "LD_PRELOAD" not in os.environ and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
+    apply_environment(choose_engine_settings(machine), user_preload="/users/own.so")
+    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4:/users/own.so"
+
+
+def test_a_block_size_vllm_cpu_refuses_is_a_clear_error():
+    from batchbin.errors import BatchBinError
+
+    with pytest.raises(BatchBinError, match="multiple of 32"):
+        choose_engine_settings(INTEL, EngineOptions(block_size=16))
+    assert choose_engine_settings(INTEL, EngineOptions(block_size=64)).block_size == 64
+    assert choose_engine_settings(GPU, EngineOptions(block_size=16)).block_size == 16  # GPUs take 16
