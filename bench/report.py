@@ -1,10 +1,16 @@
-"""Print, plot and store a benchmark summary (bench.json)."""
+"""Print, plot and store a benchmark summary (bench.json).
+
+    python -m batchbin.bench.report bench-out/*/bench.json   # Markdown for the README
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from pathlib import Path
+
+RATIOS = ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_run_batch", "reuse_ratio")
 
 
 def table(summary: dict) -> str:
@@ -17,7 +23,7 @@ def table(summary: dict) -> str:
         cached = "-" if v["cached_prompt_tokens"] is None else v["cached_prompt_tokens"]
         lines.append(f"{name:16}{v['wall_s']:9.1f}{v['generate_s']:9.1f}{v['output_tokens']:9d}{v['output_tps']:9.1f}"
                      f"{cached:>9}  {v['wall_s_runs']}")
-    for key in ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_run_batch", "reuse_ratio"):
+    for key in RATIOS:
         if summary.get(key) is not None:
             lines.append(f"{key:22} {summary[key]}")
     lines.append(f"ideal_cached_tokens    {summary['ideal_cached_tokens']}")
@@ -67,3 +73,28 @@ def write(summary: dict, out_dir: Path) -> Path:
     path = out_dir / "bench.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
+
+
+def markdown(summary: dict) -> str:
+    """The README's block for one workload: the variants, the ratios, BatchBin's time by stage."""
+    lines = [f"**{summary['workload']}**: {summary['settings']['requests']} requests, median of {summary['repeats']} "
+             f"(by wall time); ideal cached tokens {summary['ideal_cached_tokens']}", "",
+             "| variant | wall s | generate s | output tokens | output tok/s | cached prompt tokens | runs (wall s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in summary["variants"].items():
+        cached = "n/a" if v["cached_prompt_tokens"] is None else v["cached_prompt_tokens"]
+        lines.append(f"| {name} | {v['wall_s']:.1f} | {v['generate_s']:.1f} | {v['output_tokens']} | "
+                     f"{v['output_tps']:.0f} | {cached} | {v['wall_s_runs']} |")
+    ratios = ", ".join(f"{key} **{summary[key]}**" for key in RATIOS if summary.get(key) is not None)
+    lines += ["", f"{ratios}; output tokens agree within 5%: {summary['output_tokens_agree']}"]
+    stages = (summary["variants"].get("batchbin") or {}).get("stage_seconds")
+    if stages:
+        wall = summary["variants"]["batchbin"]["wall_s"]
+        outside = wall - sum(stages.values())
+        lines += ["", "batchbin's time by stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                  + f"; outside the stages (Prefect's flow run, opening the database) {outside:.2f}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(markdown(json.loads(Path(path).read_text())) for path in sys.argv[1:]))

@@ -71,3 +71,6 @@ def test_outputs_written_and_stored(summary, tmp_path):
     con.close()
     assert sorted(r[0] for r in rows) == sorted(VARIANTS)
     assert "speedup_vs_sorted" in report.table(result)
+    markdown = report.markdown(result)
+    assert "| batchbin |" in markdown and "speedup_vs_sorted **" in markdown
+    assert "batchbin's time by stage (s): start" in markdown
