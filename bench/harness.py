@@ -283,7 +283,7 @@ def summarize(workload: str, runs: dict[str, list[VariantRun]], ideal_cached_tok
 def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, seed: int = 0,
                   variants: tuple[str, ...] = VARIANTS, repeats: int = 1, default_max_tokens: int = 64,
                   max_model_len: int = 2048, engine_options: EngineOptions | None = None,
-                  baseline_options: EngineOptions | None = None, order: str = "hybrid", k_bins: int = 4,
+                  baseline_options: EngineOptions | None = None, order: str = "auto", k_bins: int = 4,
                   max_tokens_override: int | None = None, log=print) -> dict:
     """Run the variants and return bench.json's content (also written to out_dir)."""
     from batchbin.models import resolve_model

@@ -21,7 +21,7 @@ from prefect.states import Failed
 
 from batchbin import db
 from batchbin.config import JobConfig, file_fingerprint
-from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
+from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings, detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
 from batchbin.sqlfiles import run
@@ -124,7 +124,8 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         with clock.stage("predict_lengths"):
             ref = predict_lengths(ref, config.predictor, config.max_tokens)
         with clock.stage("schedule"):
-            ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block)
+            ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
+                           max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
         with clock.stage("generate"):
             generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)

@@ -74,6 +74,9 @@ SHORT_CUES = ("one_word", "yes_no", "brief", "one_sentence", "only_answer", "cla
 LONG_CUES = ("list", "step_by_step", "long_form", "detailed", "code")
 
 _CUE_RE = {name: re.compile(pattern) for name, pattern in CUES.items()}
+# One pattern per cue kind: "is there any short (long) cue" in one pass instead of one per cue.
+_SHORT_RE = re.compile("|".join(f"(?:{CUES[name]})" for name in SHORT_CUES))
+_LONG_RE = re.compile("|".join(f"(?:{CUES[name]})" for name in LONG_CUES))
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _NUMBER_WORDS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -142,6 +145,16 @@ def instruction_window(text: str, settings: FeatureSettings) -> str:
 def cue_flags(text: str) -> dict[str, bool]:
     """Which cue patterns occur in a (lower-cased) text."""
     return {name: bool(pattern.search(text)) for name, pattern in _CUE_RE.items()}
+
+
+def has_short_cue(text: str) -> bool:
+    """Whether a (lower-cased) text has any of SHORT_CUES."""
+    return _SHORT_RE.search(text) is not None
+
+
+def has_long_cue(text: str) -> bool:
+    """Whether a (lower-cased) text has any of LONG_CUES."""
+    return _LONG_RE.search(text) is not None
 
 
 def asked_length(text: str) -> float | None:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from batchbin.db import registered, transaction
 from batchbin.errors import BatchBinError
-from batchbin.predictors.features import (LONG_CUES, SHORT_CUES, FeatureSettings, asked_length, cue_flags,
+from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
 from batchbin.predictors.registry import get_predictor, latest_predictor, load_predictor
 from batchbin.sqlfiles import run
@@ -53,12 +53,11 @@ def fallback_length(request: dict, base: float | None) -> float:
     text = instruction_window(last_user_text(request), FeatureSettings()).lower()
     base_tokens = min(limit, base) if base is not None and not math.isnan(base) else limit / 2
     asked = asked_length(text)
-    flags = cue_flags(text)
     if asked is not None:
         value = asked
-    elif any(flags[name] for name in SHORT_CUES):
+    elif has_short_cue(text):
         value = base_tokens * SHORT_FACTOR
-    elif any(flags[name] for name in LONG_CUES):
+    elif has_long_cue(text):
         value = base_tokens * LONG_FACTOR
     else:
         value = base_tokens

@@ -73,3 +73,18 @@ ORDER BY s.position;
 
 -- name: count_scheduled
 SELECT count(*) FROM schedule WHERE run_id = $run_id;
+
+-- name: prediction_spread
+-- How many requests the run has and how much their predicted lengths differ (coefficient of
+-- variation: standard deviation over mean; 0 when there are no predictions).
+SELECT count(*) AS requests,
+       coalesce(stddev_pop(p.predicted_tokens) / nullif(avg(p.predicted_tokens), 0), 0) AS spread
+FROM tokens t
+LEFT JOIN predictions p USING (run_id, request_id)
+WHERE t.run_id = $run_id;
+
+-- name: record_choice
+INSERT OR REPLACE INTO schedule_choices (run_id, requested, used, reason) VALUES ($run_id, $requested, $used, $reason);
+
+-- name: choice_of_run
+SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;

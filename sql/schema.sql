@@ -114,6 +114,13 @@ CREATE TABLE IF NOT EXISTS schedule (
     PRIMARY KEY (run_id, request_id)
 );
 
+CREATE TABLE IF NOT EXISTS schedule_choices (
+    run_id VARCHAR PRIMARY KEY,
+    requested VARCHAR,      -- the --order asked for (auto by default)
+    used VARCHAR,           -- the order the schedule was built in
+    reason VARCHAR
+);
+
 CREATE TABLE IF NOT EXISTS results (
     run_id VARCHAR,
     request_id VARCHAR,

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from batchbin.sqlfiles import arrow, run
+from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
 
 ARTIFACT_KEY = "batchbin-run-report"
@@ -43,6 +43,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
     for key in ("started_at", "finished_at"):
         summary[key] = None if summary[key] is None else str(summary[key])
     generate_s = generation.get("generate_s") or 0.0
+    order, order_reason = one(con, "schedule.choice_of_run", {"run_id": run_id}) or (None, None)
     report = {
         **summary,
         "generated_now": generation.get("generated", 0),
@@ -50,6 +51,8 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         "engine_start_s": round(generation.get("engine_start_s") or 0.0, 1),
         "output_tokens_now": generation.get("output_tokens", 0),
         "output_tps": round(generation.get("output_tokens", 0) / generate_s, 1) if generate_s else None,
+        "schedule_order": order,
+        "schedule_reason": order_reason,
         "predictor_quality": predictor_quality,
     }
     if report.get("reuse_ratio") is not None:

@@ -76,6 +76,13 @@ def test_report_says_where_the_time_went(job):
     assert json.loads(stored) == stages
 
 
+def test_report_names_the_schedule_order_and_why(job):
+    config, report = job
+    # a small job runs all at once on one engine: "auto" keeps token order
+    assert report["schedule_order"] == "sorted"
+    assert report["schedule_reason"].startswith(f"auto: all {len(VALID)} requests run at once")
+
+
 def test_every_invalid_row_is_in_rejects_with_a_reason(job):
     config, report = job
     rejects = query(config, "select row_number, field, reason from rejects order by row_number")

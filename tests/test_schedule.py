@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchbin.tasks.prefixes import assign_prefix_groups
-from batchbin.tasks.schedule import ORDERS, schedule_run
+from batchbin.tasks.schedule import ORDERS, choose_order, schedule_run
 
 BLOCK = 4
 # (request, tokens, predicted output). Two families sharing >= 4 tokens, and two loners.
@@ -68,3 +68,31 @@ def test_rescheduling_replaces_rows(run_db):
 def test_unknown_order_is_refused(run_db):
     with pytest.raises(ValueError, match="unknown order"):
         schedule_run(run_db, "r", 2, "random", BLOCK)
+
+
+def test_auto_order_uses_token_order_when_every_request_runs_at_once(run_db):
+    got = order_of(run_db, "auto")
+    used, reason = run_db.execute("select used, reason from schedule_choices where run_id = 'r'").fetchone()
+    assert used == "sorted" and "all 7 requests run at once" in reason
+    assert got == order_of(run_db, "sorted")
+
+
+def test_auto_order_bins_by_length_when_requests_queue_and_lengths_differ(run_db):
+    assert schedule_run(run_db, "r", 2, "auto", BLOCK, max_num_seqs=2) == len(REQUESTS)
+    got = [r[0] for r in run_db.execute("select request_id from schedule where run_id = 'r' order by position").fetchall()]
+    assert got == order_of(run_db, "hybrid")
+    assert run_db.execute("select used from schedule_choices where run_id = 'r'").fetchone()[0] == "hybrid"
+
+
+@pytest.mark.parametrize("requests, spread, expected", [
+    (100, 2.0, "sorted"),   # fits in one wave of 256 sequences
+    (1000, 0.2, "sorted"),  # queues, but lengths are alike
+    (1000, 1.3, "hybrid"),  # queues and lengths differ
+])
+def test_choose_order(requests, spread, expected):
+    assert choose_order("auto", requests, 256, spread).order == expected
+
+
+def test_an_order_the_user_sets_is_kept():
+    choice = choose_order("bin", 10, 256, 0.0)
+    assert (choice.order, choice.reason) == ("bin", "set by the user")
