@@ -220,6 +220,7 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
     lengths, engine = _read_finished_run(str(db_path), report["run_id"])
     return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
                       report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths,
+                      notes=f"order {report.get('schedule_order')} ({report.get('schedule_reason')})",
                       stage_seconds=report.get("stage_seconds")), report
 
 

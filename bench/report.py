@@ -93,6 +93,9 @@ def markdown(summary: dict) -> str:
         outside = wall - sum(stages.values())
         lines += ["", "batchbin's time by stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
                   + f"; outside the stages (Prefect's flow run, opening the database) {outside:.2f}"]
+    notes = (summary["variants"].get("batchbin") or {}).get("notes")
+    if notes:
+        lines += ["", f"batchbin's schedule: {notes}"]
     return "\n".join(lines)
 
 

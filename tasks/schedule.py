@@ -38,7 +38,7 @@ def choose_order(order: str, requests: int, max_num_seqs: int, length_spread: fl
     if order != "auto":
         return OrderChoice(order, "set by the user")
     if requests <= max_num_seqs:
-        return OrderChoice("sorted", f"auto: all {requests} requests run at once (max_num_seqs {max_num_seqs}), "
+        return OrderChoice("sorted", f"auto: all {requests} requests run at once with max_num_seqs {max_num_seqs}, "
                                      "so only prefix order matters")
     if length_spread < MIN_LENGTH_SPREAD:
         return OrderChoice("sorted", f"auto: predicted lengths are alike (spread {length_spread:.2f} < "

@@ -74,3 +74,4 @@ def test_outputs_written_and_stored(summary, tmp_path):
     markdown = report.markdown(result)
     assert "| batchbin |" in markdown and "speedup_vs_sorted **" in markdown
     assert "batchbin's time by stage (s): start" in markdown
+    assert "batchbin's schedule: order sorted (auto: all" in markdown  # the small job runs at once
