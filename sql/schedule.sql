@@ -14,6 +14,7 @@
 --   bin    - bin-major (longest bin first), token order inside a bin: families may be split;
 --   hybrid - each whole family goes to the bin of its mean predicted length; bins longest
 --            first, then families by decode ratio, token order inside a family.
+-- ("auto" never reaches this query: tasks/schedule.py resolves it to hybrid or sorted.)
 -- Parameters: $run_id, $k_bins, $order, $min_shared_tokens.
 DELETE FROM schedule WHERE run_id = $run_id;
 INSERT INTO schedule (run_id, request_id, bin, batch, position)

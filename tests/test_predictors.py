@@ -289,3 +289,20 @@ def test_run_prediction_quality(history):
     quality = run_prediction_quality(history, "hist")
     assert quality["n"] == 300 and quality["spearman"] == 1 and quality["mae"] == 0
     assert quality["k_bins"] == 4 and quality["predictor"] == "oracle:hist"
+
+
+@pytest.mark.parametrize("workload", ["mixed-length", "chat-mix", "prefix-heavy"])
+def test_combined_cue_patterns_agree_with_the_single_cues(workload):
+    from batchbin.bench.workloads import make_workload
+    from batchbin.predictors.features import LONG_CUES, SHORT_CUES, cue_flags, has_long_cue, has_short_cue
+
+    texts = [last_user_text(row).lower() for row in make_workload(workload, 80, 0)]
+    texts += ["answer in one word.", "yes or no?", "write an essay", "just say hi", "list three steps"]
+    seen_short = seen_long = 0
+    for text in texts:
+        flags = cue_flags(text)
+        assert has_short_cue(text) == any(flags[name] for name in SHORT_CUES), text
+        assert has_long_cue(text) == any(flags[name] for name in LONG_CUES), text
+        seen_short += has_short_cue(text)
+        seen_long += has_long_cue(text)
+    assert seen_short and seen_long  # both kinds occur, so the comparison means something
