@@ -78,6 +78,7 @@ def test_auto_order_uses_token_order_when_every_request_runs_at_once(run_db):
 
 
 def test_auto_order_bins_by_length_when_requests_queue_and_lengths_differ(run_db):
+    run_db.execute("update predictions set predicted_tokens = 1000 where request_id = 'a1'")  # CV 0.85 -> 1.9
     assert schedule_run(run_db, "r", 2, "auto", BLOCK, max_num_seqs=2) == len(REQUESTS)
     got = [r[0] for r in run_db.execute("select request_id from schedule where run_id = 'r' order by position").fetchall()]
     assert got == order_of(run_db, "hybrid")
@@ -87,6 +88,7 @@ def test_auto_order_bins_by_length_when_requests_queue_and_lengths_differ(run_db
 @pytest.mark.parametrize("requests, spread, expected", [
     (100, 2.0, "sorted"),   # fits in one wave of 256 sequences
     (1000, 0.2, "sorted"),  # queues, but lengths are alike
+    (1000, 0.9, "sorted"),  # queues, lengths differ, but not enough to pay (chat-mix, prefix-heavy)
     (1000, 1.3, "hybrid"),  # queues and lengths differ
 ])
 def test_choose_order(requests, spread, expected):
