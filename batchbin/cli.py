@@ -179,5 +179,15 @@ def _register_bench() -> None:
 
 _register_bench()
 
+
+def entry() -> None:
+    """The `batchbin` command: restarted once with tcmalloc and Intel OpenMP preloaded (where
+    found, on CPU), so that vLLM's engine can run in this process with them (batchbin/preload.py)."""
+    from batchbin.preload import restart_with_preload
+
+    restart_with_preload(sys.argv)
+    main(prog_name="batchbin")
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -30,6 +30,7 @@ class EngineOptions(BaseModel):
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
     enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default: eager only for jobs under 100 requests on CPU).")
     preload: bool | None = Field(None, description="Preload tcmalloc and Intel OpenMP into vLLM's CPU engine, as vLLM advises (default: yes where they are installed).")
+    in_process: bool | None = Field(None, description="Run vLLM's engine core in this process instead of its own (default on CPU, where the preload allows: faster).")
 
 
 class JobConfig(BaseModel):

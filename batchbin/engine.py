@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ def apply_environment(settings: EngineSettings, user_preload: str | None = None)
         os.environ["LD_PRELOAD"] = f"{settings.preload}:{user_preload}"
     if settings.device == "cpu" and not settings.threads:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # vLLM's own default binding
+    vllm_envs = sys.modules.get("vllm.envs")
+    if vllm_envs is not None and hasattr(vllm_envs, "disable_envs_cache"):
+        vllm_envs.disable_envs_cache()  # an engine that ran in this process froze vLLM's view of os.environ
 
 
 def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:

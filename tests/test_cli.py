@@ -92,3 +92,34 @@ def test_summary_time_line_splits_engine_start_generation_and_the_rest():
     line = time_line({"engine_start_s": 27.94, "generate_s": 11.5,
                       "stage_seconds": {"load": 0.05, "tokenize": 0.12, "generate": 39.5, "report": 0.05}})
     assert "27.9 s engine start" in line and "11.5 s generation" in line and "0.2 s other stages" in line
+
+
+def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tmp_path):
+    """The user's path end to end: `batchbin run` restarts itself with the preload and runs vLLM's
+    engine core in its own process (a real engine, a few tokens per request)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from batchbin.preload import find_preload_libs
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i}:"}) + "\n" for i in range(3)))
+    db_file, out_file = tmp_path / "cli.duckdb", tmp_path / "out.jsonl"
+    command = [str(Path(sys.executable).parent / "batchbin"), "run", str(prompts), "--db", str(db_file),
+               "--output", str(out_file), "--max-tokens", "4", "--kv-cache-gib", "1", "--max-num-seqs", "16"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("LD_PRELOAD", None)
+    env.pop("BATCHBIN_PRELOAD_RESTARTED", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 valid, 0 rejected" in done.stdout
+    assert sorted(json.loads(line)["id"] for line in out_file.read_text().splitlines()) == ["q0", "q1", "q2"]
+    with duckdb.connect(str(db_file), read_only=True) as con:
+        engine = json.loads(con.execute("select engine from runs").fetchone()[0])
+    assert engine["in_process"] is True
+    if find_preload_libs():
+        assert engine["preload"] and "has the preload" in engine["reasons"]["in_process"]

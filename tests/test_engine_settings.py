@@ -9,9 +9,9 @@ import pytest
 
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import (
-    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, find_preload_libs,
-    vllm_default_settings,
+    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
 )
+from batchbin.preload import find_preload_libs
 
 INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)
 AMD = MachineInfo("AMD EPYC", frozenset({"avx2"}), (0, 1), 20.0)
@@ -133,3 +133,29 @@ def test_a_block_size_vllm_cpu_refuses_is_a_clear_error():
         choose_engine_settings(INTEL, EngineOptions(block_size=16))
     assert choose_engine_settings(INTEL, EngineOptions(block_size=64)).block_size == 64
     assert choose_engine_settings(GPU, EngineOptions(block_size=16)).block_size == 16  # GPUs take 16
+
+
+def test_the_engine_runs_in_this_process_where_that_keeps_the_preload():
+    libs = ("/venv/lib/libtcmalloc_minimal.so.4", "/venv/lib/libiomp5.so")
+    nothing_to_preload = choose_engine_settings(AMD)
+    assert nothing_to_preload.in_process is True
+    assert nothing_to_preload.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    started_with_it = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs,
+                                                         preload_loaded=True))
+    assert started_with_it.in_process is True and "has the preload" in started_with_it.reasons["in_process"]
+    started_without = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs))
+    assert started_without.in_process is False and started_without.preload  # the new process gets the preload
+    assert started_without.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    forced = choose_engine_settings(AMD, EngineOptions(in_process=False))
+    assert forced.in_process is False and forced.reasons["in_process"] == "set by the user"
+    assert choose_engine_settings(GPU).in_process is False  # vLLM's default on GPU
+    assert vllm_default_settings(AMD).environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
+def test_detected_cores_do_not_shrink_once_an_engine_pins_this_thread():
+    before = detect_machine().cores
+    os.sched_setaffinity(0, {before[0]})  # what vLLM's in-process engine does to its thread
+    try:
+        assert detect_machine().cores == before
+    finally:
+        os.sched_setaffinity(0, set(before))
