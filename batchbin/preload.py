@@ -42,10 +42,11 @@ def libraries_in_this_process(maps_path: str = "/proc/self/maps") -> frozenset[s
     """Real paths of the shared libraries mapped into this process (empty where unknown)."""
     try:
         with open(maps_path) as handle:
-            return frozenset(os.path.realpath(line.split(None, 5)[5].strip())
-                             for line in handle if line.count(" ") >= 5 and "/" in line)
+            fields = (line.split(None, 5) for line in handle)
+            paths = {parts[5].strip() for parts in fields if len(parts) == 6 and parts[5].startswith("/")}
     except OSError:
         return frozenset()
+    return frozenset(os.path.realpath(path) for path in paths)  # each library once (it has several mappings)
 
 
 def all_loaded(libs: tuple[str, ...], loaded: frozenset[str] | None = None) -> bool:
