@@ -60,8 +60,9 @@ def gpu_present() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def restart_with_preload(argv: list[str]) -> None:
-    """Replace this process by itself with the preload libraries in LD_PRELOAD, once.
+def restart_with_preload(argv: list[str], module: str = "batchbin.cli") -> None:
+    """Replace this process by `python -m module argv[1:]` with the preload libraries in
+    LD_PRELOAD, once.
 
     Does nothing where there is nothing to preload, where they are loaded already, on a GPU
     machine, or where the user turned the preload off (`--no-preload`)."""
@@ -75,4 +76,4 @@ def restart_with_preload(argv: list[str]) -> None:
     env[RESTARTED_FLAG] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "batchbin.cli", *argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv[1:]], env)
