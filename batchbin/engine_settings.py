@@ -86,7 +86,9 @@ class EngineSettings:
     def environment(self) -> dict[str, str]:
         """Environment variables the engine process must see."""
         env = {"VLLM_CPU_OMP_THREADS_BIND": self.threads} if self.threads else {}
-        # read by vllm.LLM only; vLLM's async engine (run-batch, serve) always uses a process
+        # vllm.LLM: engine core in this process (0) or its own (1). On CPU, 1 also moves the model
+        # into a third, worker process; vLLM's async engine (run-batch, serve) always gives its
+        # engine core a process, and 0 keeps the model inside it.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
         if self.device == "cpu" and not self.enforce_eager:
             # vllm-cpu 0.32 cannot load its own AOT compile cache ("'function' object has no
