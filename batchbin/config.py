@@ -31,6 +31,7 @@ class EngineOptions(BaseModel):
     enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default: eager only for jobs under 100 requests on CPU).")
     preload: bool | None = Field(None, description="Preload tcmalloc and Intel OpenMP into vLLM's CPU engine, as vLLM advises (default: yes where they are installed).")
     in_process: bool | None = Field(None, description="Run vLLM's engine core in this process instead of its own (default on CPU, where the preload allows: faster).")
+    worker_in_core: bool | None = Field(None, description="CPU, engine core in its own process: run the model inside it instead of in a third, worker process (default: yes).")
 
 
 class JobConfig(BaseModel):

@@ -71,6 +71,18 @@ def apply_environment(settings: EngineSettings, user_preload: str | None = None)
         vllm_envs.disable_envs_cache()  # an engine that ran in this process froze vLLM's view of os.environ
 
 
+def executor_kwargs(settings: EngineSettings) -> dict:
+    """vLLM's executor for an engine core in its own process whose model runs inside it.
+
+    Passed as the class: vLLM's CPU platform turns the name "uni" into its multiprocess
+    executor (a third process) whenever the engine core has a process of its own."""
+    if settings.device != "cpu" or settings.in_process or not settings.worker_in_core:
+        return {}
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    return {"distributed_executor_backend": UniProcExecutor}
+
+
 def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:
     """A new vllm.LLM with prefix caching on and the given settings.
 
@@ -86,6 +98,7 @@ def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) 
         enable_prefix_caching=True,
         seed=0,
         **settings.engine_kwargs(),
+        **executor_kwargs(settings),
     )
     return Engine(llm=llm, key=(), settings=settings, start_s=time.perf_counter() - started)
 

@@ -69,6 +69,7 @@ class EngineSettings:
     reasons: dict[str, str] = field(default_factory=dict)
     preload: str | None = None       # LD_PRELOAD of the engine's processes (':'-separated)
     in_process: bool = False         # engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    worker_in_core: bool = False     # engine core in its own process: the model inside it, not in a worker below
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for vllm.LLM (None = vLLM's own default)."""
@@ -147,6 +148,7 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
             reasons=reasons,
             in_process=pick("in_process", False, "vLLM default: a separate engine process keeps the GPU busy "
                                                   "while the front end works"),
+            worker_in_core=pick("worker_in_core", False, "vLLM default"),
         )
 
     if options.block_size is not None and options.block_size % CPU_BLOCK_MULTIPLE:
@@ -171,6 +173,9 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         reasons=reasons,
         preload=preload,
         in_process=pick("in_process", *in_process_choice(machine, preload)),
+        worker_in_core=pick("worker_in_core", True, "where the engine core has its own process, the model runs inside it, "
+                                                    "not in a third process below it (vLLM's CPU default): measured 24% "
+                                                    "faster (mixed-length 160), as fast as the engine core in process"),
     )
 
 

@@ -159,3 +159,19 @@ def test_detected_cores_do_not_shrink_once_an_engine_pins_this_thread():
         assert detect_machine().cores == before
     finally:
         os.sched_setaffinity(0, set(before))
+
+
+def test_an_engine_core_in_its_own_process_runs_the_model_itself():
+    from batchbin.engine import executor_kwargs
+
+    libs = ("/venv/lib/libtcmalloc_minimal.so.4",)
+    own_process = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs))
+    assert own_process.in_process is False and own_process.worker_in_core is True
+    executor = executor_kwargs(own_process)["distributed_executor_backend"]
+    assert executor.__name__ == "UniProcExecutor"  # the class: vLLM's CPU platform rewrites the name "uni"
+    assert executor_kwargs(choose_engine_settings(AMD)) == {}  # in process: vLLM picks it by itself
+    assert executor_kwargs(vllm_default_settings(AMD)) == {}  # the plain baseline keeps vLLM's third process
+    assert executor_kwargs(choose_engine_settings(GPU)) == {}
+    off = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs),
+                                 EngineOptions(worker_in_core=False))
+    assert executor_kwargs(off) == {} and off.reasons["worker_in_core"] == "set by the user"
