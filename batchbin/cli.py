@@ -180,12 +180,18 @@ def _register_bench() -> None:
 _register_bench()
 
 
+# the commands that build a vLLM engine, or show the settings one would get
+ENGINE_COMMANDS = ("run", "bench", "doctor")
+
+
 def entry() -> None:
-    """The `batchbin` command: restarted once with tcmalloc and Intel OpenMP preloaded (where
-    found, on CPU), so that vLLM's engine can run in this process with them (batchbin/preload.py)."""
+    """The `batchbin` command. The engine commands restart once with tcmalloc and Intel OpenMP
+    preloaded (where found, on CPU), so that vLLM's engine can run in this process with them
+    (batchbin/preload.py)."""
     from batchbin.preload import restart_with_preload
 
-    restart_with_preload(sys.argv)
+    if len(sys.argv) > 1 and sys.argv[1] in ENGINE_COMMANDS:
+        restart_with_preload(sys.argv)
     main(prog_name="batchbin")
 
 
