@@ -96,7 +96,7 @@ def test_summary_time_line_splits_engine_start_generation_and_the_rest():
 
 def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tmp_path):
     """The user's path end to end: `batchbin run` restarts itself with the preload and runs vLLM's
-    engine core in its own process (a real engine, a few tokens per request)."""
+    engine core inside the command's own process (a real engine, a few tokens per request)."""
     import json
     import os
     import subprocess
