@@ -84,13 +84,15 @@ class EngineSettings:
         }
         return {key: value for key, value in kwargs.items() if value is not None}
 
-    def environment(self) -> dict[str, str]:
-        """Environment variables the engine process must see."""
+    def environment(self, async_engine: bool = False) -> dict[str, str]:
+        """Environment variables the engine process must see (`async_engine`: for vLLM's async
+        engine, as in `vllm run-batch`, rather than vllm.LLM)."""
         env = {"VLLM_CPU_OMP_THREADS_BIND": self.threads} if self.threads else {}
         # vllm.LLM: engine core in this process (0) or its own (1). On CPU, 1 also moves the model
-        # into a third, worker process; vLLM's async engine (run-batch, serve) always gives its
-        # engine core a process, and 0 keeps the model inside it.
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
+        # into a third, worker process; vLLM's async engine always gives its engine core a
+        # process, and 0 keeps the model inside it.
+        model_in_core = self.in_process or (async_engine and self.worker_in_core)
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if model_in_core else "1"
         if self.device == "cpu" and not self.enforce_eager:
             # vllm-cpu 0.32 cannot load its own AOT compile cache ("'function' object has no
             # attribute 'finalize_loading'") and compiles again on every start; its older

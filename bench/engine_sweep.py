@@ -50,8 +50,7 @@ def main() -> None:
     for name in args.settings.split(","):
         values = [int(v) for v in args.values.split(",")] if args.values else SWEEP[name]
         for value in values:
-            option = bool(value) if EngineOptions.model_fields[name].annotation == bool | None else value
-            settings = choose_engine_settings(machine, EngineOptions(**{name: option}), requests=len(rows))
+            settings = choose_engine_settings(machine, EngineOptions(**{name: value}), requests=len(rows))  # 0/1 -> bool
             engine = get_engine(model_path, settings, 2048)
             plain_vllm("warm-up", engine, model_path, rows[:8], "sorted", 0, 8, 2048)
             run = plain_vllm("sweep", engine, model_path, rows, "sorted", 0, 64, 2048)

@@ -152,9 +152,7 @@ def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], 
     """vLLM's own batch runner, through `bench/run_batch_timed.py`: the command builds its
     engine and warms it up outside the timed region, like every variant."""
     command = run_batch_command(model_path, settings, max_model_len)
-    env = {**os.environ, **settings.environment()}
-    if settings.worker_in_core:  # vLLM's async engine keeps its core process; 0 keeps the model inside it
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    env = {**os.environ, **settings.environment(async_engine=True)}
     source, target, warmup = workdir / "requests.jsonl", workdir / "requests.out.jsonl", workdir / "warmup.jsonl"
     source.write_text("\n".join(openai_batch_lines(rows, model_path, default_max_tokens, seed)) + "\n")
     warmup.write_text("\n".join(openai_batch_lines(rows[:8], model_path, 8, seed)) + "\n")

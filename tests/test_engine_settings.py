@@ -167,6 +167,8 @@ def test_an_engine_core_in_its_own_process_runs_the_model_itself():
     libs = ("/venv/lib/libtcmalloc_minimal.so.4",)
     own_process = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs))
     assert own_process.in_process is False and own_process.worker_in_core is True
+    assert own_process.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # vllm.LLM: core in its own process
+    assert own_process.environment(async_engine=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # run-batch: model in it
     executor = executor_kwargs(own_process)["distributed_executor_backend"]
     assert executor.__name__ == "UniProcExecutor"  # the class: vLLM's CPU platform rewrites the name "uni"
     assert executor_kwargs(choose_engine_settings(AMD)) == {}  # in process: vLLM picks it by itself
