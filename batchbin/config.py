@@ -32,6 +32,8 @@ class EngineOptions(BaseModel):
     preload: bool | None = Field(None, description="Preload tcmalloc and Intel OpenMP into vLLM's CPU engine, as vLLM advises (default: yes where they are installed).")
     in_process: bool | None = Field(None, description="Run vLLM's engine core in this process instead of its own (default on CPU, where the preload allows: faster).")
     worker_in_core: bool | None = Field(None, description="CPU, engine core in its own process: run the model inside it instead of in a third, worker process (default: yes).")
+    speculative_tokens: int | None = Field(None, ge=0, le=8, description="Draft tokens per step from n-gram lookup in each request's own tokens (vLLM's ngram speculative decoding); 0 = off (default). Pays where outputs repeat their prompt or themselves.")
+    speculative_max_batch: int | None = Field(None, ge=1, description="Speculate only while at most this many sequences run (default on CPU: 48, measured).")
 
 
 class JobConfig(BaseModel):

@@ -127,6 +127,8 @@ def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: 
         if isinstance(value, bool):
             if value:
                 args.append(flag)
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
         else:
             args += [flag, str(value)]
     return args

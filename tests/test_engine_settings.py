@@ -177,3 +177,42 @@ def test_an_engine_core_in_its_own_process_runs_the_model_itself():
     off = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs),
                                  EngineOptions(worker_in_core=False))
     assert executor_kwargs(off) == {} and off.reasons["worker_in_core"] == "set by the user"
+
+
+def test_speculative_decoding_is_off_unless_asked_for():
+    for settings in (choose_engine_settings(INTEL), choose_engine_settings(AMD), choose_engine_settings(GPU)):
+        assert settings.speculative_tokens == 0 and "speculative_config" not in settings.engine_kwargs()
+    assert choose_engine_settings(AMD).reasons["speculative_tokens"].startswith("off")
+
+
+def test_speculation_drafts_n_grams_only_while_the_batch_is_small():
+    config = choose_engine_settings(AMD, EngineOptions(speculative_tokens=3)).engine_kwargs()["speculative_config"]
+    assert config["method"] == "ngram" and config["num_speculative_tokens"] == 3
+    # vLLM's per-batch-size schedule: 3 drafts up to 48 running sequences, none above
+    assert config["num_speculative_tokens_per_batch_size"] == [[1, 48, 3], [49, 256, 0]]
+    mine = choose_engine_settings(AMD, EngineOptions(speculative_tokens=2, speculative_max_batch=8))
+    assert mine.engine_kwargs()["speculative_config"]["num_speculative_tokens_per_batch_size"] == [[1, 8, 2], [9, 256, 0]]
+    assert mine.reasons["speculative_max_batch"] == "set by the user"
+    gpu = choose_engine_settings(GPU, EngineOptions(speculative_tokens=3))
+    assert "num_speculative_tokens_per_batch_size" not in gpu.engine_kwargs()["speculative_config"]  # every batch size
+
+
+def test_vllm_accepts_the_speculative_config(default_model_path):
+    """vLLM's own engine configuration (no model weights loaded) takes the schedule."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    settings = choose_engine_settings(detect_machine(), EngineOptions(speculative_tokens=3))
+    config = EngineArgs(model=default_model_path, max_model_len=2048, **settings.engine_kwargs()).create_engine_config()
+    assert config.speculative_config.method == "ngram"
+    assert config.speculative_config.num_speculative_tokens == 3
+    assert config.speculative_config.num_speculative_tokens_per_batch_size == [(1, 48, 3), (49, 256, 0)]
+
+
+def test_run_batch_gets_the_speculative_config_as_json():
+    import json
+
+    from batchbin.bench.harness import run_batch_command
+
+    command = run_batch_command("model", choose_engine_settings(AMD, EngineOptions(speculative_tokens=3)), 2048)
+    config = json.loads(command[command.index("--speculative-config") + 1])
+    assert config["num_speculative_tokens"] == 3
