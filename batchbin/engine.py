@@ -12,7 +12,9 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from batchbin.engine_settings import EngineSettings
 
@@ -119,6 +121,25 @@ def shutdown_engine() -> None:
 def reset_prefix_cache(engine: Engine) -> None:
     """Start the next job from a cold prefix cache (used between benchmark variants)."""
     engine.llm.reset_prefix_cache()
+
+
+@contextmanager
+def scheduler_held(engine: Engine) -> Iterator[None]:
+    """Hold an engine core that runs in its own process from stepping while requests go in.
+
+    Such a core starts stepping on the first requests that arrive, so how requests are batched,
+    and with it bf16 rounding, would vary with timing: greedy outputs changed run to run (7 of
+    16 prompts in one of three runs, never with the core held; README "Engine settings"). In
+    process, every request is queued before the first step anyway."""
+    if engine.settings.in_process:
+        yield
+        return
+    client = engine.llm.llm_engine.engine_core
+    client.call_utility("pause_scheduler", "keep", False)  # "keep": queue new requests, take no step
+    try:
+        yield
+    finally:
+        client.call_utility("resume_scheduler")
 
 
 def current_engine() -> Engine | None:

@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from batchbin.db import registered
-from batchbin.engine import Engine, get_engine
+from batchbin.engine import Engine, get_engine, scheduler_held
 from batchbin.engine_settings import EngineSettings
 from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
@@ -103,18 +103,19 @@ def generate_in_order(
 
     started = time.perf_counter()
     try:
-        for row in work:
-            key = f"bb-{next(counter)}"
-            try:
-                params = sampling_params_for(row, defaults)
-                llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
-            except Exception as error:  # a bad request must not stop the run
-                stats.errors += 1
-                record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
-                       finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
-                continue
-            row["added_at"] = time.perf_counter()
-            pending[key] = row  # outputs come back under this (external) id
+        with scheduler_held(engine):  # every request queued before the first step
+            for row in work:
+                key = f"bb-{next(counter)}"
+                try:
+                    params = sampling_params_for(row, defaults)
+                    llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
+                except Exception as error:  # a bad request must not stop the run
+                    stats.errors += 1
+                    record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
+                           finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
+                    continue
+                row["added_at"] = time.perf_counter()
+                pending[key] = row  # outputs come back under this (external) id
         last_report = time.perf_counter()
         while llm_engine.has_unfinished_requests():
             for output in llm_engine.step():

@@ -135,3 +135,32 @@ def test_training_on_too_few_results_fails_with_a_message(job):
     state = train_length_predictor(db_path=config.db_path, return_state=True)
     assert state.is_failed()
     assert "needs at least 20 finished requests" in state.message and "has 8" in state.message
+
+
+def test_greedy_outputs_repeat_run_to_run(job, default_model_path):
+    """pytest's engine core runs in a process of its own; BatchBin holds it from stepping until
+    every request is in, so batches, and with them greedy outputs, do not depend on timing."""
+    from batchbin.engine import get_engine, reset_prefix_cache
+    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+    from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
+
+    config, _ = job
+    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
+                        config.max_model_len)  # the flow's engine, shared
+    assert engine.settings.in_process is False
+    chats = [row for row in VALID if "messages" in row]
+    token_ids = render_token_ids(load_tokenizer(default_model_path), [None] * len(chats),
+                                 [json.dumps(row["messages"]) for row in chats])
+    work = [{"request_id": str(row["id"]), "batch": 0, "token_ids": ids, "max_tokens": 16, "temperature": 0.0,
+             "top_p": None, "seed": None, "stop": None} for row, ids in zip(chats, token_ids)]
+
+    def texts() -> dict[str, str]:
+        reset_prefix_cache(engine)
+        stored: list[dict] = []
+        generate_in_order(engine, [dict(row) for row in work], SamplingDefaults(max_tokens=16), stored.extend)
+        return {row["request_id"]: row["output_text"] for row in stored}
+
+    first, second, third = texts(), texts(), texts()
+    assert len(first) == len(chats) and all(first.values())
+    assert first == second == third
