@@ -135,11 +135,16 @@ def scheduler_held(engine: Engine) -> Iterator[None]:
         yield
         return
     client = engine.llm.llm_engine.engine_core
-    client.call_utility("pause_scheduler", "keep", False)  # "keep": queue new requests, take no step
+    try:
+        client.call_utility("pause_scheduler", "keep", False)  # "keep": queue new requests, take no step
+        held = True
+    except Exception:  # a vLLM without this call: generate all the same, only without the hold
+        held = False
     try:
         yield
     finally:
-        client.call_utility("resume_scheduler")
+        if held:
+            client.call_utility("resume_scheduler")
 
 
 def current_engine() -> Engine | None:
