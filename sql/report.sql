@@ -10,18 +10,27 @@ JOIN prompts p USING (run_id, request_id)
 LEFT JOIN predictions pr USING (run_id, request_id);
 
 CREATE OR REPLACE VIEW run_summary AS
+WITH request_counts AS (SELECT run_id, count(*) AS requests FROM prompts GROUP BY run_id),
+reject_counts AS (SELECT run_id, count(*) AS rejects FROM rejects GROUP BY run_id),
+result_totals AS (
+    SELECT run_id,
+           count(*) FILTER (WHERE error IS NULL) AS completed,
+           count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+           sum(prompt_tokens)::BIGINT AS prompt_tokens,
+           sum(output_tokens)::BIGINT AS output_tokens,
+           sum(cached_tokens)::BIGINT AS cached_tokens
+    FROM results
+    GROUP BY run_id
+)
 SELECT ru.run_id, ru.input_path, ru.model, ru.status, ru.started_at, ru.finished_at,
-       (SELECT count(*) FROM prompts p WHERE p.run_id = ru.run_id) AS requests,
-       (SELECT count(*) FROM rejects j WHERE j.run_id = ru.run_id) AS rejects,
-       (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NULL) AS completed,
-       (SELECT count(*) FROM results r WHERE r.run_id = ru.run_id AND r.error IS NOT NULL) AS errors,
-       (SELECT sum(prompt_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS prompt_tokens,
-       (SELECT sum(output_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS output_tokens,
-       (SELECT sum(cached_tokens)::BIGINT FROM results r WHERE r.run_id = ru.run_id) AS cached_tokens,
-       s.ideal_cached_tokens,
-       (SELECT sum(cached_tokens) FROM results r WHERE r.run_id = ru.run_id)
-           / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio
+       coalesce(q.requests, 0) AS requests, coalesce(j.rejects, 0) AS rejects,
+       coalesce(t.completed, 0) AS completed, coalesce(t.errors, 0) AS errors,
+       t.prompt_tokens, t.output_tokens, t.cached_tokens, s.ideal_cached_tokens,
+       t.cached_tokens / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio
 FROM runs ru
+LEFT JOIN request_counts q USING (run_id)
+LEFT JOIN reject_counts j USING (run_id)
+LEFT JOIN result_totals t USING (run_id)
 LEFT JOIN run_prefix_stats s USING (run_id);
 
 -- name: summary_of_run
