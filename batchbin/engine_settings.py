@@ -173,7 +173,7 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
             in_process=pick("in_process", False, "vLLM default: a separate engine process keeps the GPU busy "
                                                   "while the front end works"),
             worker_in_core=pick("worker_in_core", False, "vLLM default"),
-            **speculation_choice(options, pick, None),
+            **speculation_choice(pick, None),
         )
 
     if options.block_size is not None and options.block_size % CPU_BLOCK_MULTIPLE:
@@ -201,11 +201,11 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         worker_in_core=pick("worker_in_core", True, "where the engine core has its own process, the model runs inside it, "
                                                     "not in a third process below it (vLLM's CPU default): measured 24% "
                                                     "faster (mixed-length 160), as fast as the engine core in process"),
-        **speculation_choice(options, pick, CPU_SPECULATIVE_MAX_BATCH),
+        **speculation_choice(pick, CPU_SPECULATIVE_MAX_BATCH),
     )
 
 
-def speculation_choice(options: EngineOptions, pick, max_batch_default: int | None) -> dict:
+def speculation_choice(pick, max_batch_default: int | None) -> dict:
     """speculative_tokens and speculative_max_batch: off unless the user asks for it."""
     tokens = pick("speculative_tokens", 0, "off: n-gram drafts cost time where outputs do not repeat their input "
                                            "(measured 3-5% slower on ShareGPT and prefix-heavy, 2-3% faster on chat-mix, 16-18% "
