@@ -32,7 +32,7 @@ from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.report import report
 from batchbin.tasks.schedule import schedule
-from batchbin.tasks.tokenize import tokenize
+from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
 
 @task(name="start run", cache_policy=NO_CACHE)
@@ -78,6 +78,17 @@ def check_input(config: JobConfig) -> None:
     if not Path(config.input_path).is_file():
         raise BatchBinError(f"input file not found: {config.input_path}")
     detect_format(Path(config.input_path))
+
+
+def warm_up(config: JobConfig) -> None:
+    """Do now the start-up work the stages would do first: prepare the model, load its tokenizer
+    (tokenize) and import vLLM (generate). `batchbin run` does it while Prefect's API boots.
+    A problem here is left for the flow to report (a missing model, say)."""
+    try:
+        load_tokenizer(resolve_model(config.model))
+        import vllm  # noqa: F401
+    except Exception:
+        pass
 
 
 @flow(name="batch-inference", log_prints=True)

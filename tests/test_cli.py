@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -117,9 +119,35 @@ def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tm
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3 valid, 0 rejected" in done.stdout
+    # the command ends without Python's teardown, but only after its exit handlers: Prefect's
+    # temporary API server (booted while vLLM loaded) has stopped
+    port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", done.stdout + done.stderr).group(1))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert sorted(json.loads(line)["id"] for line in out_file.read_text().splitlines()) == ["q0", "q1", "q2"]
     with duckdb.connect(str(db_file), read_only=True) as con:
         engine = json.loads(con.execute("select engine from runs").fetchone()[0])
     assert engine["in_process"] is True
     if find_preload_libs():
         assert engine["preload"] and "has the preload" in engine["reasons"]["in_process"]
+
+
+@pytest.mark.parametrize("code, expected_rc, expected_err", [(0, 0, ""), (None, 0, ""), (3, 3, ""), ("bad input", 1, "bad input")])
+def test_exit_without_teardown_runs_the_exit_handlers_and_keeps_the_exit_code(tmp_path, code, expected_rc, expected_err):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "from batchbin.cli import exit_without_teardown\n"
+        "sys.stdout.write('summary printed')\n"  # no newline: only a flush gets it out
+        f"exit_without_teardown({code!r})\n"
+        "raise AssertionError('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == expected_rc, done.stderr[-2000:]
+    assert done.stdout == "summary printed"
+    assert done.stderr.strip() == expected_err
+    assert marker.read_text() == "ran"
