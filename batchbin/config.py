@@ -28,7 +28,7 @@ class EngineOptions(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences running at once.")
     max_num_batched_tokens: int | None = Field(None, ge=16, description="Token budget per step.")
     block_size: int | None = Field(None, ge=1, description="KV-cache block size in tokens.")
-    enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default: eager only for jobs under 100 requests on CPU).")
+    enforce_eager: bool | None = Field(None, description="Run without torch.compile: starts faster, generates slower (default on CPU: eager for jobs too small to repay the compile, under 500 requests with bf16, 100 without).")
     preload: bool | None = Field(None, description="Preload tcmalloc and Intel OpenMP into vLLM's CPU engine, as vLLM advises (default: yes where they are installed).")
     in_process: bool | None = Field(None, description="Run vLLM's engine core in this process instead of its own (default on CPU, where the preload allows: faster).")
     worker_in_core: bool | None = Field(None, description="CPU, engine core in its own process: run the model inside it instead of in a third, worker process (default: yes).")

@@ -42,7 +42,7 @@ def measure_point(workload: str, requests: int, options: dict) -> dict:
     from batchbin.models import resolve_model
 
     rows = load_rows(workload, requests, 0)
-    settings = choose_engine_settings(detect_machine(), EngineOptions(**options), requests=len(rows))  # 0/1 -> bool
+    settings = choose_engine_settings(detect_machine(), EngineOptions(**options))  # a large job's; 0/1 -> bool
     model_path = resolve_model("default")
     engine = get_engine(model_path, settings, 2048)
     plain_vllm("warm-up", engine, model_path, rows[:8], "sorted", 0, 8, 2048)

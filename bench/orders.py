@@ -36,7 +36,7 @@ def main() -> None:
     rows = load_rows(args.workload, args.requests, 0)
     input_path = write_jsonl(rows, out / "requests.jsonl")
     model_path = resolve_model("default")
-    settings = choose_engine_settings(detect_machine(), EngineOptions(), requests=len(rows))
+    settings = choose_engine_settings(detect_machine(), EngineOptions())  # a large job's (compiled on CPU)
     options = EngineOptions(enforce_eager=settings.enforce_eager)  # the small warm-up flow must not rebuild it
     engine = get_engine(model_path, settings, 2048)
     with in_process_flow_runs():

