@@ -40,7 +40,6 @@ def run_command(input_path: str, **options) -> None:
     Example: batchbin run examples/sample_prompts.jsonl --max-tokens 64 --db out/batchbin.duckdb
     """
     from batchbin.config import EngineOptions, JobConfig
-    from batchbin.flows.batch import batch_inference, warm_up
 
     job, engine = split_options(options)
     try:
@@ -48,7 +47,9 @@ def run_command(input_path: str, **options) -> None:
     except Exception as error:
         fail(str(error))
     with in_process_flow_runs():
-        with api_started_meanwhile():  # ~3 s of booting that would otherwise come first
+        with api_started_meanwhile():  # ~3-4 s of booting, while this process loads its libraries
+            from batchbin.flows.batch import batch_inference, warm_up
+
             warm_up(config)
         state = batch_inference(config, return_state=True)
     if not state.is_completed():

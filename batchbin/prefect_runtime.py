@@ -47,9 +47,15 @@ def api_started_meanwhile() -> Iterator[None]:
         yield
         return
 
-    def start() -> None:
-        from prefect.client.orchestration import get_client
+    # imported here, before the thread starts, so that the thread imports nothing while this one
+    # goes on importing (concurrent imports of one package can deadlock)
+    from prefect.client.orchestration import get_client
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.server.api.server import SubprocessASGIServer  # noqa: F401  (the class get_client starts)
 
+    ensure_logging_setup()  # else the server's start message (its address, a link) would go nowhere
+
+    def start() -> None:
         try:
             get_client(sync_client=True)  # starts the server process and waits for its health check
         except Exception:

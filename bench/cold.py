@@ -1,0 +1,137 @@
+"""Time to results from a cold start: the `batchbin run` command against the capable user's script
+(bench/user_script.py), each a fresh process timed from its start to its exit.
+
+    python -m batchbin.bench.cold --workload sharegpt --requests 120 --repeats 2
+
+Both get the same requests and the same engine settings, those BatchBin chooses for a job of
+this size on this machine (so eager mode where torch.compile would not repay its start-up, and
+tcmalloc and Intel OpenMP preloaded). The two commands alternate, after one untimed run of the
+script that fills vLLM's compile cache where the settings compile. `batchbin bench` times
+generation on engines already warm; this times what a user waits for besides: imports, the
+engine's start, tokenizing, Prefect's temporary API, writing results, and the exit. Prints a
+table and writes cold.json to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from batchbin.bench.harness import load_rows, machine_record
+from batchbin.bench.workloads import write_jsonl
+from batchbin.config import EngineOptions
+from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
+from batchbin.models import resolve_model
+
+COMMANDS = ("batchbin", "user-script")
+DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
+
+
+def job_settings(requests: int) -> EngineSettings:
+    """What the batchbin command chooses for such a job: it restarts itself with the preload,
+    so the engine can run in its process; the user's script is started with it too."""
+    machine = detect_machine()
+    machine = dataclasses.replace(machine, preload_loaded=bool(machine.preload_libs))
+    return choose_engine_settings(machine, EngineOptions(), requests=requests)
+
+
+def user_script_command(input_path: Path, output_path: Path, model_path: str, settings: EngineSettings,
+                        max_tokens: int, max_model_len: int) -> list[str]:
+    spec = {"model": model_path, "max_model_len": max_model_len, "max_tokens": max_tokens,
+            "engine": settings.engine_kwargs()}
+    return [sys.executable, "-m", "batchbin.bench.user_script", str(input_path), str(output_path), json.dumps(spec)]
+
+
+def batchbin_command(input_path: Path, work_dir: Path, max_tokens: int, max_model_len: int) -> list[str]:
+    return [str(Path(sys.executable).parent / "batchbin"), "run", str(input_path), "--db", str(work_dir / "cold.duckdb"),
+            "--output", str(work_dir / "batchbin.out.jsonl"), "--max-tokens", str(max_tokens),
+            "--max-model-len", str(max_model_len)]
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one command, from its start to its exit."""
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[1:3]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return wall
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: int = 0, repeats: int = 2,
+             max_tokens: int | None = None, max_model_len: int = 2048, log=print) -> dict:
+    """Alternate the two commands `repeats` times; return cold.json's content (also written).
+
+    `max_tokens` overrides every request's output limit (default: the workload's own, 64 where
+    a request has none)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(workload, n_requests, seed, max_tokens=max_tokens)
+    max_tokens = max_tokens or DEFAULT_MAX_TOKENS
+    input_path = write_jsonl(rows, out_dir / "requests.jsonl")
+    settings = job_settings(len(rows))
+    model_path = resolve_model("default")
+    plain_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "BATCHBIN_PRELOAD_RESTARTED")}
+    script_env = {**plain_env, **settings.environment()}  # thread binding, LD_PRELOAD, in-process engine
+    script_out = out_dir / "user-script.out.jsonl"
+    script = user_script_command(input_path, script_out, model_path, settings, max_tokens, max_model_len)
+    log(f"cold {workload}: {len(rows)} requests, repeats {repeats}, "
+        f"{'eager' if settings.enforce_eager else 'torch.compile'} ({settings.reasons.get('enforce_eager')})")
+    if not settings.enforce_eager:
+        timed(script, script_env)  # untimed: fills ~/.cache/vllm, so no timed run pays the first compile
+    walls: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(repeats):
+        work_dir = out_dir / "batchbin-run"
+        if work_dir.exists():
+            for leftover in work_dir.iterdir():
+                leftover.unlink()  # a fresh database: the same input in the same one would resume, not run
+        work_dir.mkdir(exist_ok=True)
+        walls["batchbin"].append(timed(batchbin_command(input_path, work_dir, max_tokens, max_model_len), plain_env))
+        if count_lines(work_dir / "batchbin.out.jsonl") != len(rows):
+            raise RuntimeError("batchbin run wrote fewer results than requests")
+        walls["user-script"].append(timed(script, script_env))
+        if count_lines(script_out) != len(rows):
+            raise RuntimeError("the user script wrote fewer results than requests")
+        log(f"  batchbin {walls['batchbin'][-1]:6.1f} s   user script {walls['user-script'][-1]:6.1f} s")
+    medians = {name: sorted(values)[len(values) // 2] for name, values in walls.items()}
+    summary = {
+        "workload": workload,
+        "requests": len(rows),
+        "repeats": repeats,
+        "machine": machine_record(detect_machine()),
+        "engine": {k: v for k, v in settings.as_dict().items() if k != "reasons"},
+        "wall_s": {name: round(value, 2) for name, value in medians.items()},
+        "wall_s_runs": {name: [round(v, 2) for v in values] for name, values in walls.items()},
+        "speedup_vs_script": round(medians["user-script"] / medians["batchbin"], 3),
+    }
+    (out_dir / "cold.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    from batchbin.preload import restart_with_preload
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="sharegpt")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=None, help="Override every request's output limit.")
+    parser.add_argument("--out", default=None, help="Output folder (default bench-out/cold-WORKLOAD).")
+    args = parser.parse_args()
+    restart_with_preload(sys.argv, module="batchbin.bench.cold")  # settings as the batchbin command sees them
+    summary = run_cold(args.workload, Path(args.out or f"bench-out/cold-{Path(args.workload).stem}"), args.requests,
+                       repeats=args.repeats, max_tokens=args.max_tokens)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
