@@ -2,6 +2,7 @@
 (bench/user_script.py), each a fresh process timed from its start to its exit.
 
     python -m batchbin.bench.cold --workload sharegpt --requests 120 --repeats 2
+    python -m batchbin.bench.cold --requests 240 --no-enforce-eager   # does compiling pay here?
 
 Both get the same requests and the same engine settings, those BatchBin chooses for a job of
 this size on this machine (so eager mode where torch.compile would not repay its start-up, and
@@ -33,12 +34,13 @@ COMMANDS = ("batchbin", "user-script")
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
 
 
-def job_settings(requests: int) -> EngineSettings:
+def job_settings(requests: int, enforce_eager: bool | None = None) -> EngineSettings:
     """What the batchbin command chooses for such a job: it restarts itself with the preload,
-    so the engine can run in its process; the user's script is started with it too."""
+    so the engine can run in its process; the user's script is started with it too.
+    `enforce_eager` pins the compile choice for both (None: BatchBin's choice)."""
     machine = detect_machine()
     machine = dataclasses.replace(machine, preload_loaded=bool(machine.preload_libs))
-    return choose_engine_settings(machine, EngineOptions(), requests=requests)
+    return choose_engine_settings(machine, EngineOptions(enforce_eager=enforce_eager), requests=requests)
 
 
 def user_script_command(input_path: Path, output_path: Path, model_path: str, settings: EngineSettings,
@@ -48,10 +50,14 @@ def user_script_command(input_path: Path, output_path: Path, model_path: str, se
     return [sys.executable, "-m", "batchbin.bench.user_script", str(input_path), str(output_path), json.dumps(spec)]
 
 
-def batchbin_command(input_path: Path, work_dir: Path, max_tokens: int, max_model_len: int) -> list[str]:
-    return [str(Path(sys.executable).parent / "batchbin"), "run", str(input_path), "--db", str(work_dir / "cold.duckdb"),
-            "--output", str(work_dir / "batchbin.out.jsonl"), "--max-tokens", str(max_tokens),
-            "--max-model-len", str(max_model_len)]
+def batchbin_command(input_path: Path, work_dir: Path, max_tokens: int, max_model_len: int,
+                     enforce_eager: bool | None = None) -> list[str]:
+    command = [str(Path(sys.executable).parent / "batchbin"), "run", str(input_path), "--db",
+               str(work_dir / "cold.duckdb"), "--output", str(work_dir / "batchbin.out.jsonl"),
+               "--max-tokens", str(max_tokens), "--max-model-len", str(max_model_len)]
+    if enforce_eager is not None:
+        command.append("--enforce-eager" if enforce_eager else "--no-enforce-eager")
+    return command
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -69,16 +75,17 @@ def count_lines(path: Path) -> int:
 
 
 def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: int = 0, repeats: int = 2,
-             max_tokens: int | None = None, max_model_len: int = 2048, log=print) -> dict:
+             max_tokens: int | None = None, max_model_len: int = 2048, enforce_eager: bool | None = None,
+             log=print) -> dict:
     """Alternate the two commands `repeats` times; return cold.json's content (also written).
 
     `max_tokens` overrides every request's output limit (default: the workload's own, 64 where
-    a request has none)."""
+    a request has none); `enforce_eager` pins the compile choice of both commands."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = load_rows(workload, n_requests, seed, max_tokens=max_tokens)
     max_tokens = max_tokens or DEFAULT_MAX_TOKENS
     input_path = write_jsonl(rows, out_dir / "requests.jsonl")
-    settings = job_settings(len(rows))
+    settings = job_settings(len(rows), enforce_eager)
     model_path = resolve_model("default")
     plain_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "BATCHBIN_PRELOAD_RESTARTED")}
     script_env = {**plain_env, **settings.environment()}  # thread binding, LD_PRELOAD, in-process engine
@@ -95,7 +102,8 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
             for leftover in work_dir.iterdir():
                 leftover.unlink()  # a fresh database: the same input in the same one would resume, not run
         work_dir.mkdir(exist_ok=True)
-        walls["batchbin"].append(timed(batchbin_command(input_path, work_dir, max_tokens, max_model_len), plain_env))
+        walls["batchbin"].append(timed(batchbin_command(input_path, work_dir, max_tokens, max_model_len, enforce_eager),
+                                        plain_env))
         if count_lines(work_dir / "batchbin.out.jsonl") != len(rows):
             raise RuntimeError("batchbin run wrote fewer results than requests")
         walls["user-script"].append(timed(script, script_env))
@@ -125,11 +133,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=None, help="Override every request's output limit.")
+    parser.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
+                        help="Both commands eager (default: BatchBin's choice for the job).")
+    parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
+                        help="Both commands with torch.compile.")
     parser.add_argument("--out", default=None, help="Output folder (default bench-out/cold-WORKLOAD).")
     args = parser.parse_args()
     restart_with_preload(sys.argv, module="batchbin.bench.cold")  # settings as the batchbin command sees them
     summary = run_cold(args.workload, Path(args.out or f"bench-out/cold-{Path(args.workload).stem}"), args.requests,
-                       repeats=args.repeats, max_tokens=args.max_tokens)
+                       repeats=args.repeats, max_tokens=args.max_tokens, enforce_eager=args.enforce_eager)
     print(json.dumps(summary, indent=2))
 
 

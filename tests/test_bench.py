@@ -93,3 +93,12 @@ def test_cold_start_comparison_times_both_commands_on_the_same_job(tmp_path, mon
                     (tmp_path / "cold" / "batchbin-run" / "batchbin.out.jsonl").read_text().splitlines()]
     assert sorted(script_ids) == sorted(batchbin_ids) and len(script_ids) == 3
     assert json.loads((tmp_path / "cold" / "cold.json").read_text()) == summary
+
+
+def test_cold_start_comparison_can_pin_the_compile_choice_of_both_commands(tmp_path):
+    from batchbin.bench.cold import batchbin_command, job_settings
+
+    assert job_settings(3).enforce_eager is True  # BatchBin's own choice for a tiny job
+    assert job_settings(3, enforce_eager=False).enforce_eager is False
+    assert "--no-enforce-eager" in batchbin_command(tmp_path / "in.jsonl", tmp_path, 8, 2048, enforce_eager=False)
+    assert not {"--enforce-eager", "--no-enforce-eager"} & set(batchbin_command(tmp_path / "in.jsonl", tmp_path, 8, 2048))
