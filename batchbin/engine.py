@@ -39,7 +39,7 @@ _current: Engine | None = None
 
 
 def _key(model_path: str, settings: EngineSettings, max_model_len: int) -> tuple:
-    return (model_path, max_model_len, tuple(sorted((k, str(v)) for k, v in settings.as_dict().items() if k != "reasons")))
+    return (model_path, max_model_len, tuple(sorted((k, str(v)) for k, v in settings.as_dict(reasons=False).items())))
 
 
 def get_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:

@@ -128,8 +128,12 @@ class EngineSettings:
             env["LD_PRELOAD"] = self.preload
         return env
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def as_dict(self, reasons: bool = True) -> dict:
+        """Every field; without `reasons`, only the values chosen."""
+        values = asdict(self)
+        if not reasons:
+            del values["reasons"]
+        return values
 
 
 def core_ranges(cores: tuple[int, ...]) -> str:

@@ -29,6 +29,7 @@ from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
 from batchbin.models import resolve_model
+from batchbin.preload import RESTARTED_FLAG, restart_with_preload
 
 COMMANDS = ("batchbin", "user-script")
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
@@ -87,7 +88,7 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
     input_path = write_jsonl(rows, out_dir / "requests.jsonl")
     settings = job_settings(len(rows), enforce_eager)
     model_path = resolve_model("default")
-    plain_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "BATCHBIN_PRELOAD_RESTARTED")}
+    plain_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", RESTARTED_FLAG)}
     script_env = {**plain_env, **settings.environment()}  # thread binding, LD_PRELOAD, in-process engine
     script_out = out_dir / "user-script.out.jsonl"
     script = user_script_command(input_path, script_out, model_path, settings, max_tokens, max_model_len)
@@ -116,7 +117,7 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
         "requests": len(rows),
         "repeats": repeats,
         "machine": machine_record(detect_machine()),
-        "engine": {k: v for k, v in settings.as_dict().items() if k != "reasons"},
+        "engine": settings.as_dict(reasons=False),
         "wall_s": {name: round(value, 2) for name, value in medians.items()},
         "wall_s_runs": {name: [round(v, 2) for v in values] for name, values in walls.items()},
         "speedup_vs_script": round(medians["user-script"] / medians["batchbin"], 3),
@@ -126,8 +127,6 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
 
 
 def main() -> None:
-    from batchbin.preload import restart_with_preload
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="sharegpt")
     parser.add_argument("--requests", type=int, default=None)

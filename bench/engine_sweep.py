@@ -49,7 +49,7 @@ def measure_point(workload: str, requests: int, options: dict) -> dict:
     run = plain_vllm("sweep", engine, model_path, rows, "sorted", 0, 64, 2048)
     shutdown_engine()
     return {"wall_s": run.wall_s, "output_tps": run.output_tps, "cached": run.cached_prompt_tokens,
-            "settings": {k: v for k, v in settings.as_dict().items() if k != "reasons"}}
+            "settings": settings.as_dict(reasons=False)}
 
 
 def point_in_own_process(workload: str, requests: int, options: dict) -> dict:
