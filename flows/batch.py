@@ -27,7 +27,7 @@ from batchbin.models import resolve_model
 from batchbin.sqlfiles import run
 from batchbin.tasks.common import RunRef, open_run_db
 from batchbin.tasks.generate import SamplingDefaults, generate
-from batchbin.tasks.load import detect_format, load, no_valid_request_message
+from batchbin.tasks.load import detect_format, is_openai_batch_file, load, no_valid_request_message
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.report import report
@@ -80,6 +80,17 @@ def check_input(config: JobConfig) -> None:
     detect_format(Path(config.input_path))
 
 
+def output_format_of(config: JobConfig, output_path: Path) -> str:
+    """"batchbin" or "openai": as asked, or for "auto" the input's own kind (a Parquet output
+    file asks for BatchBin's rows)."""
+    parquet = output_path.suffix.lower() in (".parquet", ".pq")
+    if config.output_format == "openai" and parquet:
+        raise BatchBinError(f"OpenAI batch output is JSONL: give a .jsonl output path, not {output_path}")
+    if config.output_format == "auto":
+        return "openai" if not parquet and is_openai_batch_file(config.input_path) else "batchbin"
+    return config.output_format
+
+
 def warm_up(config: JobConfig) -> None:
     """Do now the start-up work the stages would do first: prepare the model, load its tokenizer
     (tokenize) and import vLLM (generate). `batchbin run` does it while Prefect's API boots.
@@ -101,14 +112,16 @@ def batch_inference(config: JobConfig) -> dict:
         check_input(config)
         model_path = resolve_model(config.model)
         fingerprint = file_fingerprint(config.input_path)
+        run_id = config.run_id(fingerprint)
+        output_format = output_format_of(config, config.resolved_output_path(run_id))
     except BatchBinError as error:
         return Failed(message=str(error))
-    ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
+    ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
     with db.session(ref.db_path):  # one open of the file for the whole run
-        return run_stages(ref, config, fingerprint, model_path)
+        return run_stages(ref, config, fingerprint, model_path, output_format)
 
 
-def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> dict:
+def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_format: str) -> dict:
     clock = StageClock()
     with clock.stage("start"):
         start_run(ref, config, fingerprint, model_path)
@@ -144,7 +157,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         finish_run(ref, "failed")
         raise
     finish_run(ref, "finished")
-    return report(ref, str(config.resolved_output_path(ref.run_id)), generation, clock.seconds)
+    return report(ref, str(config.resolved_output_path(ref.run_id)), generation, clock.seconds, output_format, model_path)
 
 
 if __name__ == "__main__":

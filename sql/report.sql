@@ -41,6 +41,18 @@ SELECT * FROM run_summary WHERE run_id = $run_id;
 SELECT id, output_text AS output, finish_reason, prompt_tokens, output_tokens, cached_tokens, error, metadata
 FROM completions WHERE run_id = $run_id ORDER BY row_number;
 
+-- name: export_openai_rows
+-- The rows of an OpenAI batch output file, in input order: every result, and every rejected
+-- input row (its reason as the error), so each line of the input gets one line back.
+SELECT c.run_id, c.row_number, c.id AS custom_id, p.messages IS NOT NULL AS is_chat, c.output_text,
+       c.finish_reason, c.prompt_tokens, c.output_tokens, c.error, false AS rejected
+FROM completions c JOIN prompts p ON p.run_id = c.run_id AND p.request_id = c.id
+WHERE c.run_id = $run_id
+UNION ALL
+SELECT run_id, row_number, request_id, NULL, NULL, NULL, NULL, NULL, reason, true
+FROM rejects WHERE run_id = $run_id
+ORDER BY row_number;
+
 -- name: store_report
 INSERT OR REPLACE INTO run_reports (run_id, report, created_at) VALUES ($run_id, $report, current_timestamp);
 

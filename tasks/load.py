@@ -19,6 +19,7 @@ from batchbin.db import registered, transaction
 from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.tasks.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 JSON_COLUMNS = ("messages", "metadata", "stop")  # arrive as JSON text from CSV files
@@ -93,6 +94,21 @@ def detect_format(path: Path) -> str:
         ) from None
 
 
+def is_openai_batch_file(path: str | Path) -> bool:
+    """True when the first line of a JSONL file is an OpenAI batch request (it has `custom_id`)."""
+    path = Path(path)
+    if FORMATS.get(path.suffix.lower()) != "jsonl":
+        return False
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return is_openai_batch_line(json.loads(line))
+                except json.JSONDecodeError:
+                    return False
+    return False
+
+
 def read_rows(path: str | Path) -> list[tuple[int, dict | None, str, str | None]]:
     """(row number, row dict or None, raw text, parse error) for every row of the file."""
     path = Path(path)
@@ -138,23 +154,32 @@ def validate_rows(rows) -> tuple[list[dict], list[dict]]:
     rejects: list[dict] = []
     first_seen: dict[str, int] = {}
     for number, row, raw, parse_error in rows:
-        request_id = str(row.get("id")) if row and row.get("id") is not None else None
+        batch_line = is_openai_batch_line(row)
+        given_id = row.get("custom_id" if batch_line else "id") if row else None
+        request_id = str(given_id) if given_id is not None else None
         if parse_error:
             rejects.append({"row_number": number, "request_id": request_id, "field": None, "reason": parse_error, "raw": raw})
             continue
         try:
-            request = Request.model_validate(row)
+            request = Request.model_validate(request_from_batch_line(row) if batch_line else row)
+        except OpenAIBatchLineError as error:
+            rejects.append({"row_number": number, "request_id": request_id, "field": error.field, "reason": str(error), "raw": raw})
+            continue
         except ValidationError as error:
             problems = error.errors()
             fields = [".".join(str(part) for part in problem["loc"]) or "prompt/messages" for problem in problems]
+            if batch_line:  # name the field where the user wrote it
+                fields = [batch_line_field(field) if field != "prompt/messages" else "body.messages/body.prompt"
+                          for field in fields]
             reason = "; ".join(
                 f"{field}: {problem['msg']}" if field else problem["msg"] for field, problem in zip(fields, problems)
             )
             rejects.append({"row_number": number, "request_id": request_id, "field": fields[0], "reason": reason, "raw": raw})
             continue
         if request.id in first_seen:
-            rejects.append({"row_number": number, "request_id": request.id, "field": "id",
-                            "reason": f"duplicate id '{request.id}' (first on row {first_seen[request.id]})", "raw": raw})
+            id_field = "custom_id" if batch_line else "id"
+            rejects.append({"row_number": number, "request_id": request.id, "field": id_field,
+                            "reason": f"duplicate {id_field} '{request.id}' (first on row {first_seen[request.id]})", "raw": raw})
             continue
         first_seen[request.id] = number
         valid.append({

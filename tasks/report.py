@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+from batchbin.tasks.openai_batch import output_line
 
 ARTIFACT_KEY = "batchbin-run-report"
 
@@ -25,10 +26,25 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "report.create_views")
 
 
-def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path) -> int:
-    """Write the run's results to .jsonl (default) or .parquet; return the row count."""
+def served_model_name(model_path: str) -> str:
+    """The model's name in OpenAI output: a local folder's name, else the Hugging Face id."""
+    path = Path(model_path)
+    return path.name if path.is_dir() else model_path
+
+
+def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path, output_format: str = "batchbin",
+                   model_path: str = "") -> int:
+    """Write the run's results to .jsonl (default) or .parquet, or as an OpenAI batch output
+    file (`output_format` "openai"); return the row count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if output_format == "openai":
+        rows = arrow(con, "report.export_openai_rows", {"run_id": run_id}).to_pylist()
+        model, created = served_model_name(model_path), int(time.time())
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n")
+        return len(rows)
     frame = pl.from_arrow(arrow(con, "report.export_rows", {"run_id": run_id}))
     if path.suffix.lower() in (".parquet", ".pq"):
         frame.write_parquet(path)
@@ -71,10 +87,12 @@ def report_markdown(report: dict) -> str:
 
 
 @task(**{**stage_task_options("report"), "cache_policy": NO_CACHE, "persist_result": False})
-def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[str, float] | None = None) -> dict:
+def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[str, float] | None = None,
+           output_format: str = "batchbin", model_path: str = "") -> dict:
     """Store the run report, publish it as an artifact and export the output file.
 
-    `stage_seconds`: wall seconds per stage so far; this stage adds its own ("report")."""
+    `stage_seconds`: wall seconds per stage so far; this stage adds its own ("report").
+    `output_format`: "batchbin" or "openai" (an OpenAI batch output file, for `model_path`)."""
     from batchbin.predictors.evaluate import run_prediction_quality
 
     started = time.perf_counter()
@@ -82,8 +100,9 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         create_views(con)
         quality = run_prediction_quality(con, ref.run_id)
         summary = build_report(con, ref.run_id, generation, quality)
-        summary["output_rows"] = export_results(con, ref.run_id, output_path)
+        summary["output_rows"] = export_results(con, ref.run_id, output_path, output_format, model_path)
         summary["output_path"] = str(output_path)
+        summary["output_format"] = output_format
         summary["db_path"] = ref.db_path
         summary["stage_seconds"] = {**(stage_seconds or {}), "report": round(time.perf_counter() - started, 3)}
         run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})

@@ -164,3 +164,39 @@ def test_greedy_outputs_repeat_run_to_run(job, default_model_path):
     first, second, third = texts(), texts(), texts()
     assert len(first) == len(chats) and all(first.values())
     assert first == second == third
+
+
+def test_openai_batch_file_in_openai_batch_output_out(tmp_path, prefect_api, default_model_path):
+    """An OpenAI batch file runs as it is, and every line comes back as an output line with its
+    custom_id, in input order: completions as 200 responses, a bad line as an error."""
+    lines = [
+        {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": [{"role": "user", "content": "Hi"}], "n": 2}},
+        {"custom_id": "text-1", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "gpt-4o-mini", "prompt": "The sky is", "max_tokens": 3}},
+    ]
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = JobConfig(input_path=str(path), db_path=str(tmp_path / "bb.duckdb"), max_tokens=8,
+                       engine=EngineOptions(**TEST_ENGINE))
+    result = batch_inference(config)
+    assert result["output_format"] == "openai" and result["output_rows"] == 3
+    out = [json.loads(line) for line in open(result["output_path"])]
+    assert [line["custom_id"] for line in out] == ["chat-1", "bad", "text-1"]
+    chat, bad, text = out
+    assert chat["error"] is None and chat["response"]["status_code"] == 200
+    assert chat["response"]["body"]["object"] == "chat.completion"
+    assert chat["response"]["body"]["choices"][0]["message"]["content"]
+    assert 1 <= chat["response"]["body"]["usage"]["completion_tokens"] <= 4
+    assert text["response"]["body"]["object"] == "text_completion" and text["response"]["body"]["choices"][0]["text"]
+    assert bad["response"] is None and "body.n" in bad["error"]["message"]
+
+
+def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "hi"}) + "\n")
+    state = batch_inference(JobConfig(input_path=str(path), db_path=str(tmp_path / "bb.duckdb"), output_format="openai",
+                                      output_path=str(tmp_path / "out.parquet")), return_state=True)
+    assert state.is_failed() and "OpenAI batch output is JSONL" in state.message
