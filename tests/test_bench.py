@@ -77,21 +77,26 @@ def test_outputs_written_and_stored(summary, tmp_path):
     assert "batchbin's schedule: order sorted (auto: all" in markdown  # the small job runs at once
 
 
-def test_cold_start_comparison_times_both_commands_on_the_same_job(tmp_path, monkeypatch, default_model_path):
-    """bench/cold.py: `batchbin run` and the user's script, each a fresh process, same requests and
-    engine settings; both write every result, and the summary holds both wall times and their ratio."""
+def test_cold_start_comparison_times_every_command_on_the_same_job(tmp_path, monkeypatch, default_model_path):
+    """bench/cold.py: `batchbin run`, the user's script and `vllm run-batch`, each a fresh process,
+    same requests and engine settings; each writes every result, and the summary holds the wall
+    times and their ratios."""
     from batchbin.bench.cold import run_cold
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    summary = run_cold("chat-mix", tmp_path / "cold", n_requests=3, repeats=1, max_tokens=4, log=lambda *_: None)
+    summary = run_cold("chat-mix", tmp_path / "cold", n_requests=3, repeats=1, max_tokens=4, with_run_batch=True,
+                       log=lambda *_: None)
     assert summary["requests"] == 3 and summary["engine"]["enforce_eager"] is True  # a job far too small to compile
-    assert set(summary["wall_s"]) == {"batchbin", "user-script"} and min(summary["wall_s"].values()) > 0
-    assert summary["speedup_vs_script"] == pytest.approx(summary["wall_s"]["user-script"] / summary["wall_s"]["batchbin"],
-                                                         rel=0.01)
+    walls = summary["wall_s"]
+    assert set(walls) == {"batchbin", "user-script", "vllm-run-batch"} and min(walls.values()) > 0
+    assert summary["speedup_vs_script"] == pytest.approx(walls["user-script"] / walls["batchbin"], rel=0.01)
+    assert summary["speedup_vs_run_batch"] == pytest.approx(walls["vllm-run-batch"] / walls["batchbin"], rel=0.01)
     script_ids = [json.loads(line)["id"] for line in (tmp_path / "cold" / "user-script.out.jsonl").read_text().splitlines()]
     batchbin_ids = [json.loads(line)["id"] for line in
                     (tmp_path / "cold" / "batchbin-run" / "batchbin.out.jsonl").read_text().splitlines()]
-    assert sorted(script_ids) == sorted(batchbin_ids) and len(script_ids) == 3
+    run_batch_ids = [json.loads(line)["custom_id"] for line in
+                     (tmp_path / "cold" / "vllm-run-batch.out.jsonl").read_text().splitlines()]
+    assert sorted(script_ids) == sorted(batchbin_ids) == sorted(run_batch_ids) and len(script_ids) == 3
     assert json.loads((tmp_path / "cold" / "cold.json").read_text()) == summary
 
 
