@@ -8,8 +8,8 @@ same requests as an OpenAI batch file), each a fresh process timed from its star
 
 Both get the same requests and the same engine settings, those BatchBin chooses for a job of
 this size on this machine (so eager mode where torch.compile would not repay its start-up, and
-tcmalloc and Intel OpenMP preloaded). The two commands alternate, after one untimed run of the
-script that fills vLLM's compile cache where the settings compile. `batchbin bench` times
+tcmalloc and Intel OpenMP preloaded). The commands alternate, after one untimed run of the script
+(and of run-batch) that fills vLLM's compile cache where the settings compile. `batchbin bench` times
 generation on engines already warm; this times what a user waits for besides: imports, the
 engine's start, tokenizing, Prefect's temporary API, writing results, and the exit. Prints a
 table and writes cold.json to the output folder.
@@ -109,8 +109,9 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
                                       {**plain_env, **settings.environment(async_engine=True)}, batch_out)
     log(f"cold {workload}: {len(rows)} requests, repeats {repeats}, "
         f"{'eager' if settings.enforce_eager else 'torch.compile'} ({settings.reasons.get('enforce_eager')})")
-    if not settings.enforce_eager:
-        timed(script, script_env)  # untimed: fills ~/.cache/vllm, so no timed run pays the first compile
+    if not settings.enforce_eager:  # untimed: fill ~/.cache/vllm, so no timed run pays a first compile
+        for command, env, _ in list(commands.values())[1:]:  # run-batch's engine has a cache entry of its own
+            timed(command, env)
     walls: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
         work_dir = out_dir / "batchbin-run"

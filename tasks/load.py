@@ -95,7 +95,7 @@ def detect_format(path: Path) -> str:
 
 
 def is_openai_batch_file(path: str | Path) -> bool:
-    """True when the first line of a JSONL file is an OpenAI batch request (it has `custom_id`)."""
+    """True when the first line of a JSONL file is an OpenAI batch request line."""
     path = Path(path)
     if FORMATS.get(path.suffix.lower()) != "jsonl":
         return False
