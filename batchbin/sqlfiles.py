@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Iterator
 
 NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$")
 
@@ -116,6 +117,21 @@ def arrow(con, qualified_name: str, params: dict | None = None):
     (text, names), = statements(qualified_name)
     params = params or {}
     return con.sql(text, params={name: params[name] for name in names} if names else None).to_arrow_table()
+
+
+def row_batches(con, qualified_name: str, params: dict | None = None, rows_per_batch: int = 4096) -> Iterator[list[dict]]:
+    """The result of a one-statement named query, streamed as lists of row dicts.
+
+    It reads on a cursor of its own, so `con` can go on writing while the rows stream."""
+    (text, names), = statements(qualified_name)
+    params = params or {}
+    cursor = con.cursor()
+    try:
+        reader = cursor.sql(text, params={name: params[name] for name in names} if names else None).to_arrow_reader(rows_per_batch)
+        for batch in reader:
+            yield batch.to_pylist()
+    finally:
+        cursor.close()
 
 
 def one(con, qualified_name: str, params: dict | None = None):

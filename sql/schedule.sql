@@ -89,3 +89,10 @@ INSERT OR REPLACE INTO schedule_choices (run_id, requested, used, reason) VALUES
 
 -- name: choice_of_run
 SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;
+
+-- name: count_work
+-- How many requests of a run still have no result (the size of `work_in_order`).
+SELECT count(*)
+FROM schedule s
+LEFT JOIN results r USING (run_id, request_id)
+WHERE s.run_id = $run_id AND r.request_id IS NULL;

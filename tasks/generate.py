@@ -6,6 +6,13 @@ vLLM's own engine API (`LLMEngine.add_request` / `step`) is used instead of one 
 `LLM.generate` call: the waiting queue is first-come-first-served, so adding the requests in
 schedule order is the same as one `generate` call in that order, and results stream out as
 they finish instead of at the end. Prompts go in as token ids (tokenized once, stage 2).
+
+A large job is not handed over at once: a request costs ~25 KiB of memory with a 300-token
+prompt (half in its row here, half inside vLLM; measured), so a million would not fit in
+24 GiB. The rows stream from DuckDB and at most `in_flight_limit` requests are inside vLLM at a
+time; the rest join the tail of its queue as requests finish. The limit is several times the
+sequences the engine runs at once, so its waiting queue never runs dry while rows are left,
+and it picks the same requests, in the same order, as with the whole job queued up front.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import duckdb
 import pyarrow as pa
@@ -24,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from batchbin.db import registered
 from batchbin.engine import Engine, get_engine, scheduler_held
 from batchbin.engine_settings import EngineSettings
-from batchbin.sqlfiles import arrow, one, run
+from batchbin.sqlfiles import one, row_batches, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
 
 RESULT_SCHEMA = pa.schema([
@@ -74,20 +81,36 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
     )
 
 
+MIN_IN_FLIGHT = 1024
+
+
+def in_flight_limit(settings: EngineSettings) -> int:
+    """How many requests may be inside vLLM at once: 4x the sequences it runs (at least 1024)."""
+    return max(MIN_IN_FLIGHT, 4 * (settings.max_num_seqs or 256))
+
+
 def generate_in_order(
     engine: Engine,
-    work: list[dict],
+    work: Iterable[dict],
     defaults: SamplingDefaults,
     store: Callable[[list[dict]], None],
     checkpoint_every: int = 32,
     progress: Callable[[GenerationStats, int], None] | None = None,
+    total: int | None = None,
+    in_flight: int | None = None,
 ) -> GenerationStats:
-    """Run `work` (rows of schedule.work_in_order) through vLLM; `store` every checkpoint."""
+    """Run `work` (rows of schedule.work_in_order, in order) through vLLM; `store` every checkpoint.
+
+    At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
+    (default len(work)) is only for progress reports."""
     llm_engine = engine.llm.llm_engine
     stats = GenerationStats()
     pending: dict[str, dict] = {}
     finished: list[dict] = []
     counter = itertools.count()
+    rows = iter(work)
+    total = len(work) if total is None and hasattr(work, "__len__") else (total or 0)
+    in_flight = in_flight or in_flight_limit(engine.settings)
 
     def flush() -> None:
         if finished:
@@ -101,21 +124,28 @@ def generate_in_order(
         if len(finished) >= checkpoint_every:
             flush()
 
+    def top_up() -> None:
+        """Add rows, in order, until `in_flight` requests are in vLLM or no row is left."""
+        while len(pending) < in_flight:
+            row = next(rows, None)
+            if row is None:
+                return
+            key = f"bb-{next(counter)}"
+            try:
+                params = sampling_params_for(row, defaults)
+                llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
+            except Exception as error:  # a bad request must not stop the run
+                stats.errors += 1
+                record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
+                       finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
+                continue
+            row["added_at"] = time.perf_counter()
+            pending[key] = row  # outputs come back under this (external) id
+
     started = time.perf_counter()
     try:
-        with scheduler_held(engine):  # every request queued before the first step
-            for row in work:
-                key = f"bb-{next(counter)}"
-                try:
-                    params = sampling_params_for(row, defaults)
-                    llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
-                except Exception as error:  # a bad request must not stop the run
-                    stats.errors += 1
-                    record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
-                           finish_reason="error", error=f"{type(error).__name__}: {error}", latency_s=0.0)
-                    continue
-                row["added_at"] = time.perf_counter()
-                pending[key] = row  # outputs come back under this (external) id
+        with scheduler_held(engine):  # the first requests all queued before the first step
+            top_up()
         last_report = time.perf_counter()
         while llm_engine.has_unfinished_requests():
             for output in llm_engine.step():
@@ -133,8 +163,9 @@ def generate_in_order(
                 record(row, output_text=completion.text, prompt_tokens=len(row["token_ids"]),
                        output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
                        finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
+            top_up()
             if progress and time.perf_counter() - last_report > 5:
-                progress(stats, len(work))
+                progress(stats, total)
                 last_report = time.perf_counter()
     except BaseException:
         if pending:
@@ -147,7 +178,7 @@ def generate_in_order(
     flush()
     stats.generate_s = time.perf_counter() - started
     if progress:
-        progress(stats, len(work))
+        progress(stats, total)
     return stats
 
 
@@ -166,11 +197,15 @@ def generate_run(
     progress: Callable[[GenerationStats, int], None] | None = None,
 ) -> GenerationStats:
     """Generate every scheduled request of the run that has no result yet."""
-    work = arrow(con, "schedule.work_in_order", {"run_id": run_id}).to_pylist()
-    if not work:
+    total = one(con, "schedule.count_work", {"run_id": run_id})[0]
+    if not total:
         return GenerationStats()
-    return generate_in_order(engine, work, defaults, lambda rows: store_results(con, run_id, rows),
-                             checkpoint_every, progress)
+    batches = row_batches(con, "schedule.work_in_order", {"run_id": run_id})
+    try:
+        return generate_in_order(engine, (row for rows in batches for row in rows), defaults,
+                                 lambda rows: store_results(con, run_id, rows), checkpoint_every, progress, total=total)
+    finally:
+        batches.close()  # the reading cursor, also when generation stops early
 
 
 def log_progress(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[GenerationStats, int], None]:

@@ -200,3 +200,33 @@ def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
     state = batch_inference(JobConfig(input_path=str(path), db_path=str(tmp_path / "bb.duckdb"), output_format="openai",
                                       output_path=str(tmp_path / "out.parquet")), return_state=True)
     assert state.is_failed() and "OpenAI batch output is JSONL" in state.message
+
+
+def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(job, default_model_path, monkeypatch):
+    """At most `in_flight` requests are inside vLLM at once; the rest join as requests finish,
+    in order, and every request still gets its result."""
+    from batchbin.engine import get_engine
+    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+
+    config, _ = job
+    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
+                        config.max_model_len)  # the flow's engine, shared
+    llm_engine = engine.llm.llm_engine
+    in_vllm_at_each_add: list[int] = []
+    add_request = llm_engine.add_request
+
+    def counted_add(*args, **kwargs):
+        in_vllm_at_each_add.append(llm_engine.get_num_unfinished_requests())
+        return add_request(*args, **kwargs)
+
+    monkeypatch.setattr(llm_engine, "add_request", counted_add)
+    work = [{"request_id": f"w{i}", "batch": 0, "token_ids": [1, 422, 1012 + i, 30], "max_tokens": 2 + i % 3,
+             "temperature": 0.0, "top_p": None, "seed": None, "stop": None} for i in range(7)]
+    stored: list[dict] = []
+    stats = generate_in_order(engine, iter(work), SamplingDefaults(max_tokens=4), stored.extend, checkpoint_every=2,
+                              total=len(work), in_flight=3)
+    assert sorted(row["request_id"] for row in stored) == sorted(row["request_id"] for row in work)
+    assert stats.requests == 7 and stats.errors == 0 and all(row["output_tokens"] >= 1 for row in stored)
+    assert len(in_vllm_at_each_add) == 7 and max(in_vllm_at_each_add) <= 2  # never a 4th while 3 are in
+    assert in_vllm_at_each_add[:3] == [0, 1, 2]  # the first three go in before the first step

@@ -36,3 +36,29 @@ def test_run_executes_each_statement_with_its_parameters(fresh_db):
     with pytest.raises(KeyError, match="run_id"):
         run(fresh_db, "load.replace_prompts", {})
     assert run(fresh_db, "load.counts", {"run_id": "none"}).fetchone() == (0, 0)
+
+
+def test_rows_stream_in_batches_while_the_connection_writes(db_path):
+    """`row_batches` reads on a cursor of its own: generation stores results on the same
+    connection while the work still streams in."""
+    from batchbin import db
+    from batchbin.sqlfiles import one, row_batches
+    from batchbin.tasks.generate import store_results
+
+    con = db.connect(db_path)
+    for position, request_id in enumerate(["e", "d", "c", "b", "a"]):
+        con.execute("insert into prompts (run_id, request_id, row_number, prompt) values ('r', ?, ?, 'p')",
+                    [request_id, position + 1])
+        con.execute("insert into tokens (run_id, request_id, token_ids, prompt_tokens) values ('r', ?, [1, 2], 2)",
+                    [request_id])
+        con.execute("insert into schedule (run_id, request_id, bin, batch, position) values ('r', ?, 0, 0, ?)",
+                    [request_id, position])
+    assert one(con, "schedule.count_work", {"run_id": "r"}) == (5,)
+    seen = []
+    for rows in row_batches(con, "schedule.work_in_order", {"run_id": "r"}, rows_per_batch=2):
+        assert len(rows) <= 2
+        seen += [row["request_id"] for row in rows]
+        store_results(con, "r", [{"request_id": row["request_id"], "output_text": "x", "batch": 0} for row in rows])
+    assert seen == ["e", "d", "c", "b", "a"]
+    assert one(con, "schedule.count_work", {"run_id": "r"}) == (0,)
+    con.close()
