@@ -13,7 +13,7 @@ import pyarrow as pa
 from prefect import task
 
 from batchbin.db import registered, transaction
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import row_batches, run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
 
 TOKENS_SCHEMA = pa.schema([("request_id", pa.string()), ("token_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())])
@@ -44,22 +44,32 @@ def render_token_ids(tokenizer, prompts: list[str | None], messages: list[str | 
     return ids
 
 
-def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int) -> dict:
-    """Tokenize every prompt of a run; reject those with no room left for output."""
+TOKENIZE_CHUNK = 8192  # prompts per batched encode and insert: token ids as Python lists cost
+# ~12 KiB a 300-token prompt, so a whole million-prompt run at once would not fit in memory
+
+
+def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int,
+                 chunk: int = TOKENIZE_CHUNK) -> dict:
+    """Tokenize every prompt of a run, `chunk` prompts at a time; reject those with no room left
+    for output. All in one transaction: a failure leaves the run's tokens as they were."""
     tokenizer = load_tokenizer(model_path)
-    rows = run(con, "tokenize.prompts_to_tokenize", {"run_id": run_id}).fetchall()
-    all_ids = render_token_ids(tokenizer, [row[1] for row in rows], [row[2] for row in rows])
-    kept, too_long = [], []
-    for (request_id, _, _), ids in zip(rows, all_ids):
-        if len(ids) >= max_model_len:
-            too_long.append({"request_id": request_id, "prompt_tokens": len(ids)})
-        else:
-            kept.append({"request_id": request_id, "token_ids": ids, "prompt_tokens": len(ids)})
-    tables = {"incoming_tokens": pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA),
-              "too_long": pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA)}
-    with registered(con, **tables), transaction(con):
-        run(con, "tokenize.replace_tokens", {"run_id": run_id, "max_model_len": max_model_len})
-    return {"tokenized": len(kept), "too_long": len(too_long)}
+    tokenized, too_long = 0, []
+    with transaction(con):
+        run(con, "tokenize.clear_tokens", {"run_id": run_id})
+        for rows in row_batches(con, "tokenize.prompts_to_tokenize", {"run_id": run_id}, rows_per_batch=chunk):
+            all_ids = render_token_ids(tokenizer, [row["prompt"] for row in rows], [row["messages"] for row in rows])
+            kept = []
+            for row, ids in zip(rows, all_ids):
+                if len(ids) >= max_model_len:
+                    too_long.append({"request_id": row["request_id"], "prompt_tokens": len(ids)})
+                else:
+                    kept.append({"request_id": row["request_id"], "token_ids": ids, "prompt_tokens": len(ids)})
+            with registered(con, incoming_tokens=pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA)):
+                run(con, "tokenize.insert_tokens", {"run_id": run_id})
+            tokenized += len(kept)
+        with registered(con, too_long=pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA)):
+            run(con, "tokenize.reject_too_long", {"run_id": run_id, "max_model_len": max_model_len})
+    return {"tokenized": tokenized, "too_long": len(too_long)}
 
 
 @task(**stage_task_options("tokenize"))

@@ -22,3 +22,30 @@ def test_batched_token_ids_match_one_call_per_request(default_model_path):
     assert ids[1] == tokenizer("The three primary colors are")["input_ids"]
     assert ids[3] == tokenizer("Once upon a time")["input_ids"]
     assert render_token_ids(tokenizer, [], []) == []
+
+
+def test_tokenizing_in_chunks_stores_every_prompt_once_and_rejects_the_too_long(db_path, tmp_path, default_model_path):
+    from batchbin import db
+    from batchbin.tasks.load import load_requests
+    from batchbin.tasks.tokenize import tokenize_run
+
+    rows = [{"id": f"p{i}", "prompt": f"Count to {i}."} for i in range(4)]
+    rows.append({"id": "long", "prompt": "word " * 40})
+    rows.append({"id": "chat", "messages": [{"role": "user", "content": "Hi"}]})
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    con = db.connect(db_path)
+    load_requests(con, "r", str(path))
+    tokenizer = load_tokenizer(default_model_path)
+    assert tokenize_run(con, "r", default_model_path, max_model_len=24, chunk=2) == {"tokenized": 4, "too_long": 2}
+    # tokenizing again replaces the token ids, and the rejects stay as they are
+    assert tokenize_run(con, "r", default_model_path, max_model_len=24, chunk=2) == {"tokenized": 4, "too_long": 0}
+    stored = dict(con.execute("select request_id, token_ids from tokens where run_id = 'r'").fetchall())
+    assert sorted(stored) == ["p0", "p1", "p2", "p3"]  # the chat turn's template alone is longer than 24
+    assert stored["p2"] == tokenizer("Count to 2.")["input_ids"]
+    rejected = con.execute("select request_id, field from rejects where run_id = 'r' order by request_id").fetchall()
+    assert rejected == [("chat", "prompt_tokens"), ("long", "prompt_tokens")]
+    load_requests(con, "r", str(path))  # loading again brings the long prompts back: rejected once more, not twice
+    assert tokenize_run(con, "r", default_model_path, max_model_len=24, chunk=2) == {"tokenized": 4, "too_long": 2}
+    assert con.execute("select count(*) from rejects where run_id = 'r'").fetchone()[0] == 2
+    con.close()
