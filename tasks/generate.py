@@ -84,9 +84,14 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
 MIN_IN_FLIGHT = 1024
 
 
-def in_flight_limit(settings: EngineSettings) -> int:
-    """How many requests may be inside vLLM at once: 4x the sequences it runs (at least 1024)."""
-    return max(MIN_IN_FLIGHT, 4 * (settings.max_num_seqs or 256))
+def in_flight_limit(engine: Engine) -> int:
+    """How many requests may be inside vLLM at once: 4x the sequences it runs (at least 1024),
+    as vLLM's own config says (on GPU, BatchBin leaves max_num_seqs to vLLM)."""
+    try:
+        running = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    except AttributeError:  # a vLLM that keeps it elsewhere
+        running = engine.settings.max_num_seqs or 256
+    return max(MIN_IN_FLIGHT, 4 * running)
 
 
 def generate_in_order(
@@ -110,7 +115,7 @@ def generate_in_order(
     counter = itertools.count()
     rows = iter(work)
     total = len(work) if total is None and hasattr(work, "__len__") else (total or 0)
-    in_flight = in_flight or in_flight_limit(engine.settings)
+    in_flight = in_flight or in_flight_limit(engine)
 
     def flush() -> None:
         if finished:
