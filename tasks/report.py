@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from batchbin.sqlfiles import arrow, one, run
+from batchbin.sqlfiles import arrow, one, row_batches, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
 from batchbin.tasks.openai_batch import output_line
 
@@ -39,12 +39,12 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if output_format == "openai":
-        rows = arrow(con, "report.export_openai_rows", {"run_id": run_id}).to_pylist()
-        model, created = served_model_name(model_path), int(time.time())
+        model, created, written = served_model_name(model_path), int(time.time()), 0
         with open(path, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n")
-        return len(rows)
+            for rows in row_batches(con, "report.export_openai_rows", {"run_id": run_id}):
+                handle.writelines(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n" for row in rows)
+                written += len(rows)
+        return written
     frame = pl.from_arrow(arrow(con, "report.export_rows", {"run_id": run_id}))
     if path.suffix.lower() in (".parquet", ".pq"):
         frame.write_parquet(path)
