@@ -1,8 +1,10 @@
 -- name: replace_prompts
 -- Replace a run's prompts with the validated rows registered as `incoming_prompts`.
 DELETE FROM prompts WHERE run_id = $run_id;
-INSERT INTO prompts (run_id, request_id, row_number, prompt, messages, max_tokens, temperature, top_p, seed, stop, metadata)
-SELECT $run_id, request_id, row_number, prompt, messages::JSON, max_tokens, temperature, top_p, seed, stop, metadata::JSON
+INSERT INTO prompts (run_id, request_id, row_number, prompt, messages, max_tokens, temperature, top_p, seed, stop, metadata,
+                     response_format)
+SELECT $run_id, request_id, row_number, prompt, messages::JSON, max_tokens, temperature, top_p, seed, stop, metadata::JSON,
+       response_format::JSON
 FROM incoming_prompts;
 
 -- name: replace_rejects

@@ -64,7 +64,8 @@ FROM keyed;
 
 -- name: work_in_order
 -- What generation still has to do for a run, in schedule order: requests without a result.
-SELECT s.request_id, s.batch, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop
+SELECT s.request_id, s.batch, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
+       p.response_format::VARCHAR AS response_format
 FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)

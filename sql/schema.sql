@@ -1,6 +1,7 @@
 -- name: create_tables
 -- The whole BatchBin schema. Every row belongs to a run; re-running it is harmless.
--- Bump meta.schema_version (batchbin/db.py SCHEMA_VERSION) when a table changes.
+-- Bump meta.schema_version (batchbin/db.py SCHEMA_VERSION) when a table changes in a way
+-- older databases cannot follow; an added column is an ALTER ... IF NOT EXISTS instead.
 CREATE TABLE IF NOT EXISTS meta (
     key VARCHAR PRIMARY KEY,
     value VARCHAR
@@ -40,8 +41,11 @@ CREATE TABLE IF NOT EXISTS prompts (
     seed INTEGER,
     stop VARCHAR[],
     metadata JSON,
+    response_format JSON,   -- {"type": "json_object"} or {"type": "json_schema", ...}: constrained output
     PRIMARY KEY (run_id, request_id)
 );
+-- added after schema version 1 shipped: databases created before get the column, nothing else changes
+ALTER TABLE prompts ADD COLUMN IF NOT EXISTS response_format JSON;
 
 CREATE TABLE IF NOT EXISTS tokens (
     run_id VARCHAR,

@@ -18,6 +18,7 @@ and it picks the same requests, in the same order, as with the whole job queued 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,18 @@ class GenerationStats:
     finish_reasons: dict[str, int] = field(default_factory=dict)
 
 
+def structured_outputs_for(response_format: str | None):
+    """vLLM's constraint for a stored response format (None: free text)."""
+    if not response_format:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    spec = json.loads(response_format)
+    if spec["type"] == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=spec["schema"])
+
+
 def sampling_params_for(row: dict, defaults: SamplingDefaults):
     """vLLM SamplingParams of one request: its own overrides, else the job's defaults."""
     from vllm import SamplingParams
@@ -77,6 +90,7 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
         # per-request generator
         seed=None if temperature == 0 else (defaults.seed if row["seed"] is None else row["seed"]),
         stop=row["stop"] or None,
+        structured_outputs=structured_outputs_for(row.get("response_format")),
         output_kind=RequestOutputKind.FINAL_ONLY,
     )
 

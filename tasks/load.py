@@ -22,13 +22,42 @@ from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_ru
 from batchbin.tasks.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-JSON_COLUMNS = ("messages", "metadata", "stop")  # arrive as JSON text from CSV files
+JSON_COLUMNS = ("messages", "metadata", "stop", "response_format")  # arrive as JSON text from CSV files
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's `json_schema` response format: the schema the output must follow."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)  # `name`, `strict`, `description`: no effect here
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON following a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def schema_with_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("give 'json_schema' (with its 'schema') exactly when type is 'json_schema'")
+        return self
+
+    def stored(self) -> str | None:
+        """The JSON kept in prompts.response_format (None for free text)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return json.dumps({"type": "json_object"})
+        return json.dumps({"type": "json_schema", "schema": self.json_schema.json_schema})
 
 
 class Request(BaseModel):
@@ -45,6 +74,7 @@ class Request(BaseModel):
     seed: int | None = None
     stop: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -193,6 +223,7 @@ def validate_rows(rows) -> tuple[list[dict], list[dict]]:
             "seed": request.seed,
             "stop": request.stop,
             "metadata": None if request.metadata is None else json.dumps(request.metadata),
+            "response_format": None if request.response_format is None else request.response_format.stored(),
         })
     return valid, rejects
 
@@ -200,7 +231,7 @@ def validate_rows(rows) -> tuple[list[dict], list[dict]]:
 PROMPT_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("row_number", pa.int32()), ("prompt", pa.string()), ("messages", pa.string()),
     ("max_tokens", pa.int32()), ("temperature", pa.float64()), ("top_p", pa.float64()), ("seed", pa.int64()),
-    ("stop", pa.list_(pa.string())), ("metadata", pa.string()),
+    ("stop", pa.list_(pa.string())), ("metadata", pa.string()), ("response_format", pa.string()),
 ])
 REJECT_SCHEMA = pa.schema([
     ("row_number", pa.int32()), ("request_id", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("raw", pa.string()),

@@ -18,7 +18,7 @@ from typing import Any
 ENDPOINTS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 # body fields BatchBin carries over as they are
-PASSED_THROUGH = ("temperature", "top_p", "seed", "stop")
+PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "response_format")
 # body fields that change nothing BatchBin does (the job's --model serves every request)
 IGNORED = ("model", "user", "store", "metadata", "service_tier")
 # body fields BatchBin does not support, accepted only at the value that means "not used"
@@ -26,7 +26,7 @@ UNUSED_VALUES: dict[str, tuple] = {
     "n": (1,), "stream": (False,), "logprobs": (False, None), "top_logprobs": (0, None), "echo": (False,),
     "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({}, None),
     "tools": ([], None), "tool_choice": ("none", None), "parallel_tool_calls": (True, False, None), "functions": ([], None),
-    "response_format": ({"type": "text"}, None), "stream_options": (None,), "best_of": (1, None), "suffix": (None, ""),
+    "stream_options": (None,), "best_of": (1, None), "suffix": (None, ""),
 }
 
 KNOWN_FIELDS = {*PASSED_THROUGH, *IGNORED, *UNUSED_VALUES, "messages", "prompt", "max_tokens", "max_completion_tokens"}

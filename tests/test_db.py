@@ -27,3 +27,22 @@ def test_a_stage_stamp_is_read_through_the_session(db_path):
         held.execute("INSERT INTO stages VALUES ('r1', 'load', 'p', 3, current_timestamp)")
         assert db.stage_stamp(db_path, "r1", "load").startswith("p:3:")
         assert db.stage_stamp(db_path, "r1", "tokenize") is None
+
+
+def test_a_database_from_before_response_format_gets_the_column(db_path):
+    """Schema version 1 databases made before `prompts.response_format` existed open as they are."""
+    import duckdb
+
+    from batchbin import db
+
+    old = duckdb.connect(db_path)
+    old.execute("create table meta (key varchar primary key, value varchar)")
+    old.execute("insert into meta values ('schema_version', '1')")
+    old.execute("create table prompts (run_id varchar, request_id varchar, row_number integer, prompt varchar, "
+                "messages json, max_tokens integer, temperature double, top_p double, seed integer, stop varchar[], "
+                "metadata json, primary key (run_id, request_id))")
+    old.execute("insert into prompts (run_id, request_id, row_number, prompt) values ('r', 'a', 1, 'kept')")
+    old.close()
+    con = db.connect(db_path)
+    assert con.execute("select prompt, response_format from prompts").fetchall() == [("kept", None)]
+    con.close()

@@ -168,10 +168,15 @@ def test_greedy_outputs_repeat_run_to_run(job, default_model_path):
 
 def test_openai_batch_file_in_openai_batch_output_out(tmp_path, prefect_api, default_model_path):
     """An OpenAI batch file runs as it is, and every line comes back as an output line with its
-    custom_id, in input order: completions as 200 responses, a bad line as an error."""
+    custom_id, in input order: completions as 200 responses (one constrained to a JSON schema),
+    a bad line as an error."""
     lines = [
         {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
          "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}},
+        {"custom_id": "json-1", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": [{"role": "user", "content": "The capital of France, as JSON."}], "max_tokens": 24,
+                  "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+                      "type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}}}}},
         {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
          "body": {"messages": [{"role": "user", "content": "Hi"}], "n": 2}},
         {"custom_id": "text-1", "method": "POST", "url": "/v1/completions",
@@ -182,10 +187,12 @@ def test_openai_batch_file_in_openai_batch_output_out(tmp_path, prefect_api, def
     config = JobConfig(input_path=str(path), db_path=str(tmp_path / "bb.duckdb"), max_tokens=8,
                        engine=EngineOptions(**TEST_ENGINE))
     result = batch_inference(config)
-    assert result["output_format"] == "openai" and result["output_rows"] == 3
+    assert result["output_format"] == "openai" and result["output_rows"] == 4
     out = [json.loads(line) for line in open(result["output_path"])]
-    assert [line["custom_id"] for line in out] == ["chat-1", "bad", "text-1"]
-    chat, bad, text = out
+    assert [line["custom_id"] for line in out] == ["chat-1", "json-1", "bad", "text-1"]
+    chat, structured, bad, text = out
+    answer = json.loads(structured["response"]["body"]["choices"][0]["message"]["content"])  # JSON, by construction
+    assert isinstance(answer["capital"], str)
     assert chat["error"] is None and chat["response"]["status_code"] == 200
     assert chat["response"]["body"]["object"] == "chat.completion"
     assert chat["response"]["body"]["choices"][0]["message"]["content"]

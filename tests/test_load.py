@@ -114,3 +114,31 @@ def test_validate_rows_keeps_first_of_duplicate_ids():
     valid, rejects = validate_rows([(1, {"id": "a", "prompt": "x"}, "", None), (2, {"id": "a", "prompt": "y"}, "", None)])
     assert [v["prompt"] for v in valid] == ["x"]
     assert rejects[0]["row_number"] == 2
+
+
+SCHEMA = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+
+
+def test_response_format_is_stored_as_the_constraint_to_apply(fresh_db, tmp_path):
+    rows = [{"id": "s", "prompt": "x", "response_format": {"type": "json_schema",
+                                                          "json_schema": {"name": "c", "strict": True, "schema": SCHEMA}}},
+            {"id": "o", "prompt": "x", "response_format": {"type": "json_object"}},
+            {"id": "t", "prompt": "x", "response_format": {"type": "text"}},
+            {"id": "n", "prompt": "x"}]
+    assert load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", rows)) == {"requests": 4, "rejects": 0}
+    stored = dict(fresh_db.execute("select request_id, response_format::varchar from prompts").fetchall())
+    assert json.loads(stored["s"]) == {"type": "json_schema", "schema": SCHEMA}
+    assert json.loads(stored["o"]) == {"type": "json_object"}
+    assert stored["t"] is None and stored["n"] is None
+
+
+@pytest.mark.parametrize("response_format, field", [
+    ({"type": "xml"}, "response_format.type"),
+    ({"type": "json_schema"}, "response_format"),
+    ({"type": "json_object", "json_schema": {"schema": SCHEMA}}, "response_format"),
+    ({"type": "json_schema", "json_schema": {"name": "no schema"}}, "response_format.json_schema.schema"),
+])
+def test_a_bad_response_format_is_rejected_naming_the_field(fresh_db, tmp_path, response_format, field):
+    rows = [{"id": "a", "prompt": "x", "response_format": response_format}]
+    assert load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", rows)) == {"requests": 0, "rejects": 1}
+    assert rejects_by_row(fresh_db)[1][0] == field

@@ -117,3 +117,14 @@ def test_output_line_of_a_failed_request(rejected, code):
     line = output_line({**ROW, "error": "body.n: not supported", "rejected": rejected}, "m", 0)
     assert line["response"] is None
     assert line["error"] == {"code": code, "message": "row 3: body.n: not supported"}
+
+
+def test_response_format_carries_over_and_a_bad_one_names_the_body_field(fresh_db, tmp_path):
+    schema = {"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object"}}}
+    assert request_from_batch_line({**CHAT, "body": {**CHAT["body"], "response_format": schema}})["response_format"] == schema
+    path = write_lines(tmp_path / "batch.jsonl", [
+        {**CHAT, "body": {**CHAT["body"], "response_format": {"type": "json_object"}}},
+        {**COMPLETION, "body": {**COMPLETION["body"], "response_format": {"type": "yaml"}}},
+    ])
+    assert load_requests(fresh_db, "r", path) == {"requests": 1, "rejects": 1}
+    assert fresh_db.execute("select field from rejects").fetchall() == [("body.response_format.type",)]
