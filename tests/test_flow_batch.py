@@ -237,3 +237,22 @@ def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(job, default
     assert stats.requests == 7 and stats.errors == 0 and all(row["output_tokens"] >= 1 for row in stored)
     assert len(in_vllm_at_each_add) == 7 and max(in_vllm_at_each_add) <= 2  # never a 4th while 3 are in
     assert in_vllm_at_each_add[:3] == [0, 1, 2]  # the first three go in before the first step
+
+
+def test_a_schema_vllm_refuses_fails_its_request_only(job, default_model_path):
+    from batchbin.engine import get_engine
+    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+
+    config, _ = job
+    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
+                        config.max_model_len)  # the flow's engine, shared
+    bad_schema = json.dumps({"type": "json_schema", "schema": {"type": "object", "properties": 3}})
+    work = [{"request_id": name, "batch": 0, "token_ids": [1, 422, 1012 + i], "max_tokens": 3, "temperature": 0.0,
+             "top_p": None, "seed": None, "stop": None, "response_format": schema}
+            for i, (name, schema) in enumerate([("bad", bad_schema), ("ok", None)])]
+    stored: list[dict] = []
+    stats = generate_in_order(engine, work, SamplingDefaults(max_tokens=3), stored.extend)
+    results = {row["request_id"]: row for row in stored}
+    assert stats.errors == 1 and results["bad"]["finish_reason"] == "error" and "Grammar" in results["bad"]["error"]
+    assert results["ok"]["error"] is None and results["ok"]["output_tokens"] >= 1
