@@ -27,7 +27,7 @@ from batchbin.models import resolve_model
 from batchbin.sqlfiles import run
 from batchbin.tasks.common import RunRef, open_run_db
 from batchbin.tasks.generate import SamplingDefaults, generate
-from batchbin.tasks.load import detect_format, is_openai_batch_file, load, no_valid_request_message
+from batchbin.tasks.load import detect_format, file_format, is_openai_batch_file, load, no_valid_request_message
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.report import report
@@ -83,7 +83,7 @@ def check_input(config: JobConfig) -> None:
 def output_format_of(config: JobConfig, output_path: Path) -> str:
     """"batchbin" or "openai": as asked, or for "auto" the input's own kind (a Parquet output
     file asks for BatchBin's rows)."""
-    parquet = output_path.suffix.lower() in (".parquet", ".pq")
+    parquet = file_format(output_path) == "parquet"
     if config.output_format == "openai" and parquet:
         raise BatchBinError(f"OpenAI batch output is JSONL: give a .jsonl output path, not {output_path}")
     if config.output_format == "auto":
@@ -113,15 +113,17 @@ def batch_inference(config: JobConfig) -> dict:
         model_path = resolve_model(config.model)
         fingerprint = file_fingerprint(config.input_path)
         run_id = config.run_id(fingerprint)
-        output_format = output_format_of(config, config.resolved_output_path(run_id))
+        output_path = config.resolved_output_path(run_id)
+        output_format = output_format_of(config, output_path)
     except BatchBinError as error:
         return Failed(message=str(error))
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
     with db.session(ref.db_path):  # one open of the file for the whole run
-        return run_stages(ref, config, fingerprint, model_path, output_format)
+        return run_stages(ref, config, fingerprint, model_path, output_path, output_format)
 
 
-def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_format: str) -> dict:
+def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
+               output_format: str) -> dict:
     clock = StageClock()
     with clock.stage("start"):
         start_run(ref, config, fingerprint, model_path)
@@ -157,7 +159,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         finish_run(ref, "failed")
         raise
     finish_run(ref, "finished")
-    return report(ref, str(config.resolved_output_path(ref.run_id)), generation, clock.seconds, output_format, model_path)
+    return report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
 
 
 if __name__ == "__main__":

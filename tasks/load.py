@@ -115,19 +115,21 @@ class Request(BaseModel):
         return self
 
 
+def file_format(path: str | Path) -> str | None:
+    """"jsonl", "parquet" or "csv" by the file's suffix; None for any other."""
+    return FORMATS.get(Path(path).suffix.lower())
+
+
 def detect_format(path: Path) -> str:
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise BatchBinError(
-            f"unknown input format '{path.suffix}' for {path}: use .jsonl, .parquet or .csv"
-        ) from None
+    kind = file_format(path)
+    if kind is None:
+        raise BatchBinError(f"unknown input format '{path.suffix}' for {path}: use .jsonl, .parquet or .csv")
+    return kind
 
 
 def is_openai_batch_file(path: str | Path) -> bool:
     """True when the first line of a JSONL file is an OpenAI batch request line."""
-    path = Path(path)
-    if FORMATS.get(path.suffix.lower()) != "jsonl":
+    if file_format(path) != "jsonl":
         return False
     with open(path, encoding="utf-8") as handle:
         for line in handle:

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.sqlfiles import arrow, one, row_batches, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+from batchbin.tasks.load import file_format
 from batchbin.tasks.openai_batch import output_line
 
 ARTIFACT_KEY = "batchbin-run-report"
@@ -46,7 +47,7 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
                 written += len(rows)
         return written
     frame = pl.from_arrow(arrow(con, "report.export_rows", {"run_id": run_id}))
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if file_format(path) == "parquet":
         frame.write_parquet(path)
     else:
         frame.write_ndjson(path)
