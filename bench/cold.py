@@ -101,18 +101,19 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
     script_env = {**plain_env, **settings.environment()}  # thread binding, LD_PRELOAD, in-process engine
     script_out = out_dir / "user-script.out.jsonl"
     script = user_script_command(input_path, script_out, model_path, settings, max_tokens, max_model_len)
-    commands = {"batchbin": None, "user-script": (script, script_env, script_out)}
+    # the commands batchbin is compared with: (command, environment, output file)
+    baselines = {"user-script": (script, script_env, script_out)}
     if with_run_batch:
         batch_path, batch_out = out_dir / "requests.batch.jsonl", out_dir / "vllm-run-batch.out.jsonl"
         batch_path.write_text("\n".join(openai_batch_lines(rows, model_path, max_tokens, seed=None)) + "\n")
-        commands["vllm-run-batch"] = (run_batch_cold_command(batch_path, batch_out, model_path, settings, max_model_len),
+        baselines["vllm-run-batch"] = (run_batch_cold_command(batch_path, batch_out, model_path, settings, max_model_len),
                                       {**plain_env, **settings.environment(async_engine=True)}, batch_out)
     log(f"cold {workload}: {len(rows)} requests, repeats {repeats}, "
         f"{'eager' if settings.enforce_eager else 'torch.compile'} ({settings.reasons.get('enforce_eager')})")
     if not settings.enforce_eager:  # untimed: fill ~/.cache/vllm, so no timed run pays a first compile
-        for command, env, _ in list(commands.values())[1:]:  # run-batch's engine has a cache entry of its own
+        for command, env, _ in baselines.values():  # run-batch's engine has a cache entry of its own
             timed(command, env)
-    walls: dict[str, list[float]] = {name: [] for name in commands}
+    walls: dict[str, list[float]] = {name: [] for name in ("batchbin", *baselines)}
     for _ in range(repeats):
         work_dir = out_dir / "batchbin-run"
         if work_dir.exists():
@@ -123,7 +124,7 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
                                         plain_env))
         if count_lines(work_dir / "batchbin.out.jsonl") != len(rows):
             raise RuntimeError("batchbin run wrote fewer results than requests")
-        for name, (command, env, output) in list(commands.items())[1:]:
+        for name, (command, env, output) in baselines.items():
             walls[name].append(timed(command, env))
             if count_lines(output) != len(rows):
                 raise RuntimeError(f"{name} wrote fewer results than requests")
@@ -152,9 +153,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=None, help="Override every request's output limit.")
     parser.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
-                        help="Both commands eager (default: BatchBin's choice for the job).")
+                        help="Every command eager (default: BatchBin's choice for the job).")
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
-                        help="Both commands with torch.compile.")
+                        help="Every command with torch.compile.")
     parser.add_argument("--with-run-batch", action="store_true",
                         help="Also time vLLM's batch runner on the requests as an OpenAI batch file.")
     parser.add_argument("--out", default=None, help="Output folder (default bench-out/cold-WORKLOAD).")
