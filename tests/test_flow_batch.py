@@ -45,6 +45,17 @@ def job(tmp_path_factory, prefect_api, default_model_path):
     return config, first
 
 
+@pytest.fixture
+def flow_engine(job, default_model_path):
+    """The engine the job's flow ran on (shared by the session), for tests that drive it directly."""
+    from batchbin.engine import get_engine
+    from batchbin.engine_settings import choose_engine_settings, detect_machine
+
+    config, _ = job
+    return get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
+                      config.max_model_len)
+
+
 def query(config, text, params=None):
     con = duckdb.connect(config.db_path, read_only=True)
     try:
@@ -137,17 +148,14 @@ def test_training_on_too_few_results_fails_with_a_message(job):
     assert "needs at least 20 finished requests" in state.message and "has 8" in state.message
 
 
-def test_greedy_outputs_repeat_run_to_run(job, default_model_path):
+def test_greedy_outputs_repeat_run_to_run(flow_engine, default_model_path):
     """pytest's engine core runs in a process of its own; BatchBin holds it from stepping until
     every request is in, so batches, and with them greedy outputs, do not depend on timing."""
-    from batchbin.engine import get_engine, reset_prefix_cache
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.engine import reset_prefix_cache
     from batchbin.tasks.generate import SamplingDefaults, generate_in_order
     from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
 
-    config, _ = job
-    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
-                        config.max_model_len)  # the flow's engine, shared
+    engine = flow_engine
     assert engine.settings.in_process is False
     chats = [row for row in VALID if "messages" in row]
     token_ids = render_token_ids(load_tokenizer(default_model_path), [None] * len(chats),
@@ -209,16 +217,12 @@ def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
     assert state.is_failed() and "OpenAI batch output is JSONL" in state.message
 
 
-def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(job, default_model_path, monkeypatch):
+def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine, monkeypatch):
     """At most `in_flight` requests are inside vLLM at once; the rest join as requests finish,
     in order, and every request still gets its result."""
-    from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
     from batchbin.tasks.generate import SamplingDefaults, generate_in_order
 
-    config, _ = job
-    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
-                        config.max_model_len)  # the flow's engine, shared
+    engine = flow_engine
     llm_engine = engine.llm.llm_engine
     in_vllm_at_each_add: list[int] = []
     add_request = llm_engine.add_request
@@ -239,14 +243,10 @@ def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(job, default
     assert in_vllm_at_each_add[:3] == [0, 1, 2]  # the first three go in before the first step
 
 
-def test_a_schema_vllm_refuses_fails_its_request_only(job, default_model_path):
-    from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+def test_a_schema_vllm_refuses_fails_its_request_only(flow_engine):
     from batchbin.tasks.generate import SamplingDefaults, generate_in_order
 
-    config, _ = job
-    engine = get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
-                        config.max_model_len)  # the flow's engine, shared
+    engine = flow_engine
     bad_schema = json.dumps({"type": "json_schema", "schema": {"type": "object", "properties": 3}})
     work = [{"request_id": name, "batch": 0, "token_ids": [1, 422, 1012 + i], "max_tokens": 3, "temperature": 0.0,
              "top_p": None, "seed": None, "stop": None, "response_format": schema}
