@@ -5,13 +5,15 @@ field and reason. Nothing a user sent is silently dropped.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import duckdb
-import polars as pl
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -141,92 +143,156 @@ def is_openai_batch_file(path: str | Path) -> bool:
     return False
 
 
+CHUNK_ROWS = 8192  # rows read, validated and stored at a time: a file of any size loads in bounded memory
+
+
 def read_rows(path: str | Path) -> list[tuple[int, dict | None, str, str | None]]:
-    """(row number, row dict or None, raw text, parse error) for every row of the file."""
+    """Every row of the file at once (small files: tests, the benchmark's reader)."""
+    return list(iter_rows(path))
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
+    """(row number, row dict or None, raw text, parse error) for every row of the file, streamed."""
     path = Path(path)
     if not path.exists():
         raise BatchBinError(f"input file not found: {path}")
     kind = detect_format(path)
-    rows: list[tuple[int, dict | None, str, str | None]] = []
     if kind == "jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as error:
-                    rows.append((number, None, line.rstrip("\n"), f"not valid JSON: {error.msg} at column {error.colno}"))
-                    continue
-                if not isinstance(value, dict):
-                    rows.append((number, None, line.rstrip("\n"), "a line must be a JSON object"))
-                    continue
-                rows.append((number, value, line.rstrip("\n"), None))
-        return rows
+        yield from _jsonl_rows(path)
+        return
+    number = 0
+    for batch in _table_batches(path, kind):
+        for row in batch.to_pylist():
+            number += 1
+            yield _table_row(number, row)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
+    with open(path, "rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield number, None, data.decode("utf-8", errors="replace").rstrip("\r\n"), \
+                    f"not valid UTF-8: byte {error.start + 1} of the line"
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, None, line.rstrip("\r\n"), f"not valid JSON: {error.msg} at column {error.colno}"
+                continue
+            if not isinstance(value, dict):
+                yield number, None, line.rstrip("\r\n"), "a line must be a JSON object"
+                continue
+            yield number, value, line.rstrip("\r\n"), None
+
+
+def _table_batches(path: Path, kind: str) -> Iterator[pa.RecordBatch]:
+    """A Parquet or CSV file in record batches of CHUNK_ROWS (CSV: every column as text)."""
     try:
-        frame = pl.read_parquet(path) if kind == "parquet" else pl.read_csv(path, infer_schema=False)
-    except Exception as error:  # polars raises many kinds for unreadable files
+        if kind == "parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS)
+            return
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        yield from pa_csv.open_csv(
+            path,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # a quoted prompt may span lines
+            convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in header},
+                                                  strings_can_be_null=True),
+        )
+    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
         raise BatchBinError(f"cannot read {path} as {kind}: {error}") from None
-    for number, row in enumerate(frame.iter_rows(named=True), start=1):
-        row = {key: value for key, value in row.items() if value is not None and value != ""}
-        parse_error = None
-        for column in JSON_COLUMNS:
-            if isinstance(row.get(column), str) and (column != "stop" or row[column].startswith("[")):
-                try:
-                    row[column] = json.loads(row[column])
-                except json.JSONDecodeError as error:
-                    parse_error = f"column '{column}' is not valid JSON: {error.msg}"
-        rows.append((number, row, json.dumps(row, default=str), parse_error))
-    return rows
+
+
+def _table_row(number: int, row: dict) -> tuple[int, dict, str, str | None]:
+    """One Parquet/CSV row: empty cells dropped, JSON columns (text in a CSV file) parsed."""
+    row = {key: value for key, value in row.items() if value is not None and value != ""}
+    parse_error = None
+    for column in JSON_COLUMNS:
+        if isinstance(row.get(column), str) and (column != "stop" or row[column].startswith("[")):
+            try:
+                row[column] = json.loads(row[column])
+            except json.JSONDecodeError as error:
+                parse_error = f"column '{column}' is not valid JSON: {error.msg}"
+    return number, row, json.dumps(row, default=str), parse_error
+
+
+def validate_row(number: int, row: dict | None, raw: str, parse_error: str | None,
+                 first_seen: dict[str, int]) -> tuple[dict | None, dict | None]:
+    """(valid request, None) or (None, reject with row, id, field, reason, raw) for one row.
+
+    `first_seen` (id -> row number) is shared by all rows of a file, so a repeated id is caught."""
+    batch_line = is_openai_batch_line(row)
+    given_id = row.get("custom_id" if batch_line else "id") if row else None
+    request_id = str(given_id) if given_id is not None else None
+
+    def reject(field: str | None, reason: str, rejected_id: str | None = request_id) -> tuple[None, dict]:
+        return None, {"row_number": number, "request_id": rejected_id, "field": field, "reason": reason, "raw": raw}
+
+    if parse_error:
+        return reject(None, parse_error)
+    try:
+        request = Request.model_validate(request_from_batch_line(row) if batch_line else row)
+    except OpenAIBatchLineError as error:
+        return reject(error.field, str(error))
+    except ValidationError as error:
+        problems = error.errors()
+        fields = [".".join(str(part) for part in problem["loc"]) or "prompt/messages" for problem in problems]
+        if batch_line:  # name the field where the user wrote it
+            fields = [batch_line_field(field) if field != "prompt/messages" else "body.messages/body.prompt"
+                      for field in fields]
+        reason = "; ".join(
+            f"{field}: {problem['msg']}" if field else problem["msg"] for field, problem in zip(fields, problems)
+        )
+        return reject(fields[0], reason)
+    if request.id in first_seen:
+        id_field = "custom_id" if batch_line else "id"
+        return reject(id_field, f"duplicate {id_field} '{request.id}' (first on row {first_seen[request.id]})", request.id)
+    first_seen[request.id] = number
+    return {
+        "request_id": request.id,
+        "row_number": number,
+        "prompt": request.prompt,
+        "messages": None if request.messages is None else json.dumps([m.model_dump() for m in request.messages]),
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "stop": request.stop,
+        "metadata": None if request.metadata is None else json.dumps(request.metadata),
+        "response_format": None if request.response_format is None else request.response_format.stored(),
+    }, None
+
+
+def validated_chunks(rows: Iterable[tuple[int, dict | None, str, str | None]],
+                     chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[list[dict], list[dict]]]:
+    """(valid requests, rejects) of every `chunk_rows` rows; ids are checked for repeats across all."""
+    first_seen: dict[str, int] = {}
+    valid: list[dict] = []
+    rejects: list[dict] = []
+    for count, (number, row, raw, parse_error) in enumerate(rows, start=1):
+        request, rejected = validate_row(number, row, raw, parse_error, first_seen)
+        if request is not None:
+            valid.append(request)
+        else:
+            rejects.append(rejected)
+        if count % chunk_rows == 0:
+            yield valid, rejects
+            valid, rejects = [], []
+    if valid or rejects:
+        yield valid, rejects
 
 
 def validate_rows(rows) -> tuple[list[dict], list[dict]]:
-    """Split rows into valid requests and rejects (row, id, field, reason, raw)."""
+    """Split rows into valid requests and rejects (row, id, field, reason, raw), all at once."""
     valid: list[dict] = []
     rejects: list[dict] = []
-    first_seen: dict[str, int] = {}
-    for number, row, raw, parse_error in rows:
-        batch_line = is_openai_batch_line(row)
-        given_id = row.get("custom_id" if batch_line else "id") if row else None
-        request_id = str(given_id) if given_id is not None else None
-        if parse_error:
-            rejects.append({"row_number": number, "request_id": request_id, "field": None, "reason": parse_error, "raw": raw})
-            continue
-        try:
-            request = Request.model_validate(request_from_batch_line(row) if batch_line else row)
-        except OpenAIBatchLineError as error:
-            rejects.append({"row_number": number, "request_id": request_id, "field": error.field, "reason": str(error), "raw": raw})
-            continue
-        except ValidationError as error:
-            problems = error.errors()
-            fields = [".".join(str(part) for part in problem["loc"]) or "prompt/messages" for problem in problems]
-            if batch_line:  # name the field where the user wrote it
-                fields = [batch_line_field(field) if field != "prompt/messages" else "body.messages/body.prompt"
-                          for field in fields]
-            reason = "; ".join(
-                f"{field}: {problem['msg']}" if field else problem["msg"] for field, problem in zip(fields, problems)
-            )
-            rejects.append({"row_number": number, "request_id": request_id, "field": fields[0], "reason": reason, "raw": raw})
-            continue
-        if request.id in first_seen:
-            id_field = "custom_id" if batch_line else "id"
-            rejects.append({"row_number": number, "request_id": request.id, "field": id_field,
-                            "reason": f"duplicate {id_field} '{request.id}' (first on row {first_seen[request.id]})", "raw": raw})
-            continue
-        first_seen[request.id] = number
-        valid.append({
-            "request_id": request.id,
-            "row_number": number,
-            "prompt": request.prompt,
-            "messages": None if request.messages is None else json.dumps([m.model_dump() for m in request.messages]),
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-            "stop": request.stop,
-            "metadata": None if request.metadata is None else json.dumps(request.metadata),
-            "response_format": None if request.response_format is None else request.response_format.stored(),
-        })
+    for chunk_valid, chunk_rejects in validated_chunks(rows):
+        valid += chunk_valid
+        rejects += chunk_rejects
     return valid, rejects
 
 
@@ -240,20 +306,22 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
-def store_requests(con: duckdb.DuckDBPyConnection, run_id: str, valid: list[dict], rejects: list[dict]) -> None:
-    """Replace the run's prompts and load-time rejects with these rows (idempotent)."""
-    incoming_prompts = pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)
-    incoming_rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-    with registered(con, incoming_prompts=incoming_prompts, incoming_rejects=incoming_rejects), transaction(con):
-        run(con, "load.replace_prompts", {"run_id": run_id})
-        run(con, "load.replace_rejects", {"run_id": run_id})
+def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Read, validate and store one input file, `chunk_rows` rows at a time, in place of the run's
+    prompts and load-time rejects; return how many rows were valid / rejected.
 
-
-def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str) -> dict:
-    """Read, validate and store one input file; return how many rows were valid / rejected."""
-    valid, rejects = validate_rows(read_rows(input_path))
-    store_requests(con, run_id, valid, rejects)
-    return {"requests": len(valid), "rejects": len(rejects)}
+    One transaction: a file that cannot be read to its end leaves the run's stored rows as they were."""
+    counts = {"requests": 0, "rejects": 0}
+    with transaction(con):
+        run(con, "load.clear_requests", {"run_id": run_id})
+        for valid, rejects in validated_chunks(iter_rows(input_path), chunk_rows):
+            incoming_prompts = pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)
+            incoming_rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+            with registered(con, incoming_prompts=incoming_prompts, incoming_rejects=incoming_rejects):
+                run(con, "load.insert_requests", {"run_id": run_id})
+            counts["requests"] += len(valid)
+            counts["rejects"] += len(rejects)
+    return counts
 
 
 def no_valid_request_message(input_path: str, rejects: list[tuple]) -> str:

@@ -142,3 +142,59 @@ def test_a_bad_response_format_is_rejected_naming_the_field(fresh_db, tmp_path, 
     rows = [{"id": "a", "prompt": "x", "response_format": response_format}]
     assert load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", rows)) == {"requests": 0, "rejects": 1}
     assert rejects_by_row(fresh_db)[1][0] == field
+
+
+def test_a_file_loads_in_chunks_with_ids_checked_across_them(fresh_db, tmp_path):
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}"} for i in range(7)]
+    rows[5] = {"id": "q1", "prompt": "the id of row 2 again"}  # a repeat three rows of chunk 3 later
+    path = write_jsonl(tmp_path / "in.jsonl", rows, extra_lines=["{broken"])
+    assert load_requests(fresh_db, "r", path, chunk_rows=3) == {"requests": 6, "rejects": 2}
+    assert fresh_db.execute("select list(row_number order by row_number) from prompts where run_id = 'r'"
+                            ).fetchone()[0] == [1, 2, 3, 4, 5, 7]
+    assert rejects_by_row(fresh_db)[6] == ("id", "duplicate id 'q1' (first on row 2)")
+    assert rejects_by_row(fresh_db)[8][1].startswith("not valid JSON")
+
+
+def test_parquet_and_csv_stream_in_batches(fresh_db, tmp_path, monkeypatch):
+    import batchbin.tasks.load as load_module
+
+    monkeypatch.setattr(load_module, "CHUNK_ROWS", 2)  # record batches of 2 rows
+    frame = pl.DataFrame({"id": [f"p{i}" for i in range(5)], "prompt": [f"line one\nline two of {i}" for i in range(5)]})
+    frame.write_parquet(tmp_path / "in.parquet")
+    frame.write_csv(tmp_path / "in.csv")  # the prompts are quoted over two lines
+    for name in ("in.parquet", "in.csv"):
+        assert load_requests(fresh_db, name, str(tmp_path / name)) == {"requests": 5, "rejects": 0}
+        assert fresh_db.execute("select prompt from prompts where run_id = $r and row_number = 5", {"r": name}
+                                ).fetchone() == ("line one\nline two of 4",)
+
+
+def test_a_file_that_breaks_halfway_leaves_the_stored_run_as_it_was(fresh_db, tmp_path, monkeypatch):
+    import batchbin.tasks.load as load_module
+
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "first"}, {"id": "b", "prompt": "second"}])
+    assert load_requests(fresh_db, "r", path) == {"requests": 2, "rejects": 0}
+
+    def breaks_after_three_rows(_path):
+        for number in range(1, 4):
+            yield number, {"id": f"new{number}", "prompt": "text"}, "", None
+        raise BatchBinError("cannot read in.csv as csv: CSV parse error: Expected 2 columns, got 4")
+
+    monkeypatch.setattr(load_module, "iter_rows", breaks_after_three_rows)
+    with pytest.raises(BatchBinError, match="Expected 2 columns"):
+        load_requests(fresh_db, "r", path, chunk_rows=1)  # three chunks were stored before the error
+    assert fresh_db.execute("select list(request_id order by row_number) from prompts where run_id = 'r'"
+                            ).fetchone()[0] == ["a", "b"]
+
+
+def test_a_bad_csv_row_names_the_file_and_the_problem(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,prompt\na,first\nb,too,many,cells\n")
+    with pytest.raises(BatchBinError, match="cannot read .*in.csv as csv: .*Expected 2 columns, got 4"):
+        read_rows(path)
+
+
+def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_loads(fresh_db, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n{"id": "b", "prompt": "fine"}\n')
+    assert load_requests(fresh_db, "r", str(path)) == {"requests": 1, "rejects": 1}
+    assert rejects_by_row(fresh_db)[1][1].startswith("not valid UTF-8")

@@ -32,9 +32,9 @@ def test_bad_files_fail_at_load_with_file_and_line(text, message):
 
 
 def test_run_executes_each_statement_with_its_parameters(fresh_db):
-    assert len(statements("load.replace_prompts")) == 2
+    assert len(statements("load.clear_requests")) == 2
     with pytest.raises(KeyError, match="run_id"):
-        run(fresh_db, "load.replace_prompts", {})
+        run(fresh_db, "load.clear_requests", {})
     assert run(fresh_db, "load.counts", {"run_id": "none"}).fetchone() == (0, 0)
 
 
