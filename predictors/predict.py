@@ -24,6 +24,7 @@ always clipped to [1, max_tokens]. Crude, but it orders obvious cases and needs 
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
 from batchbin.predictors.registry import get_predictor, latest_predictor, load_predictor
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import row_batches, run
 
 FALLBACK = "fallback"
 SHORT_FACTOR = 0.25
@@ -68,11 +69,11 @@ def fallback_lengths(requests: list[dict], base: float | None) -> np.ndarray:
     return np.array([fallback_length(request, base) for request in requests], dtype=np.float64)
 
 
-def run_requests(con, run_id: str, default_max_tokens: int) -> list[dict]:
-    """The run's requests with what the predictors read, in input order."""
-    cursor = run(con, "predictors.run_requests", {"run_id": run_id, "default_max_tokens": default_max_tokens})
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+def run_request_batches(con, run_id: str, default_max_tokens: int, rows_per_batch: int = 8192) -> Iterator[list[dict]]:
+    """The run's requests with what the predictors read, in input order, `rows_per_batch` at a
+    time (a large run's prompts need not fit in memory)."""
+    return row_batches(con, "predictors.run_requests", {"run_id": run_id, "default_max_tokens": default_max_tokens},
+                       rows_per_batch)
 
 
 def fallback_base(con, run_id: str) -> float | None:
@@ -80,7 +81,10 @@ def fallback_base(con, run_id: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _oracle(con, run_id: str, source_run_id: str, requests: list[dict]) -> tuple[np.ndarray, list[str]]:
+Predict = Callable[[list[dict]], tuple[np.ndarray, list[str]]]
+
+
+def _oracle(con, run_id: str, source_run_id: str) -> Predict:
     if not source_run_id:
         raise PredictorSpecError("oracle needs a run id: --predictor oracle:<run_id of a finished run>")
     if run(con, "predictors.count_results", {"run_id": source_run_id}).fetchall()[0][0] == 0:
@@ -89,49 +93,66 @@ def _oracle(con, run_id: str, source_run_id: str, requests: list[dict]) -> tuple
             "and pass its run id (see `batchbin sql \"select run_id, status from runs\"`)"
         )
     known = dict(run(con, "predictors.oracle_lengths", {"run_id": run_id, "source_run_id": source_run_id}).fetchall())
-    missing = [r for r in requests if r["request_id"] not in known]
-    fallback = dict(zip((r["request_id"] for r in missing), fallback_lengths(missing, fallback_base(con, run_id))))
-    values, names = [], []
-    for request in requests:
-        if request["request_id"] in known:
-            values.append(min(max(float(known[request["request_id"]]), 1.0), max(1, request["max_tokens"])))
-            names.append(f"oracle:{source_run_id}")
-        else:
-            values.append(fallback[request["request_id"]])
-            names.append(FALLBACK)
-    return np.array(values, dtype=np.float64), names
+    base = fallback_base(con, run_id)
+
+    def predict(requests: list[dict]) -> tuple[np.ndarray, list[str]]:
+        values, names = [], []
+        for request in requests:
+            if request["request_id"] in known:
+                values.append(min(max(float(known[request["request_id"]]), 1.0), max(1, request["max_tokens"])))
+                names.append(f"oracle:{source_run_id}")
+            else:
+                values.append(fallback_length(request, base))
+                names.append(FALLBACK)
+        return np.array(values, dtype=np.float64), names
+
+    return predict
 
 
-def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256) -> dict:
-    """Write `predictions` for every prompt of the run; returns {"predictor", "rows", "fallback_rows"}."""
-    requests = run_requests(con, run_id, default_max_tokens)
+def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
+    """The predictor a spec names (see the module's doc) and a function from requests to
+    (predicted lengths, the predictor of each)."""
     spec = (spec or "auto").strip()
     if spec.startswith("oracle:") or spec == "oracle":
         source = spec.partition(":")[2].strip()
-        values, names = _oracle(con, run_id, source, requests)
-        name = f"oracle:{source}"
+        return f"oracle:{source}", _oracle(con, run_id, source)
+    if spec == "auto":
+        entry = latest_predictor(con)
+    elif spec == FALLBACK:
+        entry = None
     else:
-        if spec == "auto":
-            entry = latest_predictor(con)
-        elif spec == FALLBACK:
-            entry = None
-        else:
-            entry = get_predictor(con, spec)
-            if entry is None:
-                raise PredictorSpecError(
-                    f"unknown predictor '{spec}': use 'auto', 'fallback', 'oracle:<run_id>' or a version "
-                    "from `batchbin sql \"select version, metrics from predictors\"`"
-                )
+        entry = get_predictor(con, spec)
         if entry is None:
-            name = FALLBACK
-            values = fallback_lengths(requests, fallback_base(con, run_id))
-        else:
-            name = entry["version"]
-            values = load_predictor(entry["path"]).predict(requests)
-        names = [name] * len(requests)
-    table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
-                                  "predicted_tokens": [float(v) for v in values], "predictor": names},
-                                 schema=PREDICTIONS_SCHEMA)
-    with registered(con, incoming_predictions=table), transaction(con):
-        run(con, "predictors.replace_predictions", {"run_id": run_id})
-    return {"predictor": name, "rows": len(requests), "fallback_rows": names.count(FALLBACK)}
+            raise PredictorSpecError(
+                f"unknown predictor '{spec}': use 'auto', 'fallback', 'oracle:<run_id>' or a version "
+                "from `batchbin sql \"select version, metrics from predictors\"`"
+            )
+    if entry is None:
+        base = fallback_base(con, run_id)
+        return FALLBACK, lambda requests: (fallback_lengths(requests, base), [FALLBACK] * len(requests))
+    model = load_predictor(entry["path"])
+    return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests))
+
+
+def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256,
+                    rows_per_batch: int = 8192) -> dict:
+    """Write `predictions` for every prompt of the run, `rows_per_batch` requests at a time, in
+    place of the run's earlier ones (one transaction); returns {"predictor", "rows", "fallback_rows"}."""
+    name, predict = choose_predictor(con, run_id, spec)
+    counts = {"predictor": name, "rows": 0, "fallback_rows": 0}
+    batches = run_request_batches(con, run_id, default_max_tokens, rows_per_batch)
+    try:
+        with transaction(con):
+            run(con, "predictors.clear_predictions", {"run_id": run_id})
+            for requests in batches:
+                values, names = predict(requests)
+                table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
+                                              "predicted_tokens": [float(v) for v in values], "predictor": names},
+                                             schema=PREDICTIONS_SCHEMA)
+                with registered(con, incoming_predictions=table):
+                    run(con, "predictors.insert_predictions", {"run_id": run_id})
+                counts["rows"] += len(requests)
+                counts["fallback_rows"] += names.count(FALLBACK)
+    finally:
+        batches.close()
+    return counts

@@ -61,11 +61,13 @@ WHERE p.run_id = $run_id AND r.error IS NULL AND r.output_tokens IS NOT NULL;
 -- Parameters: $run_id.
 SELECT count(*) FROM results WHERE run_id = $run_id AND error IS NULL AND output_tokens IS NOT NULL;
 
--- name: replace_predictions
--- Replace a run's predictions with the rows registered as `incoming_predictions`
--- (request_id, predicted_tokens, predictor).
--- Parameters: $run_id.
+-- name: clear_predictions
+-- Remove a run's predictions before they are made again.
 DELETE FROM predictions WHERE run_id = $run_id;
+
+-- name: insert_predictions
+-- Add the rows registered as `incoming_predictions` (request_id, predicted_tokens, predictor).
+-- Parameters: $run_id.
 INSERT INTO predictions (run_id, request_id, predicted_tokens, predictor)
 SELECT $run_id, request_id, predicted_tokens, predictor FROM incoming_predictions;
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import polars as pl
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -46,12 +45,8 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
                 handle.writelines(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n" for row in rows)
                 written += len(rows)
         return written
-    frame = pl.from_arrow(arrow(con, "report.export_rows", {"run_id": run_id}))
-    if file_format(path) == "parquet":
-        frame.write_parquet(path)
-    else:
-        frame.write_ndjson(path)
-    return frame.height
+    query = "report.export_parquet" if file_format(path) == "parquet" else "report.export_jsonl"
+    return run(con, query, {"run_id": run_id, "path": str(path)}).fetchone()[0]  # COPY returns its row count
 
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from batchbin.errors import BatchBinError
@@ -87,17 +89,17 @@ def test_runs_are_isolated(fresh_db, tmp_path):
 
 
 def test_csv_and_parquet_have_the_same_columns(fresh_db, tmp_path):
-    frame = pl.DataFrame({
+    columns = {
         "id": ["c1", "c2", "c3"],
         "prompt": ["Tell me a joke", None, ""],
         "messages": [None, json.dumps([{"role": "user", "content": "Hi"}]), None],
         "max_tokens": ["8", "9", "x"],
-    })
-    frame.write_csv(tmp_path / "in.csv")
+    }
+    pa_csv.write_csv(pa.table(columns), tmp_path / "in.csv")
     counts = load_requests(fresh_db, "csv", str(tmp_path / "in.csv"))
     assert counts == {"requests": 2, "rejects": 1}
     assert rejects_by_row(fresh_db, "csv")[3][0] in ("prompt/messages", "max_tokens")
-    frame.with_columns(pl.col("max_tokens").cast(pl.Int64, strict=False)).write_parquet(tmp_path / "in.parquet")
+    pq.write_table(pa.table({**columns, "max_tokens": [8, 9, None]}), tmp_path / "in.parquet")
     assert load_requests(fresh_db, "pq", str(tmp_path / "in.parquet")) == {"requests": 2, "rejects": 1}
     assert fresh_db.execute("select max_tokens from prompts where run_id='pq' and request_id='c2'").fetchone() == (9,)
 
@@ -159,9 +161,9 @@ def test_parquet_and_csv_stream_in_batches(fresh_db, tmp_path, monkeypatch):
     import batchbin.tasks.load as load_module
 
     monkeypatch.setattr(load_module, "CHUNK_ROWS", 2)  # record batches of 2 rows
-    frame = pl.DataFrame({"id": [f"p{i}" for i in range(5)], "prompt": [f"line one\nline two of {i}" for i in range(5)]})
-    frame.write_parquet(tmp_path / "in.parquet")
-    frame.write_csv(tmp_path / "in.csv")  # the prompts are quoted over two lines
+    table = pa.table({"id": [f"p{i}" for i in range(5)], "prompt": [f"line one\nline two of {i}" for i in range(5)]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    pa_csv.write_csv(table, tmp_path / "in.csv")  # the prompts are quoted over two lines
     for name in ("in.parquet", "in.csv"):
         assert load_requests(fresh_db, name, str(tmp_path / name)) == {"requests": 5, "rejects": 0}
         assert fresh_db.execute("select prompt from prompts where run_id = $r and row_number = 5", {"r": name}

@@ -163,8 +163,20 @@ def check_orders_short_before_long(con, spec, name):
     assert np.mean(short) < np.mean(long)
 
 
+def check_same_in_batches(con, spec, name):
+    """A large run is predicted a batch at a time; the batches change nothing."""
+    predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX)
+    whole = stored(con)
+    counts = predict_lengths(con, NEW_RUN, spec, DEFAULT_MAX, rows_per_batch=7)
+    assert counts["rows"] == 30 and counts["fallback_rows"] == sum(row[2] == "fallback" for row in whole)
+    batched = stored(con)
+    assert [(row[0], row[2]) for row in batched] == [(row[0], row[2]) for row in whole]
+    # float32 sums come out a little different with the batch shape (the MLP's matmuls)
+    assert [row[1] for row in batched] == pytest.approx([row[1] for row in whole], rel=1e-5)
+
+
 CHECKS = [check_every_prompt_predicted, check_within_limits, check_idempotent, check_names_predictor,
-          check_orders_short_before_long]
+          check_orders_short_before_long, check_same_in_batches]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
