@@ -8,16 +8,22 @@ processes still see one writer: the flow's. All SQL comes from sql/ through batc
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
 from batchbin.sqlfiles import one, run
 
 SCHEMA_VERSION = "1"
+# DuckDB keeps up to 80% of memory by default, as cache it gives back only when it needs room
+# itself; vLLM's KV cache is sized later from the memory left free. A quarter is DuckDB's share
+# here; past it, DuckDB writes to a temporary directory beside the file.
+DUCKDB_MEMORY_SHARE = 0.25
 
 
 class SchemaVersionError(RuntimeError):
@@ -65,8 +71,15 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
 def _open(path: Path) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
+    run(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
     ensure_schema(con)
     return con
+
+
+def memory_limit_mib() -> int:
+    """DuckDB's share of this machine's physical memory, in MiB (at least 1 GiB)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1024, int(total * DUCKDB_MEMORY_SHARE) // 2**20)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -116,3 +129,14 @@ def registered(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[None]:
     finally:
         for name in tables:
             con.unregister(name)
+
+
+def scan_once(table: pa.Table) -> pa.RecordBatchReader:
+    """`table` as a stream that SQL reads once, to register instead of the table where chunks
+    are inserted inside one long transaction (load, tokenize, predict).
+
+    DuckDB's Python `register` keeps the registered object alive until the transaction ends,
+    `unregister` or not (duckdb-python issue 469), so every chunk of a large file would stay in
+    memory. A consumed stream has let go of its batches. A statement that reads the table twice
+    needs the table itself."""
+    return pa.RecordBatchReader.from_batches(table.schema, iter(table.to_batches()))

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from batchbin.db import registered, transaction
+from batchbin.db import registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
@@ -149,7 +149,7 @@ def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: in
                 table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
                                               "predicted_tokens": [float(v) for v in values], "predictor": names},
                                              schema=PREDICTIONS_SCHEMA)
-                with registered(con, incoming_predictions=table):
+                with registered(con, incoming_predictions=scan_once(table)):
                     run(con, "predictors.insert_predictions", {"run_id": run_id})
                 counts["rows"] += len(requests)
                 counts["fallback_rows"] += names.count(FALLBACK)

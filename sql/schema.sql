@@ -154,6 +154,10 @@ CREATE TABLE IF NOT EXISTS bench_runs (
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 
+-- name: set_memory_limit
+-- How much memory DuckDB may hold (batchbin/db.py: DUCKDB_MEMORY_SHARE). Parameters: $limit.
+SET memory_limit = $limit;
+
 -- name: set_meta
 -- Record one key of the meta table.
 INSERT OR REPLACE INTO meta VALUES ($key, $value);

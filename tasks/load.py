@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchbin.db import registered, transaction
+from batchbin.db import registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
@@ -315,9 +315,8 @@ def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, 
     with transaction(con):
         run(con, "load.clear_requests", {"run_id": run_id})
         for valid, rejects in validated_chunks(iter_rows(input_path), chunk_rows):
-            incoming_prompts = pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)
-            incoming_rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-            with registered(con, incoming_prompts=incoming_prompts, incoming_rejects=incoming_rejects):
+            with registered(con, incoming_prompts=scan_once(pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)),
+                            incoming_rejects=scan_once(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))):
                 run(con, "load.insert_requests", {"run_id": run_id})
             counts["requests"] += len(valid)
             counts["rejects"] += len(rejects)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 
 from batchbin import db
@@ -46,3 +48,34 @@ def test_a_database_from_before_response_format_gets_the_column(db_path):
     con = db.connect(db_path)
     assert con.execute("select prompt, response_format from prompts").fetchall() == [("kept", None)]
     con.close()
+
+
+def test_chunks_inserted_in_one_transaction_are_not_kept_in_memory(db_path):
+    import gc
+
+    import pyarrow as pa
+
+    con = db.connect(db_path)
+    con.execute("CREATE TABLE chunks (text VARCHAR)")
+    before = pa.total_allocated_bytes()
+    with db.transaction(con):
+        for _ in range(5):
+            chunk = pa.table({"text": ["x" * 1000] * 2000})  # ~2 MB of Arrow memory
+            with db.registered(con, incoming=db.scan_once(chunk)):
+                con.execute("INSERT INTO chunks SELECT text FROM incoming")
+            del chunk
+            gc.collect()
+            # a registered table would stay alive until COMMIT (duckdb-python issue 469)
+            assert pa.total_allocated_bytes() - before < 1_000_000
+    assert con.execute("SELECT count(*) FROM chunks").fetchone() == (10000,)
+    con.close()
+
+
+def test_duckdb_holds_a_quarter_of_memory_at_most(db_path):
+    con = db.connect(db_path)
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # e.g. '5.8 GiB'
+    con.close()
+    value, unit = limit.split()
+    assert abs(float(value) * {"MiB": 1, "GiB": 1024}[unit] - db.memory_limit_mib()) / db.memory_limit_mib() < 0.02
+    total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    assert 1024 <= db.memory_limit_mib() <= max(1024, total_mib / 4)

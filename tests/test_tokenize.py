@@ -24,6 +24,17 @@ def test_batched_token_ids_match_one_call_per_request(default_model_path):
     assert render_token_ids(tokenizer, [], []) == []
 
 
+def test_threads_encode_the_same_ids_in_the_same_order(default_model_path, monkeypatch):
+    import batchbin.tasks.tokenize as tokenize_module
+
+    tokenizer = load_tokenizer(default_model_path)
+    texts = [f"Request number {i}: " + "word " * (i % 7) for i in range(9)]
+    one_call = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(tokenize_module, "MIN_TEXTS_PER_THREAD", 2)
+    monkeypatch.setattr(tokenize_module.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # 3 slices: 3, 3, 3
+    assert tokenize_module.encode_on_all_cores(tokenizer, texts, add_special_tokens=False) == one_call
+
+
 def test_tokenizing_in_chunks_stores_every_prompt_once_and_rejects_the_too_long(db_path, tmp_path, default_model_path):
     from batchbin import db
     from batchbin.tasks.load import load_requests
