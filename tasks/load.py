@@ -31,6 +31,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
+    name: str | None = None  # OpenAI's participant name; the chat template sees it, as in vLLM's server
 
 
 class JsonSchemaFormat(BaseModel):
@@ -256,7 +257,7 @@ def validate_row(number: int, row: dict | None, raw: str, parse_error: str | Non
         "request_id": request.id,
         "row_number": number,
         "prompt": request.prompt,
-        "messages": None if request.messages is None else json.dumps([m.model_dump() for m in request.messages]),
+        "messages": None if request.messages is None else json.dumps([m.model_dump(exclude_none=True) for m in request.messages]),
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,

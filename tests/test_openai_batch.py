@@ -128,3 +128,13 @@ def test_response_format_carries_over_and_a_bad_one_names_the_body_field(fresh_d
     ])
     assert load_requests(fresh_db, "r", path) == {"requests": 1, "rejects": 1}
     assert fresh_db.execute("select field from rejects").fetchall() == [("body.response_format.type",)]
+
+
+def test_a_message_name_is_kept_for_the_chat_template(fresh_db, tmp_path):
+    named = {"custom_id": "n1", "body": {"messages": [{"role": "user", "name": "ana", "content": "Hi"}]}}
+    path = write_lines(tmp_path / "batch.jsonl", [named, {**named, "custom_id": "n2", "body": {"messages": [
+        {"role": "user", "name": 5, "content": "Hi"}]}}])
+    assert load_requests(fresh_db, "r", path) == {"requests": 1, "rejects": 1}
+    stored = fresh_db.execute("SELECT messages::VARCHAR FROM prompts WHERE request_id = 'n1'").fetchone()[0]
+    assert json.loads(stored) == [{"role": "user", "content": "Hi", "name": "ana"}]
+    assert fresh_db.execute("SELECT field FROM rejects WHERE request_id = 'n2'").fetchone() == ("body.messages.0.name",)
