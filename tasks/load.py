@@ -196,13 +196,14 @@ def _table_batches(path: Path, kind: str) -> Iterator[pa.RecordBatch]:
         if kind == "parquet":
             yield from pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS)
             return
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle), [])
         yield from pa_csv.open_csv(
             path,
             parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # a quoted prompt may span lines
+            # every column as text, and only an empty cell is missing (not "NA", "null", "nan", ...)
             convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                                  strings_can_be_null=True),
+                                                  null_values=[""], strings_can_be_null=True),
         )
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
         raise BatchBinError(f"cannot read {path} as {kind}: {error}") from None

@@ -200,3 +200,10 @@ def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_loads(fresh_db, tmp_pa
     path.write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n{"id": "b", "prompt": "fine"}\n')
     assert load_requests(fresh_db, "r", str(path)) == {"requests": 1, "rejects": 1}
     assert rejects_by_row(fresh_db)[1][1].startswith("not valid UTF-8")
+
+
+def test_csv_text_that_looks_like_null_is_text(fresh_db, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("\ufeffid,prompt\nn1,NA\nn2,null\nn3,\n", encoding="utf-8")  # with a byte-order mark
+    assert load_requests(fresh_db, "r", str(path)) == {"requests": 2, "rejects": 1}
+    assert fresh_db.execute("select list(prompt order by row_number) from prompts").fetchone()[0] == ["NA", "null"]
