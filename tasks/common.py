@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import duckdb
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
@@ -101,3 +102,23 @@ def stage_task_options(stage: str) -> dict[str, Any]:
         "retry_condition_fn": retry_if_transient,
         "persist_result": True,
     }
+
+
+PROGRESS_EVERY_S = 5.0
+
+
+def chunk_progress(say: Callable[[str], None], what: str, total: int | None = None,
+                   every_s: float = PROGRESS_EVERY_S) -> Callable[[int], None]:
+    """A callback for a stage that works in chunks: called with how many `what` are done so
+    far, it says so (at most once every `every_s` seconds), with the total when it is known.
+    A large file takes minutes to load and tokenize; a user sees it move."""
+    last = time.perf_counter()
+
+    def progress(done: int) -> None:
+        nonlocal last
+        if time.perf_counter() - last < every_s:
+            return
+        last = time.perf_counter()
+        say(f"{done:,} of {total:,} {what}" if total is not None else f"{done:,} {what}")
+
+    return progress

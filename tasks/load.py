@@ -8,19 +8,20 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchbin.db import registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
-from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.tasks.common import (RunRef, chunk_progress, clear_stages, mark_stage_done, open_run_db, stage_is_done,
+                                   stage_task_options)
 from batchbin.tasks.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -308,7 +309,8 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
-def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, chunk_rows: int = CHUNK_ROWS) -> dict:
+def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, chunk_rows: int = CHUNK_ROWS,
+                  progress: Callable[[int], None] | None = None) -> dict:
     """Read, validate and store one input file, `chunk_rows` rows at a time, in place of the run's
     prompts and load-time rejects; return how many rows were valid / rejected.
 
@@ -322,6 +324,8 @@ def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, 
                 run(con, "load.insert_requests", {"run_id": run_id})
             counts["requests"] += len(valid)
             counts["rejects"] += len(rejects)
+            if progress:
+                progress(counts["requests"] + counts["rejects"])
     return counts
 
 
@@ -344,7 +348,8 @@ def load(ref: RunRef, input_path: str, input_fingerprint: str) -> LoadResult:
     params = {"input": input_fingerprint}
     with open_run_db(ref) as con:
         if not stage_is_done(con, ref.run_id, "load", params):
-            counts = load_requests(con, ref.run_id, input_path)
+            counts = load_requests(con, ref.run_id, input_path,
+                                   progress=chunk_progress(get_run_logger().info, "rows read"))
             clear_stages(con, ref.run_id, ["tokenize", "group_prefixes", "predict_lengths", "schedule"])
             mark_stage_done(con, ref.run_id, "load", params, counts["requests"])
         requests, rejects = one(con, "load.counts", {"run_id": ref.run_id})

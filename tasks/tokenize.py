@@ -9,14 +9,16 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Callable
 
 import duckdb
 import pyarrow as pa
-from prefect import task
+from prefect import get_run_logger, task
 
 from batchbin.db import registered, scan_once, transaction
-from batchbin.sqlfiles import row_batches, run
-from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.sqlfiles import one, row_batches, run
+from batchbin.tasks.common import (RunRef, chunk_progress, clear_stages, mark_stage_done, open_run_db, stage_is_done,
+                                   stage_task_options)
 
 TOKENS_SCHEMA = pa.schema([("request_id", pa.string()), ("token_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())])
 TOO_LONG_SCHEMA = pa.schema([("request_id", pa.string()), ("prompt_tokens", pa.int32())])
@@ -71,7 +73,7 @@ TOKENIZE_CHUNK = 8192  # prompts per batched encode and insert: token ids as Pyt
 
 
 def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int,
-                 chunk: int = TOKENIZE_CHUNK) -> dict:
+                 chunk: int = TOKENIZE_CHUNK, progress: Callable[[int], None] | None = None) -> dict:
     """Tokenize every prompt of a run, `chunk` prompts at a time; reject those with no room left
     for output. All in one transaction: a failure leaves the run's tokens as they were."""
     tokenizer = load_tokenizer(model_path)
@@ -89,6 +91,8 @@ def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, m
             with registered(con, incoming_tokens=scan_once(pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA))):
                 run(con, "tokenize.insert_tokens", {"run_id": run_id})
             tokenized += len(kept)
+            if progress:
+                progress(tokenized + len(too_long))
         with registered(con, too_long=pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA)):
             run(con, "tokenize.reject_too_long", {"run_id": run_id, "max_model_len": max_model_len})
     return {"tokenized": tokenized, "too_long": len(too_long)}
@@ -100,7 +104,9 @@ def tokenize(ref: RunRef, model_path: str, max_model_len: int) -> RunRef:
     params = {"model": model_path, "max_model_len": max_model_len}
     with open_run_db(ref) as con:
         if not stage_is_done(con, ref.run_id, "tokenize", params):
-            counts = tokenize_run(con, ref.run_id, model_path, max_model_len)
+            total = one(con, "load.counts", {"run_id": ref.run_id})[0]
+            counts = tokenize_run(con, ref.run_id, model_path, max_model_len,
+                                  progress=chunk_progress(get_run_logger().info, "prompts tokenized", total))
             clear_stages(con, ref.run_id, ["group_prefixes", "predict_lengths", "schedule"])
             mark_stage_done(con, ref.run_id, "tokenize", params, counts["tokenized"])
     return ref

@@ -207,3 +207,17 @@ def test_csv_text_that_looks_like_null_is_text(fresh_db, tmp_path):
     path.write_text("\ufeffid,prompt\nn1,NA\nn2,null\nn3,\n", encoding="utf-8")  # with a byte-order mark
     assert load_requests(fresh_db, "r", str(path)) == {"requests": 2, "rejects": 1}
     assert fresh_db.execute("select list(prompt order by row_number) from prompts").fetchone()[0] == ["NA", "null"]
+
+
+def test_a_long_load_says_how_far_it_got(fresh_db, tmp_path):
+    from batchbin.tasks.common import chunk_progress
+
+    said: list[str] = []
+    rows = [{"id": f"q{i}", "prompt": "text"} for i in range(5)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows, extra_lines=["not json"])
+    load_requests(fresh_db, "r", path, chunk_rows=2, progress=chunk_progress(said.append, "rows read", every_s=0))
+    assert said == ["2 rows read", "4 rows read", "6 rows read"]
+    quiet: list[str] = []
+    load_requests(fresh_db, "r", path, chunk_rows=2, progress=chunk_progress(quiet.append, "rows read", every_s=60))
+    assert quiet == []  # at most one line every minute, and the load took less
+    assert chunk_progress(said.append, "prompts", total=12_000, every_s=0)(8192) is None and said[-1] == "8,192 of 12,000 prompts"
