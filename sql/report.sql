@@ -36,23 +36,15 @@ LEFT JOIN run_prefix_stats s USING (run_id);
 -- name: summary_of_run
 SELECT * FROM run_summary WHERE run_id = $run_id;
 
--- name: export_jsonl
--- The output file: the run's results in input order, keyed by the user's ids, one JSON object
--- per line, written by DuckDB as the rows stream (a large run need not fit in memory).
--- Parameters: $run_id, $path.
+-- name: export_results
+-- The output file: the run's results in input order, keyed by the user's ids, written by DuckDB
+-- as the rows stream (a large run need not fit in memory); $format: json (one object per line)
+-- or parquet. Parameters: $run_id, $path, $format.
 COPY (
     SELECT id, output_text AS output, finish_reason, prompt_tokens, output_tokens, cached_tokens, error,
            metadata::VARCHAR AS metadata
     FROM completions WHERE run_id = $run_id ORDER BY row_number
-) TO $path (FORMAT json);
-
--- name: export_parquet
--- The same rows as a Parquet file.
-COPY (
-    SELECT id, output_text AS output, finish_reason, prompt_tokens, output_tokens, cached_tokens, error,
-           metadata::VARCHAR AS metadata
-    FROM completions WHERE run_id = $run_id ORDER BY row_number
-) TO $path (FORMAT parquet);
+) TO $path (FORMAT $format);
 
 -- name: export_openai_rows
 -- The rows of an OpenAI batch output file, in input order: every result, and every rejected

@@ -45,8 +45,9 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
                 handle.writelines(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n" for row in rows)
                 written += len(rows)
         return written
-    query = "report.export_parquet" if file_format(path) == "parquet" else "report.export_jsonl"
-    return run(con, query, {"run_id": run_id, "path": str(path)}).fetchone()[0]  # COPY returns its row count
+    copy_format = "parquet" if file_format(path) == "parquet" else "json"
+    return run(con, "report.export_results", {"run_id": run_id, "path": str(path), "format": copy_format}
+               ).fetchone()[0]  # COPY returns its row count
 
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:
