@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -162,11 +161,17 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict | None, str, str | N
     if kind == "jsonl":
         yield from _jsonl_rows(path)
         return
+    if kind == "csv":
+        yield from _csv_rows(path)
+        return
     number = 0
-    for batch in _table_batches(path, kind):
-        for row in batch.to_pylist():
-            number += 1
-            yield _table_row(number, row)
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                yield _table_row(number, row)
+    except (pa.ArrowException, OSError) as error:
+        raise BatchBinError(f"cannot read {path} as parquet: {error}") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
@@ -191,23 +196,34 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]
             yield number, value, line.rstrip("\r\n"), None
 
 
-def _table_batches(path: Path, kind: str) -> Iterator[pa.RecordBatch]:
-    """A Parquet or CSV file in record batches of CHUNK_ROWS (CSV: every column as text)."""
-    try:
-        if kind == "parquet":
-            yield from pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS)
-            return
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), [])
-        yield from pa_csv.open_csv(
-            path,
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # a quoted prompt may span lines
-            # every column as text, and only an empty cell is missing (not "NA", "null", "nan", ...)
-            convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                                  null_values=[""], strings_can_be_null=True),
-        )
-    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BatchBinError(f"cannot read {path} as {kind}: {error}") from None
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
+    """A CSV file's data rows (row 1 is the first after the header), every cell as text. A
+    quoted cell may span lines. A row whose cells do not match the header, or that is not
+    UTF-8, is a reject."""
+    csv.field_size_limit(2**31 - 1)  # a long prompt is one cell; the default limit is 128 KiB
+    number = 0
+    # bytes that are not UTF-8 come through as lone surrogates, so only their row is rejected
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, [])
+            for cells in reader:
+                if not cells:
+                    continue  # a blank line
+                number += 1
+                try:
+                    "\x1f".join(cells).encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = [cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for cell in cells]
+                    yield number, None, json.dumps(shown, ensure_ascii=False), "not valid UTF-8"
+                    continue
+                if len(cells) != len(header):
+                    yield number, None, json.dumps(cells, ensure_ascii=False), \
+                        f"{len(cells)} cells, but the header has {len(header)}"
+                    continue
+                yield _table_row(number, dict(zip(header, cells)))
+        except csv.Error as error:
+            raise BatchBinError(f"cannot read {path} as csv after data row {number}: {error}") from None
 
 
 def _table_row(number: int, row: dict) -> tuple[int, dict, str, str | None]:

@@ -188,11 +188,20 @@ def test_a_file_that_breaks_halfway_leaves_the_stored_run_as_it_was(fresh_db, tm
                             ).fetchone()[0] == ["a", "b"]
 
 
-def test_a_bad_csv_row_names_the_file_and_the_problem(tmp_path):
+def test_a_csv_row_that_does_not_fit_the_header_is_a_reject_and_the_rest_loads(fresh_db, tmp_path):
     path = tmp_path / "in.csv"
-    path.write_text("id,prompt\na,first\nb,too,many,cells\n")
-    with pytest.raises(BatchBinError, match="cannot read .*in.csv as csv: .*Expected 2 columns, got 4"):
-        read_rows(path)
+    path.write_text('id,prompt\na,first\nb,too,many,cells\n\nc,"a prompt\nover two lines"\nd\n')
+    assert load_requests(fresh_db, "r", str(path)) == {"requests": 2, "rejects": 2}
+    assert rejects_by_row(fresh_db) == {2: (None, "4 cells, but the header has 2"), 4: (None, "1 cells, but the header has 2")}
+    assert fresh_db.execute("select list(row_number order by row_number) from prompts").fetchone()[0] == [1, 3]
+
+
+def test_a_csv_row_that_is_not_utf8_is_a_reject_and_the_rest_loads(fresh_db, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,prompt\na,fine\nb,caf\xe9\nc,also fine\n")
+    assert load_requests(fresh_db, "r", str(path)) == {"requests": 2, "rejects": 1}
+    assert rejects_by_row(fresh_db) == {2: (None, "not valid UTF-8")}
+    assert fresh_db.execute("select raw from rejects").fetchone() == ('["b", "caf\ufffd"]',)
 
 
 def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_loads(fresh_db, tmp_path):
