@@ -207,13 +207,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
         reader = csv.reader(handle)
         try:
             header = next(reader, [])
+            if not _is_utf8(header):
+                raise BatchBinError(f"cannot read {path} as csv: its header is not valid UTF-8")
             for cells in reader:
                 if not cells:
                     continue  # a blank line
                 number += 1
-                try:
-                    "\x1f".join(cells).encode("utf-8")
-                except UnicodeEncodeError:
+                if not _is_utf8(cells):
                     shown = [cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for cell in cells]
                     yield number, None, json.dumps(shown, ensure_ascii=False), "not valid UTF-8"
                     continue
@@ -224,6 +224,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]]:
                 yield _table_row(number, dict(zip(header, cells)))
         except csv.Error as error:
             raise BatchBinError(f"cannot read {path} as csv after data row {number}: {error}") from None
+
+
+def _is_utf8(cells: list[str]) -> bool:
+    """False when a cell holds bytes that were not UTF-8 (read as lone surrogates)."""
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _table_row(number: int, row: dict) -> tuple[int, dict, str, str | None]:

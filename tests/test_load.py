@@ -202,6 +202,9 @@ def test_a_csv_row_that_is_not_utf8_is_a_reject_and_the_rest_loads(fresh_db, tmp
     assert load_requests(fresh_db, "r", str(path)) == {"requests": 2, "rejects": 1}
     assert rejects_by_row(fresh_db) == {2: (None, "not valid UTF-8")}
     assert fresh_db.execute("select raw from rejects").fetchone() == ('["b", "caf\ufffd"]',)
+    path.write_bytes(b"id,pr\xe9mpt\na,fine\n")
+    with pytest.raises(BatchBinError, match="header is not valid UTF-8"):
+        read_rows(path)
 
 
 def test_a_line_that_is_not_utf8_is_rejected_and_the_rest_loads(fresh_db, tmp_path):
