@@ -24,6 +24,9 @@ SCHEMA_VERSION = "1"
 # itself; vLLM's KV cache is sized later from the memory left free. A quarter is DuckDB's share
 # here; past it, DuckDB writes to a temporary directory beside the file.
 DUCKDB_MEMORY_SHARE = 0.25
+# Rows a stage reads, works on and stores at a time (load, tokenize, predict), so a run of any
+# size goes through in bounded memory: token ids as Python lists cost ~12 KiB a 300-token prompt.
+CHUNK_ROWS = 8192
 
 
 class SchemaVersionError(RuntimeError):

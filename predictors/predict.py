@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from batchbin.db import registered, scan_once, transaction
+from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
@@ -69,7 +69,8 @@ def fallback_lengths(requests: list[dict], base: float | None) -> np.ndarray:
     return np.array([fallback_length(request, base) for request in requests], dtype=np.float64)
 
 
-def run_request_batches(con, run_id: str, default_max_tokens: int, rows_per_batch: int = 8192) -> Iterator[list[dict]]:
+def run_request_batches(con, run_id: str, default_max_tokens: int,
+                        rows_per_batch: int = CHUNK_ROWS) -> Iterator[list[dict]]:
     """The run's requests with what the predictors read, in input order, `rows_per_batch` at a
     time (a large run's prompts need not fit in memory)."""
     return row_batches(con, "predictors.run_requests", {"run_id": run_id, "default_max_tokens": default_max_tokens},
@@ -135,24 +136,20 @@ def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
 
 
 def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256,
-                    rows_per_batch: int = 8192) -> dict:
+                    rows_per_batch: int = CHUNK_ROWS) -> dict:
     """Write `predictions` for every prompt of the run, `rows_per_batch` requests at a time, in
     place of the run's earlier ones (one transaction); returns {"predictor", "rows", "fallback_rows"}."""
     name, predict = choose_predictor(con, run_id, spec)
     counts = {"predictor": name, "rows": 0, "fallback_rows": 0}
-    batches = run_request_batches(con, run_id, default_max_tokens, rows_per_batch)
-    try:
-        with transaction(con):
-            run(con, "predictors.clear_predictions", {"run_id": run_id})
-            for requests in batches:
-                values, names = predict(requests)
-                table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
-                                              "predicted_tokens": [float(v) for v in values], "predictor": names},
-                                             schema=PREDICTIONS_SCHEMA)
-                with registered(con, incoming_predictions=scan_once(table)):
-                    run(con, "predictors.insert_predictions", {"run_id": run_id})
-                counts["rows"] += len(requests)
-                counts["fallback_rows"] += names.count(FALLBACK)
-    finally:
-        batches.close()
+    with transaction(con):
+        run(con, "predictors.clear_predictions", {"run_id": run_id})
+        for requests in run_request_batches(con, run_id, default_max_tokens, rows_per_batch):
+            values, names = predict(requests)
+            table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
+                                          "predicted_tokens": [float(v) for v in values], "predictor": names},
+                                         schema=PREDICTIONS_SCHEMA)
+            with registered(con, incoming_predictions=scan_once(table)):
+                run(con, "predictors.insert_predictions", {"run_id": run_id})
+            counts["rows"] += len(requests)
+            counts["fallback_rows"] += names.count(FALLBACK)
     return counts

@@ -33,7 +33,7 @@ from batchbin.db import registered
 from batchbin.engine import Engine, get_engine, scheduler_held
 from batchbin.engine_settings import EngineSettings
 from batchbin.sqlfiles import one, row_batches, run
-from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+from batchbin.tasks.common import PROGRESS_EVERY_S, RunRef, open_run_db, stage_task_options
 
 RESULT_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("output_text", pa.string()), ("prompt_tokens", pa.int32()),
@@ -183,7 +183,7 @@ def generate_in_order(
                        output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
                        finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
             top_up()
-            if progress and time.perf_counter() - last_report > 5:
+            if progress and time.perf_counter() - last_report > PROGRESS_EVERY_S:
                 progress(stats, total)
                 last_report = time.perf_counter()
     except BaseException:

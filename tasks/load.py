@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchbin.db import registered, scan_once, transaction
+from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import (RunRef, chunk_progress, clear_stages, mark_stage_done, open_run_db, stage_is_done,
@@ -142,9 +142,6 @@ def is_openai_batch_file(path: str | Path) -> bool:
                 except json.JSONDecodeError:
                     return False
     return False
-
-
-CHUNK_ROWS = 8192  # rows read, validated and stored at a time: a file of any size loads in bounded memory
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict | None, str, str | None]]:

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from batchbin.db import registered, scan_once, transaction
+from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.sqlfiles import one, row_batches, run
 from batchbin.tasks.common import (RunRef, chunk_progress, clear_stages, mark_stage_done, open_run_db, stage_is_done,
                                    stage_task_options)
@@ -68,12 +68,8 @@ def encode_on_all_cores(tokenizer, texts: list[str], add_special_tokens: bool) -
         return [row_ids for part in parts for row_ids in part]
 
 
-TOKENIZE_CHUNK = 8192  # prompts per batched encode and insert: token ids as Python lists cost
-# ~12 KiB a 300-token prompt, so a whole million-prompt run at once would not fit in memory
-
-
 def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, max_model_len: int,
-                 chunk: int = TOKENIZE_CHUNK, progress: Callable[[int], None] | None = None) -> dict:
+                 chunk: int = CHUNK_ROWS, progress: Callable[[int], None] | None = None) -> dict:
     """Tokenize every prompt of a run, `chunk` prompts at a time; reject those with no room left
     for output. All in one transaction: a failure leaves the run's tokens as they were."""
     tokenizer = load_tokenizer(model_path)
