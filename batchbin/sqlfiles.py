@@ -2,7 +2,12 @@
 
 Each statement opens with a `-- name: NAME` line; the comment lines after it are its
 docstring, the rest up to the next `-- name:` line is its body. Parameters use DuckDB's own
-`$name` syntax. A malformed file fails at load time with its file and line, not mid-run.
+`$name` syntax. A malformed file fails at load time with its file and line, not mid-run: a
+query whose SQL DuckDB's parser refuses as well.
+
+A body of several statements is split by DuckDB's own parser (`duckdb.extract_statements`),
+which also names each statement's parameters, so a `;` inside a string literal or a comment
+never splits a statement.
 
     from batchbin.sqlfiles import sql
     con.execute(sql("load.insert_prompts"), {"run_id": run_id})
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Iterator
+
+import duckdb
 
 NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$")
 
@@ -72,6 +79,8 @@ def all_queries() -> dict[str, Query]:
             stem = entry.name[: -len(".sql")]
             for name, query in parse_sql_file(entry.read_text(), entry.name).items():
                 found[f"{stem}.{name}"] = query
+    for qualified_name in found:
+        statements(qualified_name, found)  # DuckDB parses every query now, not mid-run
     return found
 
 
@@ -83,18 +92,21 @@ def sql(qualified_name: str) -> str:
         raise KeyError(f"no SQL query named '{qualified_name}' in sql/*.sql") from None
 
 
-PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-STATEMENT_END = re.compile(r";\s*(?:\n|$)")
+@cache
+def _split(qualified_name: str, query: Query) -> tuple[tuple[str, frozenset[str]], ...]:
+    try:
+        parsed = duckdb.extract_statements(query.body)
+    except duckdb.Error as error:
+        raise SQLFileError(f"{query.source}: query '{query.name}' does not parse: {error}") from None
+    return tuple((statement.query.strip(), frozenset(statement.named_parameters)) for statement in parsed)
 
 
-def statements(qualified_name: str) -> list[tuple[str, set[str]]]:
-    """The statements of one named query (split at ';' ending a line) with their $parameters."""
-    parts = [part.strip() for part in STATEMENT_END.split(sql(qualified_name))]
-    return [(part, set(PARAM.findall(part))) for part in parts if part and not _only_comments(part)]
-
-
-def _only_comments(text: str) -> bool:
-    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+def statements(qualified_name: str, queries: dict[str, Query] | None = None) -> list[tuple[str, set[str]]]:
+    """The statements of one named query, as DuckDB's parser splits them, with their $parameters."""
+    query = (queries or all_queries()).get(qualified_name)
+    if query is None:
+        raise KeyError(f"no SQL query named '{qualified_name}' in sql/*.sql")
+    return [(text, set(names)) for text, names in _split(qualified_name, query)]
 
 
 def run(con, qualified_name: str, params: dict | None = None):

@@ -62,3 +62,26 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
     assert seen == ["e", "d", "c", "b", "a"]
     assert one(con, "schedule.count_work", {"run_id": "r"}) == (0,)
     con.close()
+
+
+def _queries(text: str) -> dict:
+    return {f"x.{name}": query for name, query in parse_sql_file(text, "x.sql").items()}
+
+
+def test_a_semicolon_inside_a_string_or_comment_does_not_split_a_statement(fresh_db):
+    text = ("-- name: q\n"
+            "CREATE TABLE notes (body VARCHAR);\n"
+            "INSERT INTO notes VALUES ('first line;\nsecond; line;\n'), ($extra);  -- a comment; with a semicolon;\n"
+            "/* a block comment;\n */ SELECT count(*) FROM notes;\n")
+    parts = statements("x.q", _queries(text))
+    assert len(parts) == 3
+    assert parts[1][1] == {"extra"}
+    assert "second; line;" in parts[1][0]
+    for statement, names in parts:
+        fresh_db.execute(statement, {"extra": "x;"} if names else None)
+    assert fresh_db.execute("SELECT body FROM notes ORDER BY body").fetchall() == [("first line;\nsecond; line;\n",), ("x;",)]
+
+
+def test_a_query_duckdb_cannot_parse_fails_with_file_and_line():
+    with pytest.raises(SQLFileError, match=r"x.sql:3: query 'b' does not parse"):
+        statements("x.b", _queries("-- name: a\nSELECT 1;\n-- name: b\nSELEC oops FROM;\n"))
