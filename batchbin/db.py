@@ -113,13 +113,13 @@ def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """All or nothing: a stage's delete-then-insert never leaves a run half-written."""
-    con.execute("BEGIN")
+    con.begin()
     try:
         yield
     except BaseException:
-        con.execute("ROLLBACK")
+        con.rollback()
         raise
-    con.execute("COMMIT")
+    con.commit()
 
 
 @contextmanager

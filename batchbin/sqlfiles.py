@@ -84,6 +84,12 @@ def all_queries() -> dict[str, Query]:
     return found
 
 
+@cache
+def sql_file_text(stem: str) -> str:
+    """The whole text of sql/STEM.sql (a stage's cache key covers it)."""
+    return resources.files("batchbin.sql").joinpath(f"{stem}.sql").read_text()
+
+
 def sql(qualified_name: str) -> str:
     """The SQL text of one named query, e.g. sql('schema.create_tables')."""
     try:

@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.states import Failed
 
 from batchbin import db
@@ -24,36 +23,27 @@ from batchbin.config import JobConfig, file_fingerprint
 from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings, detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
-from batchbin.sqlfiles import run
-from batchbin.tasks.common import RunRef, open_run_db
+from batchbin.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.runs import finish_run, no_valid_request_message, record_engine, start_run
+from batchbin.tasks.common import RunRef
 from batchbin.tasks.generate import SamplingDefaults, generate
-from batchbin.tasks.load import detect_format, file_format, is_openai_batch_file, load, no_valid_request_message
+from batchbin.tasks.load import load
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.report import report
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
-
-@task(name="start run", cache_policy=NO_CACHE)
-def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> RunRef:
-    """Create or resume the run's row with its parameters."""
-    with open_run_db(ref) as con:
-        run(con, "runs.start_run", {
-            "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
-            "model": model_path, "config": config.model_dump_json(),
-        })
-    return ref
+# The stages that keep their rows between runs, in order. Each is handed the completion stamp of
+# the one before it, so a stage that ran again makes every later one run again
+# (tasks/common.py); generate then runs what has no result yet, and report always runs.
+PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "schedule")
 
 
-def record_engine(ref: RunRef, settings: EngineSettings) -> None:
-    with open_run_db(ref) as con:
-        run(con, "runs.set_engine", {"run_id": ref.run_id, "engine": json.dumps(settings.as_dict())})
-
-
-def finish_run(ref: RunRef, status: str) -> None:
-    with open_run_db(ref) as con:
-        run(con, "runs.finish_run", {"run_id": ref.run_id, "status": status})
+def stamp_before(ref: RunRef, stage: str) -> str:
+    """The completion stamp of the stage before `stage` in PIPELINE."""
+    previous = PIPELINE[PIPELINE.index(stage) - 1]
+    return db.stage_stamp(ref.db_path, ref.run_id, previous) or ""
 
 
 class StageClock:
@@ -122,6 +112,23 @@ def batch_inference(config: JobConfig) -> dict:
         return run_stages(ref, config, fingerprint, model_path, output_path, output_format)
 
 
+def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
+                 clock: StageClock | None = None) -> RunRef:
+    """The stages between load and generate, each handed the stamp of the one before it."""
+    clock = clock or StageClock()
+    block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
+    with clock.stage("tokenize"):
+        ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
+    with clock.stage("group_prefixes"):
+        ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
+    with clock.stage("predict_lengths"):
+        ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
+    with clock.stage("schedule"):
+        ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
+                       max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS, after=stamp_before(ref, "schedule"))
+    return ref
+
+
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
                output_format: str) -> dict:
     clock = StageClock()
@@ -132,9 +139,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             loaded = load(ref, config.input_path, fingerprint)
         if loaded.requests == 0:
             finish_run(ref, "failed")
-            with open_run_db(ref) as con:
-                rejects = run(con, "report.reject_examples", {"run_id": ref.run_id, "limit": 3}).fetchall()
-            return Failed(message=no_valid_request_message(config.input_path, rejects))
+            return Failed(message=no_valid_request_message(ref, config.input_path))
         # chosen once the job's size is known (small jobs skip torch.compile's start-up)
         try:
             settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
@@ -142,16 +147,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             finish_run(ref, "failed")
             return Failed(message=str(error))
         record_engine(ref, settings)
-        block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
-        with clock.stage("tokenize"):
-            ref = tokenize(ref, model_path, config.max_model_len)
-        with clock.stage("group_prefixes"):
-            ref = group_prefixes(ref, min_shared_tokens=block)
-        with clock.stage("predict_lengths"):
-            ref = predict_lengths(ref, config.predictor, config.max_tokens)
-        with clock.stage("schedule"):
-            ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
-                           max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
+        ref = prepare_work(ref, config, model_path, settings, clock)
         defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
         with clock.stage("generate"):
             generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)

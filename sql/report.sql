@@ -60,6 +60,3 @@ ORDER BY row_number;
 
 -- name: store_report
 INSERT OR REPLACE INTO run_reports (run_id, report, created_at) VALUES ($run_id, $report, current_timestamp);
-
--- name: reject_examples
-SELECT row_number, request_id, field, reason FROM rejects WHERE run_id = $run_id ORDER BY row_number LIMIT $limit;

@@ -12,3 +12,7 @@ UPDATE runs SET status = $status, finished_at = current_timestamp WHERE run_id =
 -- name: set_engine
 -- The vLLM engine settings the run uses (chosen once the number of requests is known).
 UPDATE runs SET engine = $engine WHERE run_id = $run_id;
+
+-- name: reject_examples
+-- The first rejects of a run, for the message of a run in which no row was valid.
+SELECT row_number, request_id, field, reason FROM rejects WHERE run_id = $run_id ORDER BY row_number LIMIT $limit;

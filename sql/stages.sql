@@ -5,7 +5,3 @@ INSERT OR REPLACE INTO stages VALUES ($run_id, $stage, $params, $rows, current_t
 -- name: stamp
 -- The completion stamp of one stage; the stage's cache key includes it.
 SELECT params, rows, finished_at FROM stages WHERE run_id = $run_id AND stage = $stage;
-
--- name: clear_from
--- Forget stages of a run (their outputs are being rewritten).
-DELETE FROM stages WHERE run_id = $run_id AND list_contains($stages, stage);

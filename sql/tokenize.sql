@@ -27,3 +27,7 @@ SELECT p.run_id, p.row_number, p.request_id, 'prompt_tokens',
 FROM prompts p JOIN too_long t USING (request_id)
 WHERE p.run_id = $run_id;
 DELETE FROM prompts WHERE run_id = $run_id AND request_id IN (SELECT request_id FROM too_long);
+
+-- name: count_prompts
+-- How many prompts of a run there are to tokenize (for progress lines).
+SELECT count(*) FROM prompts WHERE run_id = $run_id;

@@ -1,28 +1,37 @@
 """What every stage task shares: the small reference stages hand each other, the cache
 policy that never lets a cache hit point at rows that are gone, and the retry condition.
 
-A stage marks itself done in the `stages` table with a hash of its parameters. Its cache key
-is Prefect's INPUTS + TASK_SOURCE key plus that completion stamp, and there is no key at all
-while the stage is not done in this database: deleting the database (or the run) forces the
-stage to run again instead of returning a cached reference to missing rows.
+A stage marks itself done in the `stages` table with a hash of its parameters and its code
+(its SQL file and the source of its modules). Its cache key is Prefect's INPUTS + TASK_SOURCE
+key, that code version and the completion stamp, and there is no key at all while the stage is
+not done in this database: deleting the database (or the run) forces the stage to run again
+instead of returning a cached reference to missing rows.
+
+A stage knows nothing of the others. The flow holds their order and hands each stage the
+completion stamp of the one before it (`after`), which is part of the stage's parameters: when a
+stage runs again its stamp changes, so every stage after it runs again too, and no crash between
+two stages can leave a later stage's rows standing on an earlier stage's old ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Callable, Iterator, Optional
 
 import duckdb
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from pydantic import BaseModel
 
 from batchbin import db
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one, sql
+from batchbin.sqlfiles import one, run, sql_file_text
 
 
 class RunRef(BaseModel):
@@ -45,35 +54,62 @@ def open_run_db(ref: RunRef) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def stage_is_done(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, params: dict[str, Any]) -> bool:
-    """True when the stage finished for this run with these parameters."""
-    row = one(con, "stages.stamp", {"run_id": run_id, "stage": stage})
-    return row is not None and row[0] == params_hash(params)
+@cache
+def code_version(sql_file: str, modules: tuple[str, ...]) -> str:
+    """A hash of what decides a stage's output besides its parameters: its SQL file and the
+    source of its Python modules. A changed query or stage code runs the stage again."""
+    texts = [sql_file_text(sql_file) if sql_file else ""]
+    texts += [inspect.getsource(importlib.import_module(name)) for name in modules]
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
-def mark_stage_done(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, params: dict[str, Any], rows: int) -> None:
-    con.execute(sql("stages.mark"), {"run_id": run_id, "stage": stage, "params": params_hash(params), "rows": rows})
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, as the stage itself knows it: its name, its file in sql/ and
+    the modules that hold its logic (its task's own module is one of them)."""
 
+    name: str
+    sql_file: str = ""
+    modules: tuple[str, ...] = ()
 
-def clear_stages(con: duckdb.DuckDBPyConnection, run_id: str, stages: list[str]) -> None:
-    con.execute(sql("stages.clear_from"), {"run_id": run_id, "stages": stages})
+    def version(self) -> str:
+        return code_version(self.sql_file, self.modules)
+
+    def is_done(self, con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any]) -> bool:
+        """True when the stage finished for this run with these parameters and this code."""
+        row = one(con, "stages.stamp", {"run_id": run_id, "stage": self.name})
+        return row is not None and row[0] == params_hash({**params, "code": self.version()})
+
+    def mark_done(self, con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any], rows: int) -> None:
+        run(con, "stages.mark", {"run_id": run_id, "stage": self.name, "rows": rows,
+                                 "params": params_hash({**params, "code": self.version()})})
+
+    def task_options(self, extra_key: Callable[[RunRef], str] | None = None) -> dict[str, Any]:
+        """The @task options of the stage (`extra_key`: see StageDone)."""
+        return stage_task_options(self.name, StageDone(stage=self, extra=extra_key))
 
 
 @dataclass
 class StageDone(CachePolicy):
-    """INPUTS + TASK_SOURCE, valid only while the stage's rows are in the database."""
+    """INPUTS + TASK_SOURCE + the stage's code version, valid only while the stage's rows are
+    in the database. `extra` adds what else decides the stage's output and is not among its
+    inputs (the predictor "auto" picks, say): a function of the stage's RunRef."""
 
-    stage: str = ""
+    stage: Optional[Stage] = None
+    extra: Optional[Callable[[RunRef], str]] = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> Optional[str]:
         ref = inputs.get("ref")
-        if not isinstance(ref, RunRef):
+        if not isinstance(ref, RunRef) or self.stage is None:
             return None
-        stamp = db.stage_stamp(ref.db_path, ref.run_id, self.stage)
+        stamp = db.stage_stamp(ref.db_path, ref.run_id, self.stage.name)
         if stamp is None:
             return None
         base = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-        return None if base is None else f"{self.stage}-{base}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+        if base is None:
+            return None
+        parts = [stamp, self.stage.version(), self.extra(ref) if self.extra else ""]
+        return f"{self.stage.name}-{base}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
 TRANSIENT_ERRORS = (duckdb.IOException, ConnectionError, TimeoutError)
@@ -92,11 +128,11 @@ def retry_if_transient(task, task_run, state) -> bool:
     return False
 
 
-def stage_task_options(stage: str) -> dict[str, Any]:
-    """The @task options every stage uses."""
+def stage_task_options(name: str, cache_policy: CachePolicy = NO_CACHE) -> dict[str, Any]:
+    """The @task options every stage uses (generate and report keep no Prefect cache)."""
     return {
-        "name": stage,
-        "cache_policy": StageDone(stage=stage),
+        "name": name,
+        "cache_policy": cache_policy,
         "retries": 2,
         "retry_delay_seconds": 2,
         "retry_condition_fn": retry_if_transient,

@@ -23,7 +23,7 @@ from prefect import task
 
 from batchbin.db import transaction
 from batchbin.sqlfiles import run
-from batchbin.tasks.common import RunRef, clear_stages, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.tasks.common import RunRef, Stage, open_run_db
 
 DEFAULT_MIN_SHARED_TOKENS = 128  # one KV block of vLLM on CPU; prefix-cache hits come in whole blocks
 
@@ -51,13 +51,15 @@ def assign_prefix_groups(
     return dict(zip(columns, row))
 
 
-@task(**stage_task_options("group_prefixes"))
-def group_prefixes(ref: RunRef, min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS) -> RunRef:
-    """Prefix groups and the ideal prefix reuse of the run."""
-    params = {"min_shared_tokens": min_shared_tokens}
+STAGE = Stage("group_prefixes", sql_file="prefixes", modules=(__name__,))
+
+
+@task(**STAGE.task_options())
+def group_prefixes(ref: RunRef, min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS, after: str = "") -> RunRef:
+    """Prefix groups and the ideal prefix reuse of the run (`after`: the stamp of the stage before it)."""
+    params = {"min_shared_tokens": min_shared_tokens, "after": after}
     with open_run_db(ref) as con:
-        if not stage_is_done(con, ref.run_id, "group_prefixes", params):
+        if not STAGE.is_done(con, ref.run_id, params):
             stats = assign_prefix_groups(con, ref.run_id, min_shared_tokens)
-            clear_stages(con, ref.run_id, ["predict_lengths", "schedule"])
-            mark_stage_done(con, ref.run_id, "group_prefixes", params, stats["prompts"])
+            STAGE.mark_done(con, ref.run_id, params, stats["prompts"])
     return ref

@@ -12,12 +12,11 @@ from pathlib import Path
 import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
+from batchbin.openai_batch import output_line
+from batchbin.readers import file_format
 from batchbin.sqlfiles import arrow, one, row_batches, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
-from batchbin.tasks.load import file_format
-from batchbin.tasks.openai_batch import output_line
 
 ARTIFACT_KEY = "batchbin-run-report"
 
@@ -83,7 +82,7 @@ def report_markdown(report: dict) -> str:
             + (f"## Time by stage\n\n| stage | seconds |\n|---|---|\n{stage_rows}\n" if stage_rows else ""))
 
 
-@task(**{**stage_task_options("report"), "cache_policy": NO_CACHE, "persist_result": False})
+@task(**{**stage_task_options("report"), "persist_result": False})
 def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[str, float] | None = None,
            output_format: str = "batchbin", model_path: str = "") -> dict:
     """Store the run report, publish it as an artifact and export the output file.

@@ -13,7 +13,7 @@ from prefect import task
 
 from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS
 from batchbin.sqlfiles import one, run
-from batchbin.tasks.common import RunRef, mark_stage_done, open_run_db, stage_is_done, stage_task_options
+from batchbin.tasks.common import RunRef, Stage, open_run_db
 
 ORDERS = ("auto", "hybrid", "group", "bin", "sorted", "input")
 # "auto" bins by length only where the lengths can shorten the job: more requests than the
@@ -59,13 +59,18 @@ def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order
     return one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
 
 
-@task(**stage_task_options("schedule"))
+STAGE = Stage("schedule", sql_file="schedule", modules=(__name__,))
+
+
+@task(**STAGE.task_options())
 def schedule(ref: RunRef, k_bins: int, order: str, min_shared_tokens: int,
-             max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> RunRef:
-    """Bin the run's requests by predicted length and order them for generation."""
-    params = {"k_bins": k_bins, "order": order, "min_shared_tokens": min_shared_tokens, "max_num_seqs": max_num_seqs}
+             max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, after: str = "") -> RunRef:
+    """Bin the run's requests by predicted length and order them for generation (`after`: the
+    stamp of the stage before it)."""
+    params = {"k_bins": k_bins, "order": order, "min_shared_tokens": min_shared_tokens, "max_num_seqs": max_num_seqs,
+              "after": after}
     with open_run_db(ref) as con:
-        if not stage_is_done(con, ref.run_id, "schedule", params):
+        if not STAGE.is_done(con, ref.run_id, params):
             rows = schedule_run(con, ref.run_id, k_bins, order, min_shared_tokens, max_num_seqs)
-            mark_stage_done(con, ref.run_id, "schedule", params, rows)
+            STAGE.mark_done(con, ref.run_id, params, rows)
     return ref

@@ -17,8 +17,7 @@ from prefect import get_run_logger, task
 
 from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.sqlfiles import one, row_batches, run
-from batchbin.tasks.common import (RunRef, chunk_progress, clear_stages, mark_stage_done, open_run_db, stage_is_done,
-                                   stage_task_options)
+from batchbin.tasks.common import RunRef, Stage, chunk_progress, open_run_db
 
 TOKENS_SCHEMA = pa.schema([("request_id", pa.string()), ("token_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())])
 TOO_LONG_SCHEMA = pa.schema([("request_id", pa.string()), ("prompt_tokens", pa.int32())])
@@ -94,15 +93,17 @@ def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, m
     return {"tokenized": tokenized, "too_long": len(too_long)}
 
 
-@task(**stage_task_options("tokenize"))
-def tokenize(ref: RunRef, model_path: str, max_model_len: int) -> RunRef:
-    """Token ids for every prompt of the run."""
-    params = {"model": model_path, "max_model_len": max_model_len}
+STAGE = Stage("tokenize", sql_file="tokenize", modules=(__name__,))
+
+
+@task(**STAGE.task_options())
+def tokenize(ref: RunRef, model_path: str, max_model_len: int, after: str = "") -> RunRef:
+    """Token ids for every prompt of the run (`after`: the stamp of the stage before it)."""
+    params = {"model": model_path, "max_model_len": max_model_len, "after": after}
     with open_run_db(ref) as con:
-        if not stage_is_done(con, ref.run_id, "tokenize", params):
-            total = one(con, "load.counts", {"run_id": ref.run_id})[0]
+        if not STAGE.is_done(con, ref.run_id, params):
+            total = one(con, "tokenize.count_prompts", {"run_id": ref.run_id})[0]
             counts = tokenize_run(con, ref.run_id, model_path, max_model_len,
                                   progress=chunk_progress(get_run_logger().info, "prompts tokenized", total))
-            clear_stages(con, ref.run_id, ["group_prefixes", "predict_lengths", "schedule"])
-            mark_stage_done(con, ref.run_id, "tokenize", params, counts["tokenized"])
+            STAGE.mark_done(con, ref.run_id, params, counts["tokenized"])
     return ref

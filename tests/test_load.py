@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchbin.errors import BatchBinError
-from batchbin.tasks.load import load_requests, read_rows, validate_rows
+from batchbin.readers import read_rows
+from batchbin.request_schema import validate_rows
+from batchbin.tasks.load import load_requests
 
 GOOD = [
     {"id": "a", "prompt": "Hello there"},
@@ -158,9 +160,9 @@ def test_a_file_loads_in_chunks_with_ids_checked_across_them(fresh_db, tmp_path)
 
 
 def test_parquet_and_csv_stream_in_batches(fresh_db, tmp_path, monkeypatch):
-    import batchbin.tasks.load as load_module
+    import batchbin.readers as readers_module
 
-    monkeypatch.setattr(load_module, "CHUNK_ROWS", 2)  # record batches of 2 rows
+    monkeypatch.setattr(readers_module, "CHUNK_ROWS", 2)  # record batches of 2 rows
     table = pa.table({"id": [f"p{i}" for i in range(5)], "prompt": [f"line one\nline two of {i}" for i in range(5)]})
     pq.write_table(table, tmp_path / "in.parquet")
     pa_csv.write_csv(table, tmp_path / "in.csv")  # the prompts are quoted over two lines

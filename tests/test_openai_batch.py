@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from batchbin.tasks.load import is_openai_batch_file, load_requests
-from batchbin.tasks.openai_batch import OpenAIBatchLineError, output_line, request_from_batch_line
+from batchbin.openai_batch import OpenAIBatchLineError, output_line, request_from_batch_line
+from batchbin.readers import is_openai_batch_file
+from batchbin.tasks.load import load_requests
 
 CHAT = {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
         "body": {"model": "gpt-4o-mini", "max_completion_tokens": 16, "temperature": 0.2, "seed": 4,
@@ -138,3 +139,14 @@ def test_a_message_name_is_kept_for_the_chat_template(fresh_db, tmp_path):
     stored = fresh_db.execute("SELECT messages::VARCHAR FROM prompts WHERE request_id = 'n1'").fetchone()[0]
     assert json.loads(stored) == [{"role": "user", "content": "Hi", "name": "ana"}]
     assert fresh_db.execute("SELECT field FROM rejects WHERE request_id = 'n2'").fetchone() == ("body.messages.0.name",)
+
+
+def test_a_first_line_that_is_not_utf8_is_no_error_when_sniffing_the_format(fresh_db, tmp_path):
+    """The format check reads the first line before load runs: a bad byte there is that line's
+    reject (load), not a failed run."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n{"id": "b", "prompt": "fine"}\n')
+    assert is_openai_batch_file(path) is False
+    assert load_requests(fresh_db, "r", str(path)) == {"requests": 1, "rejects": 1}
+    path.write_bytes(b'{"custom_id": "a", "body": {"prompt": "caf\xe9"}}\n')
+    assert is_openai_batch_file(path) is True

@@ -1,0 +1,46 @@
+"""A run's own row in `runs`: created or resumed with its parameters, its engine settings,
+its end state, and what to tell a user whose file had no valid row. SQL in sql/runs.sql.
+
+The batch flow calls these between its stages; they take the RunRef the stages pass on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batchbin.config import JobConfig
+from batchbin.engine_settings import EngineSettings
+from batchbin.sqlfiles import run
+from batchbin.tasks.common import RunRef, open_run_db
+
+
+def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> None:
+    """Create the run's row, or mark a resumed run as running again, with its parameters."""
+    with open_run_db(ref) as con:
+        run(con, "runs.start_run", {
+            "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
+            "model": model_path, "config": config.model_dump_json(),
+        })
+
+
+def record_engine(ref: RunRef, settings: EngineSettings) -> None:
+    """The engine settings the run uses (chosen once its size is known)."""
+    with open_run_db(ref) as con:
+        run(con, "runs.set_engine", {"run_id": ref.run_id, "engine": json.dumps(settings.as_dict())})
+
+
+def finish_run(ref: RunRef, status: str) -> None:
+    """The run's end state ("finished" or "failed") and time."""
+    with open_run_db(ref) as con:
+        run(con, "runs.finish_run", {"run_id": ref.run_id, "status": status})
+
+
+def no_valid_request_message(ref: RunRef, input_path: str, examples: int = 3) -> str:
+    """The error for a file in which no row is valid, with its first rejects as examples."""
+    with open_run_db(ref) as con:
+        rejects = run(con, "runs.reject_examples", {"run_id": ref.run_id, "limit": examples}).fetchall()
+    if not rejects:
+        return f"no request in {input_path}: the file is empty"
+    shown = "; ".join(f"row {row}: {reason}" for row, _, _, reason in rejects)
+    return f"no valid request in {input_path} ({shown}); every row is in the rejects table"
