@@ -340,27 +340,3 @@ def detect_machine() -> MachineInfo:
     libs = () if gpu else find_preload_libs()
     return MachineInfo(model, flags, _CORES, memory.get("MemTotal", 8.0), gpu, memory.get("MemAvailable"),
                        libs, all_loaded(libs))
-
-
-def vllm_default_settings(machine: MachineInfo) -> EngineSettings:
-    """What a user gets from `vllm.LLM(model)` with no engine options (the plain baseline).
-
-    Two changes are unavoidable on CPU, and only those are made:
-    - dtype: vLLM takes the model's bf16 even where the CPU lacks bf16, which does not finish in
-      reasonable time there, so such CPUs get float32;
-    - memory: vLLM reserves 0.9 of *all* memory by default and refuses to start when less is
-      free; its own error message suggests `gpu_memory_utilization=0.5`, which is used here.
-    Everything else, torch.compile included, is vLLM's default.
-    """
-    if machine.gpu:
-        return EngineSettings(device="gpu", dtype="auto", threads=None, kv_cache_gib=None,
-                              gpu_memory_utilization=None, max_num_seqs=None, max_num_batched_tokens=None,
-                              block_size=None, enforce_eager=False, reasons={"all": "vLLM defaults"})
-    return EngineSettings(
-        device="cpu",
-        dtype="bfloat16" if machine.has_bf16 else "float32",
-        threads=None, kv_cache_gib=None, gpu_memory_utilization=0.5,
-        max_num_seqs=None, max_num_batched_tokens=None, block_size=None, enforce_eager=False,
-        reasons={"all": "vLLM defaults, but float32 where bf16 is unsupported, gpu_memory_utilization 0.5 as "
-                        "vLLM's error suggests (0.9 of all memory is more than is free)"},
-    )

@@ -1,3 +1,13 @@
+-- name: create_tables
+-- The benchmark's own table (bench/report.py stores one row per variant); re-running it is harmless.
+CREATE TABLE IF NOT EXISTS bench_runs (
+    bench_id VARCHAR,
+    workload VARCHAR,
+    variant VARCHAR,
+    metrics JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
 -- name: store_oracle_lengths
 -- A baseline's real output lengths (registered as `oracle_lengths`) as results of a source run,
 -- so the oracle variant's predictor ("oracle:<run_id>") reads them like any finished run.

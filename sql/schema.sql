@@ -1,5 +1,6 @@
 -- name: create_tables
 -- The whole BatchBin schema. Every row belongs to a run; re-running it is harmless.
+-- (The benchmark's table, bench_runs, is created by bench.create_tables in sql/bench.sql.)
 -- Bump meta.schema_version (batchbin/db.py SCHEMA_VERSION) when a table changes in a way
 -- older databases cannot follow; an added column is an ALTER ... IF NOT EXISTS instead.
 CREATE TABLE IF NOT EXISTS meta (
@@ -143,14 +144,6 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS run_reports (
     run_id VARCHAR PRIMARY KEY,
     report JSON,
-    created_at TIMESTAMP DEFAULT current_timestamp
-);
-
-CREATE TABLE IF NOT EXISTS bench_runs (
-    bench_id VARCHAR,
-    workload VARCHAR,
-    variant VARCHAR,
-    metrics JSON,
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 

@@ -1,5 +1,5 @@
-"""The benchmark is an extra: the core never imports it, and `batchbin bench` says how to install
-it. Fast, no engine."""
+"""The benchmark is an extra: the core never imports it, `batchbin bench` says how to install it,
+and it creates its own table. Fast, no engine."""
 
 from __future__ import annotations
 
@@ -55,3 +55,18 @@ def test_bench_is_listed_and_loaded_only_when_asked_for():
     assert main.get_command(ctx, "no-such-command") is None
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "bench" in result.output
+
+
+def test_the_benchmark_creates_its_own_table(db_path):
+    from batchbin import db
+    from batchbin.bench import report
+
+    con = db.connect(db_path)
+    assert "bench_runs" not in {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
+    con.close()
+    summary = {"workload": "tiny", "machine": {"cpu": "test"}, "variants": {"vllm": {"wall_s": 1.0}, "batchbin": {"wall_s": 0.5}}}
+    bench_id = report.store(summary, db_path)
+    con = db.connect(db_path, read_only=True)
+    rows = con.execute("select variant from bench_runs where bench_id = $b order by variant", {"b": bench_id}).fetchall()
+    con.close()
+    assert rows == [("batchbin",), ("vllm",)]

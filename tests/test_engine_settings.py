@@ -7,9 +7,10 @@ import platform
 
 import pytest
 
+from batchbin.bench.baseline import vllm_default_settings
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import (
-    CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, MachineInfo, choose_engine_settings, core_ranges, detect_machine, vllm_default_settings,
+    CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, MachineInfo, choose_engine_settings, core_ranges, detect_machine,
 )
 from batchbin.preload import find_preload_libs
 
