@@ -21,19 +21,19 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from batchbin.bench.harness import load_rows, machine_record, openai_batch_lines, run_batch_command
+from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
 from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
 from batchbin.models import resolve_model
 from batchbin.preload import RESTARTED_FLAG, restart_with_preload
+from batchbin.vllm_adapter import RUN_BATCH_MODULE
 
-RUN_BATCH_MODULE = "vllm.entrypoints.launchers.run_batch"
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
 
 
@@ -63,10 +63,10 @@ def batchbin_command(input_path: Path, work_dir: Path, max_tokens: int, max_mode
     return command
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one command, from its start to its exit."""
+def timed(name: str, command: list[str], env: dict[str, str], requests: int) -> float:
+    """Wall seconds of one command (handling `requests` requests), from its start to its exit."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = run_command(command, requests, name=name, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{command[1:3]} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -111,8 +111,8 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
     log(f"cold {workload}: {len(rows)} requests, repeats {repeats}, "
         f"{'eager' if settings.enforce_eager else 'torch.compile'} ({settings.reasons.get('enforce_eager')})")
     if not settings.enforce_eager:  # untimed: fill ~/.cache/vllm, so no timed run pays a first compile
-        for command, env, _ in baselines.values():  # run-batch's engine has a cache entry of its own
-            timed(command, env)
+        for name, (command, env, _) in baselines.items():  # run-batch's engine has a cache entry of its own
+            timed(name, command, env, len(rows))
     walls: dict[str, list[float]] = {name: [] for name in ("batchbin", *baselines)}
     for _ in range(repeats):
         work_dir = out_dir / "batchbin-run"
@@ -120,12 +120,12 @@ def run_cold(workload: str, out_dir: Path, n_requests: int | None = None, seed: 
             for leftover in work_dir.iterdir():
                 leftover.unlink()  # a fresh database: the same input in the same one would resume, not run
         work_dir.mkdir(exist_ok=True)
-        walls["batchbin"].append(timed(batchbin_command(input_path, work_dir, max_tokens, max_model_len, enforce_eager),
-                                        plain_env))
+        walls["batchbin"].append(timed("batchbin", batchbin_command(input_path, work_dir, max_tokens, max_model_len,
+                                                                  enforce_eager), plain_env, len(rows)))
         if count_lines(work_dir / "batchbin.out.jsonl") != len(rows):
             raise RuntimeError("batchbin run wrote fewer results than requests")
         for name, (command, env, output) in baselines.items():
-            walls[name].append(timed(command, env))
+            walls[name].append(timed(name, command, env, len(rows)))
             if count_lines(output) != len(rows):
                 raise RuntimeError(f"{name} wrote fewer results than requests")
         log("  " + "   ".join(f"{name} {values[-1]:6.1f} s" for name, values in walls.items()))

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
+from batchbin.bench.processes import run_command
 from batchbin.preload import restart_with_preload
 
 SWEEP = {
@@ -55,7 +55,7 @@ def measure_point(workload: str, requests: int, options: dict) -> dict:
 def point_in_own_process(workload: str, requests: int, options: dict) -> dict:
     command = [sys.executable, "-m", "batchbin.bench.engine_sweep", "--workload", workload, "--requests", str(requests),
                "--point", json.dumps(options)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = run_command(command, requests=requests + 8, name=f"sweep point {options}")
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"sweep point {options} failed ({done.returncode}): {done.stderr[-2000:]}")

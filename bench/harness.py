@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from batchbin.bench.baseline import vllm_default_settings
+from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
@@ -164,8 +164,8 @@ def vllm_run_batch(model_path: str, settings: EngineSettings, rows: list[dict], 
     source.write_text("\n".join(openai_batch_lines(rows, model_path, default_max_tokens, seed)) + "\n")
     warmup.write_text("\n".join(openai_batch_lines(rows[:8], model_path, 8, seed)) + "\n")
     started = time.perf_counter()
-    done = subprocess.run(command + ["--warmup-file", str(warmup), "-i", str(source), "-o", str(target)], env=env,
-                          capture_output=True, text=True)
+    done = run_command(command + ["--warmup-file", str(warmup), "-i", str(source), "-o", str(target)],
+                       requests=len(rows) + 8, name="vLLM's batch runner", env=env)
     command_s = time.perf_counter() - started
     timed = [line for line in done.stdout.splitlines() if line.startswith("run_batch_s=")]
     if done.returncode != 0 or not timed:

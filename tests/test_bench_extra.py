@@ -1,5 +1,5 @@
 """The benchmark is an extra: the core never imports it, `batchbin bench` says how to install it,
-and it creates its own table. Fast, no engine."""
+its commands run with a time limit, and it creates its own table. Fast, no engine."""
 
 from __future__ import annotations
 
@@ -55,6 +55,37 @@ def test_bench_is_listed_and_loaded_only_when_asked_for():
     assert main.get_command(ctx, "no-such-command") is None
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "bench" in result.output
+
+
+def test_a_command_that_hangs_is_stopped_with_its_children_and_named(tmp_path, monkeypatch):
+    from batchbin.bench import processes
+
+    monkeypatch.setattr(processes, "START_S", 1)
+    monkeypatch.setattr(processes, "PER_REQUEST_S", 0)
+    child_pid = tmp_path / "child.pid"
+    hang = ("import subprocess, sys, time\n"  # a command that starts a process of its own, then hangs
+            f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n")
+    with pytest.raises(processes.CommandTimeout, match=r"sleeper hung: no end after 1 s .*python"):
+        processes.run_command([sys.executable, "-c", hang], requests=3, name="sleeper")
+    assert not _running(int(child_pid.read_text()))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its parent does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_command_that_finishes_returns_its_output():
+    from batchbin.bench.processes import run_command
+
+    done = run_command([sys.executable, "-c", "print('ok')"], requests=1, name="printer")
+    assert done.returncode == 0 and done.stdout == "ok\n"
 
 
 def test_the_benchmark_creates_its_own_table(db_path):
