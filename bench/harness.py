@@ -74,7 +74,8 @@ def load_rows(workload: str, n_requests: int | None, seed: int, max_tokens: int 
     path = Path(workload)
     if not path.exists():
         raise FileNotFoundError(f"'{workload}' is neither a built-in workload ({', '.join(WORKLOADS)}) nor a file")
-    from batchbin.tasks.load import read_rows, validate_rows
+    from batchbin.readers import read_rows
+    from batchbin.request_schema import validate_rows
 
     valid, _ = validate_rows(read_rows(path))
     rows = [{"id": v["request_id"], "prompt": v["prompt"], "messages": json.loads(v["messages"]) if v["messages"] else None,
