@@ -62,17 +62,6 @@ SELECT $run_id, request_id, bin, bin AS batch,
        row_number() OVER (ORDER BY sort_key, request_id) - 1 AS position
 FROM keyed;
 
--- name: work_in_order
--- What generation still has to do for a run, in schedule order: requests without a result.
-SELECT s.request_id, s.batch, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
-       p.response_format::VARCHAR AS response_format
-FROM schedule s
-JOIN tokens t USING (run_id, request_id)
-JOIN prompts p USING (run_id, request_id)
-LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL
-ORDER BY s.position;
-
 -- name: count_scheduled
 SELECT count(*) FROM schedule WHERE run_id = $run_id;
 
@@ -90,10 +79,3 @@ INSERT OR REPLACE INTO schedule_choices (run_id, requested, used, reason) VALUES
 
 -- name: choice_of_run
 SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;
-
--- name: count_work
--- How many requests of a run still have no result (the size of `work_in_order`).
-SELECT count(*)
-FROM schedule s
-LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL;

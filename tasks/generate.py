@@ -118,7 +118,7 @@ def generate_in_order(
     total: int | None = None,
     in_flight: int | None = None,
 ) -> GenerationStats:
-    """Run `work` (rows of schedule.work_in_order, in order) through vLLM; `store` every checkpoint.
+    """Run `work` (rows of generate.work_in_order, in order) through vLLM; `store` every checkpoint.
 
     At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
     (default len(work)) is only for progress reports."""
@@ -216,10 +216,10 @@ def generate_run(
     progress: Callable[[GenerationStats, int], None] | None = None,
 ) -> GenerationStats:
     """Generate every scheduled request of the run that has no result yet."""
-    total = one(con, "schedule.count_work", {"run_id": run_id})[0]
+    total = one(con, "generate.count_work", {"run_id": run_id})[0]
     if not total:
         return GenerationStats()
-    batches = row_batches(con, "schedule.work_in_order", {"run_id": run_id})
+    batches = row_batches(con, "generate.work_in_order", {"run_id": run_id})
     try:
         return generate_in_order(engine, (row for rows in batches for row in rows), defaults,
                                  lambda rows: store_results(con, run_id, rows), checkpoint_every, progress, total=total)
