@@ -2,20 +2,21 @@
 
 Tasks pass settings, never an LLM object (it cannot go into a cache key); `get_engine` keeps the
 engine of the last settings alive, so the stages of several flow runs in one process (tests, the
-benchmark) share one engine instead of paying the start-up (~26 s on CPU) again.
+benchmark) share one engine instead of paying the start-up (~26 s on CPU) again. What it
+needs of vLLM beyond the public `vllm.LLM` goes through batchbin/vllm_adapter.py.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from batchbin import vllm_adapter
 from batchbin.engine_settings import EngineSettings
 
 # Quieter vLLM, no usage reporting; must be set before vllm is imported.
@@ -68,9 +69,7 @@ def apply_environment(settings: EngineSettings, user_preload: str | None = None)
         os.environ["LD_PRELOAD"] = f"{settings.preload}:{user_preload}"
     if settings.device == "cpu" and not settings.threads:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # vLLM's own default binding
-    vllm_envs = sys.modules.get("vllm.envs")
-    if vllm_envs is not None and hasattr(vllm_envs, "disable_envs_cache"):
-        vllm_envs.disable_envs_cache()  # an engine that ran in this process froze vLLM's view of os.environ
+    vllm_adapter.refresh_environment()  # an engine that ran in this process froze vLLM's view of os.environ
 
 
 def executor_kwargs(settings: EngineSettings) -> dict:
@@ -80,9 +79,7 @@ def executor_kwargs(settings: EngineSettings) -> dict:
     executor (a third process) whenever the engine core has a process of its own."""
     if settings.device != "cpu" or settings.in_process or not settings.worker_in_core:
         return {}
-    from vllm.v1.executor.uniproc_executor import UniProcExecutor
-
-    return {"distributed_executor_backend": UniProcExecutor}
+    return vllm_adapter.uniproc_executor_kwargs()
 
 
 def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) -> Engine:
@@ -111,7 +108,7 @@ def shutdown_engine() -> None:
     if _current is None:
         return
     try:
-        _current.llm.llm_engine.engine_core.shutdown()
+        vllm_adapter.shutdown_engine_core(_current.llm)
     except Exception:
         pass
     _current = None
@@ -120,7 +117,7 @@ def shutdown_engine() -> None:
 
 def reset_prefix_cache(engine: Engine) -> None:
     """Start the next job from a cold prefix cache (used between benchmark variants)."""
-    engine.llm.reset_prefix_cache()
+    vllm_adapter.reset_prefix_cache(engine.llm)
 
 
 @contextmanager
@@ -134,17 +131,8 @@ def scheduler_held(engine: Engine) -> Iterator[None]:
     if engine.settings.in_process:
         yield
         return
-    client = engine.llm.llm_engine.engine_core
-    try:
-        client.call_utility("pause_scheduler", "keep", False)  # "keep": queue new requests, take no step
-        held = True
-    except Exception:  # a vLLM without this call: generate all the same, only without the hold
-        held = False
-    try:
+    with vllm_adapter.scheduler_held(engine.llm):  # without the hold where vLLM cannot hold it
         yield
-    finally:
-        if held:
-            client.call_utility("resume_scheduler")
 
 
 def current_engine() -> Engine | None:

@@ -12,33 +12,31 @@ cache makes one start much shorter than another).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import sys
 import time
 
 
 def main() -> None:
-    from vllm.entrypoints.launchers import run_batch as runner
+    from batchbin.vllm_adapter import reset_prefix_cache_async, run_openai_batch
 
     argv = sys.argv[1:]
     warmup_file = argv[argv.index("--warmup-file") + 1]
     del argv[argv.index("--warmup-file"):argv.index("--warmup-file") + 2]
-    sys.argv = [sys.argv[0], *argv]
-    args = runner.parse_args()
-    original = runner.run_batch
 
-    async def warmed_then_timed(engine_client, run_args) -> None:
-        warmup = copy.copy(run_args)
-        warmup.input_file, warmup.output_file = warmup_file, run_args.output_file + ".warmup"
-        await original(engine_client, warmup)
-        await engine_client.reset_prefix_cache()
-        started = time.perf_counter()
-        await original(engine_client, run_args)
-        print(f"run_batch_s={time.perf_counter() - started:.4f}", flush=True)
+    def warmed_then_timed(original):
+        async def run(engine_client, run_args) -> None:
+            warmup = copy.copy(run_args)
+            warmup.input_file, warmup.output_file = warmup_file, run_args.output_file + ".warmup"
+            await original(engine_client, warmup)
+            await reset_prefix_cache_async(engine_client)
+            started = time.perf_counter()
+            await original(engine_client, run_args)
+            print(f"run_batch_s={time.perf_counter() - started:.4f}", flush=True)
 
-    runner.run_batch = warmed_then_timed
-    asyncio.run(runner.main(args))
+        return run
+
+    run_openai_batch(argv, warmed_then_timed)
 
 
 if __name__ == "__main__":

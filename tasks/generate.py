@@ -2,10 +2,11 @@
 finished request as it completes, `checkpoint_every` at a time, so a crash loses at most one
 checkpoint and a re-run generates only what is missing.
 
-vLLM's own engine API (`LLMEngine.add_request` / `step`) is used instead of one big
-`LLM.generate` call: the waiting queue is first-come-first-served, so adding the requests in
-schedule order is the same as one `generate` call in that order, and results stream out as
-they finish instead of at the end. Prompts go in as token ids (tokenized once, stage 2).
+vLLM's own engine API (`LLMEngine.add_request` / `step`, through batchbin/vllm_adapter.py) is
+used instead of one big `LLM.generate` call: the waiting queue is first-come-first-served, so
+adding the requests in schedule order is the same as one `generate` call in that order, and
+results stream out as they finish instead of at the end. Prompts go in as token ids (tokenized
+once, stage 2).
 
 A large job is not handed over at once: a request costs ~25 KiB of memory with a 300-token
 prompt (half in its row here, half inside vLLM; measured), so a million would not fit in
@@ -29,6 +30,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from batchbin import vllm_adapter
 from batchbin.db import registered
 from batchbin.engine import Engine, get_engine, scheduler_held
 from batchbin.engine_settings import EngineSettings
@@ -101,9 +103,8 @@ MIN_IN_FLIGHT = 1024
 def in_flight_limit(engine: Engine) -> int:
     """How many requests may be inside vLLM at once: 4x the sequences it runs (at least 1024),
     as vLLM's own config says (on GPU, BatchBin leaves max_num_seqs to vLLM)."""
-    try:
-        running = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
-    except AttributeError:  # a vLLM that keeps it elsewhere
+    running = vllm_adapter.max_num_seqs(engine.llm)
+    if running is None:  # a vLLM that keeps it elsewhere
         running = engine.settings.max_num_seqs or 256
     return max(MIN_IN_FLIGHT, 4 * running)
 
@@ -122,7 +123,7 @@ def generate_in_order(
 
     At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
     (default len(work)) is only for progress reports."""
-    llm_engine = engine.llm.llm_engine
+    llm = engine.llm
     stats = GenerationStats()
     pending: dict[str, dict] = {}
     finished: list[dict] = []
@@ -152,7 +153,7 @@ def generate_in_order(
             key = f"bb-{next(counter)}"
             try:
                 params = sampling_params_for(row, defaults)
-                llm_engine.add_request(key, {"prompt_token_ids": list(row["token_ids"])}, params)
+                vllm_adapter.add_request(llm, key, row["token_ids"], params)
             except Exception as error:  # a bad request must not stop the run
                 stats.errors += 1
                 record(row, output_text=None, prompt_tokens=len(row["token_ids"]), output_tokens=0, cached_tokens=0,
@@ -166,8 +167,8 @@ def generate_in_order(
         with scheduler_held(engine):  # the first requests all queued before the first step
             top_up()
         last_report = time.perf_counter()
-        while llm_engine.has_unfinished_requests():
-            for output in llm_engine.step():
+        while vllm_adapter.has_unfinished_requests(llm):
+            for output in vllm_adapter.step(llm):
                 if not output.finished:
                     continue
                 row = pending.pop(output.request_id, None)
@@ -189,7 +190,7 @@ def generate_in_order(
     except BaseException:
         if pending:
             try:
-                llm_engine.abort_request(list(pending))
+                vllm_adapter.abort_requests(llm, list(pending))
             except Exception:
                 pass
         flush()

@@ -220,18 +220,18 @@ def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
 def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine, monkeypatch):
     """At most `in_flight` requests are inside vLLM at once; the rest join as requests finish,
     in order, and every request still gets its result."""
+    from batchbin import vllm_adapter
     from batchbin.tasks.generate import SamplingDefaults, generate_in_order
 
     engine = flow_engine
-    llm_engine = engine.llm.llm_engine
     in_vllm_at_each_add: list[int] = []
-    add_request = llm_engine.add_request
+    add_request = vllm_adapter.add_request
 
-    def counted_add(*args, **kwargs):
-        in_vllm_at_each_add.append(llm_engine.get_num_unfinished_requests())
-        return add_request(*args, **kwargs)
+    def counted_add(llm, *args, **kwargs):
+        in_vllm_at_each_add.append(vllm_adapter.unfinished_requests(llm))
+        return add_request(llm, *args, **kwargs)
 
-    monkeypatch.setattr(llm_engine, "add_request", counted_add)
+    monkeypatch.setattr(vllm_adapter, "add_request", counted_add)
     work = [{"request_id": f"w{i}", "batch": 0, "token_ids": [1, 422, 1012 + i, 30], "max_tokens": 2 + i % 3,
              "temperature": 0.0, "top_p": None, "seed": None, "stop": None} for i in range(7)]
     stored: list[dict] = []
