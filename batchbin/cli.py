@@ -18,7 +18,6 @@ from batchbin.cli_plugins import PluginGroup
 from batchbin.errors import BatchBinError
 from batchbin.prefect_runtime import api_started_meanwhile, in_process_flow_runs
 
-EXAMPLE_QUERY = "select id, output_tokens, finish_reason, left(output_text, 60) as output from completions limit 5"
 
 
 def fail(message: str) -> None:
@@ -60,6 +59,8 @@ def run_command(input_path: str, **options) -> None:
 
 
 def print_summary(report: dict) -> None:
+    from batchbin.sqlfiles import sql
+
     tps = report.get("output_tps")
     reuse = report.get("reuse_ratio")
     lines = [
@@ -79,7 +80,7 @@ def print_summary(report: dict) -> None:
         + (", OpenAI batch output)" if report.get("output_format") == "openai" else ")"),
         "",
         "Try:",
-        f"  batchbin sql --db {report['db_path']} \"{EXAMPLE_QUERY}\"",
+        f"  batchbin sql --db {report['db_path']} \"{sql('report.example_query')}\"",
     ]
     click.echo("\n".join(line for line in lines if line is not None))
 
@@ -128,7 +129,8 @@ def doctor_command(requests: int | None, **options) -> None:
     Example: batchbin doctor --requests 50 --max-num-seqs 32
     """
     from batchbin.config import EngineOptions
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.engine_settings import choose_engine_settings
+    from batchbin.machine import detect_machine
 
     _, engine = split_options(options)
     machine = detect_machine()

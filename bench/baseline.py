@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from batchbin.engine_settings import EngineSettings, MachineInfo
+from batchbin.engine_settings import EngineSettings
+from batchbin.machine import MachineInfo
 
 
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:

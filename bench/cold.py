@@ -29,7 +29,8 @@ from batchbin.bench.harness import load_rows, machine_record, openai_batch_lines
 from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
-from batchbin.engine_settings import EngineSettings, choose_engine_settings, detect_machine
+from batchbin.engine_settings import EngineSettings, choose_engine_settings
+from batchbin.machine import detect_machine
 from batchbin.models import resolve_model
 from batchbin.preload import RESTARTED_FLAG, restart_with_preload
 from batchbin.vllm_adapter import RUN_BATCH_MODULE

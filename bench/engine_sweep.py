@@ -38,7 +38,8 @@ def measure_point(workload: str, requests: int, options: dict) -> dict:
     from batchbin.bench.harness import load_rows, plain_vllm
     from batchbin.config import EngineOptions
     from batchbin.engine import get_engine, shutdown_engine
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.engine_settings import choose_engine_settings
+    from batchbin.machine import detect_machine
     from batchbin.models import resolve_model
 
     rows = load_rows(workload, requests, 0)

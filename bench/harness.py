@@ -32,7 +32,8 @@ from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
-from batchbin.engine_settings import EngineSettings, MachineInfo, choose_engine_settings, detect_machine
+from batchbin.engine_settings import EngineSettings, choose_engine_settings
+from batchbin.machine import MachineInfo, detect_machine
 from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
 

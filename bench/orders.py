@@ -16,7 +16,8 @@ from batchbin.bench.harness import batchbin_pipeline, load_rows, plain_vllm
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
 from batchbin.engine import get_engine
-from batchbin.engine_settings import choose_engine_settings, detect_machine
+from batchbin.engine_settings import choose_engine_settings
+from batchbin.machine import detect_machine
 from batchbin.models import resolve_model
 from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.schedule import ORDERS

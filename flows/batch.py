@@ -20,7 +20,8 @@ from prefect.states import Failed
 
 from batchbin import db
 from batchbin.config import JobConfig, file_fingerprint
-from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings, detect_machine
+from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings
+from batchbin.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
 from batchbin.readers import detect_format, file_format, is_openai_batch_file

@@ -60,3 +60,11 @@ ORDER BY row_number;
 
 -- name: store_report
 INSERT OR REPLACE INTO run_reports (run_id, report, created_at) VALUES ($run_id, $report, current_timestamp);
+
+-- name: schedule_choice
+-- The order the run's schedule used and why (the schedule stage records it).
+SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;
+
+-- name: example_query
+-- The query `batchbin run` suggests a user tries on its results (one line: it is printed).
+select id, output_tokens, finish_reason, left(output_text, 60) as output from completions limit 5

@@ -76,6 +76,3 @@ WHERE t.run_id = $run_id;
 
 -- name: record_choice
 INSERT OR REPLACE INTO schedule_choices (run_id, requested, used, reason) VALUES ($run_id, $requested, $used, $reason);
-
--- name: choice_of_run
-SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;

@@ -55,7 +55,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
     for key in ("started_at", "finished_at"):
         summary[key] = None if summary[key] is None else str(summary[key])
     generate_s = generation.get("generate_s") or 0.0
-    order, order_reason = one(con, "schedule.choice_of_run", {"run_id": run_id}) or (None, None)
+    order, order_reason = one(con, "report.schedule_choice", {"run_id": run_id}) or (None, None)
     report = {
         **summary,
         "generated_now": generation.get("generated", 0),

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import sys
+
 import duckdb
 import pytest
 
 from batchbin import db
 
+ENGINE_BEFORE = pytest.StashKey[object]()
+
 
 def pytest_collection_modifyitems(items):
     """Run the benchmark test last: it replaces the shared engine with others."""
     items.sort(key=lambda item: item.module.__name__.endswith("test_bench"))
+
+
+# Tests that build a vLLM engine or generate carry the `engine` marker, so that
+# `pytest -m "not engine"` runs the fast tests in seconds. A test without it that builds an
+# engine in this process fails, naming the marker.
+
+def _current_engine():
+    engine_module = sys.modules.get("batchbin.engine")
+    return engine_module.current_engine() if engine_module is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[ENGINE_BEFORE] = _current_engine()  # before any fixture, module-scoped ones included
+
+
+def pytest_runtest_teardown(item):
+    if item.get_closest_marker("engine") is None and _current_engine() is not item.stash.get(ENGINE_BEFORE, None):
+        pytest.fail(f"{item.nodeid} built a vLLM engine (itself or in a fixture) without the engine marker: "
+                    "add @pytest.mark.engine", pytrace=False)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def summary(tmp_path_factory, prefect_api, default_model_path):
     return out, result
 
 
+@pytest.mark.engine
 def test_every_variant_has_the_same_keys(summary):
     _, result = summary
     assert set(result["variants"]) == set(VARIANTS)
@@ -37,6 +38,7 @@ def test_every_variant_has_the_same_keys(summary):
         assert variant["output_tps"] == pytest.approx(variant["output_tokens"] / variant["wall_s"], rel=0.01)
 
 
+@pytest.mark.engine
 def test_ratios_and_machine_are_recorded(summary):
     _, result = summary
     tps = {name: v["output_tps"] for name, v in result["variants"].items()}
@@ -52,6 +54,7 @@ def test_ratios_and_machine_are_recorded(summary):
     assert sum(stages.values()) <= result["variants"]["batchbin"]["wall_s"]
 
 
+@pytest.mark.engine
 def test_greedy_variants_generate_the_same_work(summary):
     _, result = summary
     totals = [v["output_tokens"] for v in result["variants"].values()]
@@ -59,6 +62,7 @@ def test_greedy_variants_generate_the_same_work(summary):
     assert result["output_tokens_agree"], totals
 
 
+@pytest.mark.engine
 def test_outputs_written_and_stored(summary, tmp_path):
     out, result = summary
     path = report.write(result, out)
@@ -77,6 +81,7 @@ def test_outputs_written_and_stored(summary, tmp_path):
     assert "batchbin's schedule: order sorted (auto: all" in markdown  # the small job runs at once
 
 
+@pytest.mark.engine
 def test_cold_start_comparison_times_every_command_on_the_same_job(tmp_path, monkeypatch, default_model_path):
     """bench/cold.py: `batchbin run`, the user's script and `vllm run-batch`, each a fresh process,
     same requests and engine settings; each writes every result, and the summary holds the wall

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchbin.cli import main
-from batchbin.engine_settings import detect_machine
+from batchbin.machine import detect_machine
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -97,6 +97,7 @@ def test_summary_time_line_splits_engine_start_generation_and_the_rest():
     assert "27.9 s engine start" in line and "11.5 s generation" in line and "0.2 s other stages" in line
 
 
+@pytest.mark.engine
 def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tmp_path):
     """The user's path end to end: `batchbin run` restarts itself with the preload and runs vLLM's
     engine core inside the command's own process (a real engine, a few tokens per request)."""

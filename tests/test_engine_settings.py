@@ -9,9 +9,8 @@ import pytest
 
 from batchbin.bench.baseline import vllm_default_settings
 from batchbin.config import EngineOptions
-from batchbin.engine_settings import (
-    CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, MachineInfo, choose_engine_settings, core_ranges, detect_machine,
-)
+from batchbin.engine_settings import CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, choose_engine_settings, core_ranges
+from batchbin.machine import MachineInfo, detect_machine
 from batchbin.preload import find_preload_libs
 
 INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)

@@ -49,7 +49,8 @@ def job(tmp_path_factory, prefect_api, default_model_path):
 def flow_engine(job, default_model_path):
     """The engine the job's flow ran on (shared by the session), for tests that drive it directly."""
     from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.engine_settings import choose_engine_settings
+    from batchbin.machine import detect_machine
 
     config, _ = job
     return get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
@@ -64,6 +65,7 @@ def query(config, text, params=None):
         con.close()
 
 
+@pytest.mark.engine
 def test_every_valid_id_has_a_real_completion(job):
     config, report = job
     rows = query(config, "select request_id, output_text, output_tokens, finish_reason, error from results")
@@ -75,6 +77,7 @@ def test_every_valid_id_has_a_real_completion(job):
     assert report["output_tokens"] > 0 and report["output_tps"] > 0
 
 
+@pytest.mark.engine
 def test_report_says_where_the_time_went(job):
     config, report = job
     stages = report["stage_seconds"]
@@ -87,6 +90,7 @@ def test_report_says_where_the_time_went(job):
     assert json.loads(stored) == stages
 
 
+@pytest.mark.engine
 def test_report_names_the_schedule_order_and_why(job):
     config, report = job
     # a small job runs all at once on one engine: "auto" keeps token order
@@ -94,6 +98,7 @@ def test_report_names_the_schedule_order_and_why(job):
     assert report["schedule_reason"].startswith(f"auto: all {len(VALID)} requests run at once")
 
 
+@pytest.mark.engine
 def test_every_invalid_row_is_in_rejects_with_a_reason(job):
     config, report = job
     rejects = query(config, "select row_number, field, reason from rejects order by row_number")
@@ -105,6 +110,7 @@ def test_every_invalid_row_is_in_rejects_with_a_reason(job):
     assert report["completed"] + report["rejects"] == total_rows
 
 
+@pytest.mark.engine
 def test_output_file_is_keyed_by_ids_in_input_order(job):
     config, report = job
     lines = [json.loads(line) for line in open(config.output_path)]
@@ -113,6 +119,7 @@ def test_output_file_is_keyed_by_ids_in_input_order(job):
     assert report["output_rows"] == len(VALID)
 
 
+@pytest.mark.engine
 def test_rerun_reuses_stages_and_adds_no_duplicates(job):
     config, first = job
     second = batch_inference(config)
@@ -122,6 +129,7 @@ def test_rerun_reuses_stages_and_adds_no_duplicates(job):
     assert query(config, "select count(*) from rejects")[0][0] == len(INVALID_LINES)
 
 
+@pytest.mark.engine
 def test_rerun_after_lost_results_generates_only_the_missing(job):
     config, first = job
     con = duckdb.connect(config.db_path)
@@ -132,6 +140,7 @@ def test_rerun_after_lost_results_generates_only_the_missing(job):
     assert query(config, "select count(*) from results")[0][0] == len(VALID)
 
 
+@pytest.mark.engine
 def test_views_answer_users_sql(job):
     config, first = job
     summary = query(config, "select requests, rejects, completed from run_summary where run_id = $r", {"r": first["run_id"]})
@@ -139,6 +148,7 @@ def test_views_answer_users_sql(job):
     assert query(config, "select count(*) from completions")[0][0] == len(VALID)
 
 
+@pytest.mark.engine
 def test_training_on_too_few_results_fails_with_a_message(job):
     from batchbin.flows.train import train_length_predictor
 
@@ -148,6 +158,7 @@ def test_training_on_too_few_results_fails_with_a_message(job):
     assert "needs at least 20 finished requests" in state.message and "has 8" in state.message
 
 
+@pytest.mark.engine
 def test_greedy_outputs_repeat_run_to_run(flow_engine, default_model_path):
     """pytest's engine core runs in a process of its own; BatchBin holds it from stepping until
     every request is in, so batches, and with them greedy outputs, do not depend on timing."""
@@ -174,6 +185,7 @@ def test_greedy_outputs_repeat_run_to_run(flow_engine, default_model_path):
     assert first == second == third
 
 
+@pytest.mark.engine
 def test_openai_batch_file_in_openai_batch_output_out(tmp_path, prefect_api, default_model_path):
     """An OpenAI batch file runs as it is, and every line comes back as an output line with its
     custom_id, in input order: completions as 200 responses (one constrained to a JSON schema),
@@ -217,6 +229,7 @@ def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
     assert state.is_failed() and "OpenAI batch output is JSONL" in state.message
 
 
+@pytest.mark.engine
 def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine, monkeypatch):
     """At most `in_flight` requests are inside vLLM at once; the rest join as requests finish,
     in order, and every request still gets its result."""
@@ -243,6 +256,7 @@ def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine,
     assert in_vllm_at_each_add[:3] == [0, 1, 2]  # the first three go in before the first step
 
 
+@pytest.mark.engine
 def test_a_schema_vllm_refuses_fails_its_request_only(flow_engine):
     from batchbin.tasks.generate import SamplingDefaults, generate_in_order
 

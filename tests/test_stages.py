@@ -15,7 +15,8 @@ from prefect import flow
 
 from batchbin import db
 from batchbin.config import EngineOptions, JobConfig, file_fingerprint
-from batchbin.engine_settings import choose_engine_settings, detect_machine
+from batchbin.engine_settings import choose_engine_settings
+from batchbin.machine import detect_machine
 from batchbin.flows.batch import PIPELINE, prepare_work
 from batchbin.tasks.common import RunRef, Stage, code_version
 from batchbin.tasks.load import load

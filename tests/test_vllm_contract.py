@@ -74,7 +74,8 @@ def shared_engine(default_model_path):
     """The session's shared engine: the settings of tests/test_flow_batch.py's job, so no second
     engine is built."""
     from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings, detect_machine
+    from batchbin.engine_settings import choose_engine_settings
+    from batchbin.machine import detect_machine
     from tests.test_flow_batch import VALID
 
     settings = choose_engine_settings(detect_machine(), EngineOptions(**TEST_ENGINE), requests=len(VALID))
