@@ -52,7 +52,7 @@ class JobConfig(BaseModel):
     max_tokens: int = Field(256, ge=1, description="Default output limit per request.")
     temperature: float = Field(0.0, ge=0, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling.")
-    seed: int | None = Field(0, description="Default sampling seed.")
+    seed: int | None = Field(0, description="The job's sampling seed: a sampled request without a seed of its own gets one derived from this and its id (reproducible run to run, different between requests); none: random.")
     k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
     order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")

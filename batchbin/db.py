@@ -29,6 +29,12 @@ DUCKDB_MEMORY_SHARE = 0.25
 CHUNK_ROWS = 8192
 
 
+# A read-only connection (`batchbin sql`, the benchmark's reads) can change nothing: no file
+# outside the database is read or written (ATTACH, COPY ... TO, read_csv, INSTALL/LOAD), and no
+# setting can be changed back (SET enable_external_access, allowed_directories, ...).
+READ_ONLY_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+
+
 class SchemaVersionError(RuntimeError):
     """The database was written by an incompatible BatchBin version."""
 
@@ -57,7 +63,8 @@ def session(db_path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (and if needed create) the database at db_path, schema applied.
+    """Open (and if needed create) the database at db_path, schema applied; or, `read_only`,
+    open an existing one sealed (READ_ONLY_CONFIG).
 
     Inside a `session` on the same file, a cursor of the session's connection (close it as
     usual; the session's connection stays open)."""
@@ -65,7 +72,7 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"no BatchBin database at {path}; run `batchbin run` first")
-        return duckdb.connect(str(path), read_only=True)
+        return duckdb.connect(str(path), read_only=True, config=READ_ONLY_CONFIG)
     with _sessions_lock:
         entry = _sessions.get(str(path.resolve()))
     return entry[0].cursor() if entry is not None else _open(path)

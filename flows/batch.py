@@ -152,11 +152,12 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
         with clock.stage("generate"):
             generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)
+        summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
     except BaseException:
         finish_run(ref, "failed")
         raise
-    finish_run(ref, "finished")
-    return report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
+    finish_run(ref, "finished")  # only now: its report and output file are written
+    return summary
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ and it picks the same requests, in the same order, as with the whole job queued 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -77,6 +78,16 @@ def structured_outputs_for(response_format: str | None):
     return StructuredOutputsParams(json=spec["schema"])
 
 
+def request_seed(job_seed: int | None, request_id: str) -> int | None:
+    """The seed of a sampled request that has none of its own: derived from the job's seed and
+    the request's id, so a re-run samples the same, and two identical prompts (two ids) sample
+    apart, as a Batch API user expects. None (a job without a seed): vLLM's own randomness."""
+    if job_seed is None:
+        return None
+    digest = hashlib.sha256(f"{job_seed}:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 def sampling_params_for(row: dict, defaults: SamplingDefaults):
     """vLLM SamplingParams of one request: its own overrides, else the job's defaults."""
     from vllm import SamplingParams
@@ -90,7 +101,8 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
         top_p=defaults.top_p if row["top_p"] is None else row["top_p"],
         # a seed only matters when sampling; on greedy requests it would only cost vLLM a
         # per-request generator
-        seed=None if temperature == 0 else (defaults.seed if row["seed"] is None else row["seed"]),
+        seed=None if temperature == 0 else (request_seed(defaults.seed, row["request_id"]) if row["seed"] is None
+                                             else row["seed"]),
         stop=row["stop"] or None,
         structured_outputs=structured_outputs_for(row.get("response_format")),
         output_kind=RequestOutputKind.FINAL_ONLY,

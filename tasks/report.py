@@ -6,6 +6,7 @@ views for users, and the output file (JSONL or Parquet, keyed by the user's ids,
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -34,19 +35,35 @@ def served_model_name(model_path: str) -> str:
 def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path, output_format: str = "batchbin",
                    model_path: str = "") -> int:
     """Write the run's results to .jsonl (default) or .parquet, or as an OpenAI batch output
-    file (`output_format` "openai"); return the row count."""
+    file (`output_format` "openai"); return the row count.
+
+    The file is written under a temporary name beside it and renamed when complete, so a reader
+    (the nightly consumer) sees the old file or the whole new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if output_format == "openai":
-        model, created, written = served_model_name(model_path), int(time.time()), 0
-        with open(path, "w", encoding="utf-8") as handle:
-            for rows in row_batches(con, "report.export_openai_rows", {"run_id": run_id}):
-                handle.writelines(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n" for row in rows)
-                written += len(rows)
-        return written
-    copy_format = "parquet" if file_format(path) == "parquet" else "json"
-    return run(con, "report.export_results", {"run_id": run_id, "path": str(path), "format": copy_format}
-               ).fetchone()[0]  # COPY returns its row count
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if output_format == "openai":
+            written = write_openai_output(con, run_id, partial, model_path)
+        else:
+            copy_format = "parquet" if file_format(path) == "parquet" else "json"
+            written = run(con, "report.export_results", {"run_id": run_id, "path": str(partial), "format": copy_format}
+                          ).fetchone()[0]  # COPY returns its row count
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def write_openai_output(con: duckdb.DuckDBPyConnection, run_id: str, path: Path, model_path: str) -> int:
+    """The run as OpenAI batch output lines, one per input line, in input order."""
+    model, created, written = served_model_name(model_path), int(time.time()), 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for rows in row_batches(con, "report.export_openai_rows", {"run_id": run_id}):
+            handle.writelines(json.dumps(output_line(row, model, created), ensure_ascii=False) + "\n" for row in rows)
+            written += len(rows)
+    return written
 
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:
@@ -101,6 +118,8 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         summary["output_format"] = output_format
         summary["db_path"] = ref.db_path
         summary["stage_seconds"] = {**(stage_seconds or {}), "report": round(time.perf_counter() - started, 3)}
+        # the flow marks the run finished as soon as this report and the output file are written
+        summary["status"] = "finished"
         run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
     return summary

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import duckdb
 from prefect import task
 
+from batchbin.db import transaction
 from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS
 from batchbin.sqlfiles import one, run
 from batchbin.tasks.common import RunRef, Stage, open_run_db
@@ -49,13 +50,15 @@ def choose_order(order: str, requests: int, max_num_seqs: int, length_spread: fl
 
 def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order: str, min_shared_tokens: int,
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> int:
-    """Write the run's schedule and the order chosen; return the number of scheduled requests."""
+    """Write the run's schedule and the order chosen, in one transaction (a failure leaves the
+    run's old schedule whole); return the number of scheduled requests."""
     requests, spread = one(con, "schedule.prediction_spread", {"run_id": run_id})
     choice = choose_order(order, requests, max_num_seqs, spread)
-    run(con, "schedule.replace_schedule",
-        {"run_id": run_id, "k_bins": k_bins, "order": choice.order, "min_shared_tokens": min_shared_tokens})
-    run(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
-                                        "reason": choice.reason})
+    with transaction(con):
+        run(con, "schedule.replace_schedule",
+            {"run_id": run_id, "k_bins": k_bins, "order": choice.order, "min_shared_tokens": min_shared_tokens})
+        run(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
+                                            "reason": choice.reason})
     return one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
 
 

@@ -153,3 +153,32 @@ def test_exit_without_teardown_runs_the_exit_handlers_and_keeps_the_exit_code(tm
     assert done.stdout == "summary printed"
     assert done.stderr.strip() == expected_err
     assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("statement", [
+    "insert into runs (run_id) values ('sneaky')",
+    "create table mine (x int)",
+    "attach '{folder}/other.duckdb' as other",
+    "copy (select 1) to '{folder}/copied.csv'",
+    "export database '{folder}/exported'",
+    "install httpfs",
+    "load httpfs",
+    "set enable_external_access = true",
+    "set allowed_directories = ['{folder}']",
+    "select * from read_csv('{folder}/batchbin.duckdb')",
+])
+def test_sql_cannot_change_anything(tmp_path, db_path, statement):
+    """`batchbin sql` is for reading: no write, no file outside the database read or written, no
+    extension, no setting changed back."""
+    from batchbin import db
+
+    db.connect(db_path).close()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["sql", statement.format(folder=tmp_path), "--db", db_path])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "Traceback" not in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+    con = db.connect(db_path, read_only=True)
+    try:
+        assert con.execute("select count(*) from runs").fetchone() == (0,)
+    finally:
+        con.close()

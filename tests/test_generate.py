@@ -26,3 +26,20 @@ def test_in_flight_limit_is_four_times_what_vllm_runs_and_at_least_1024():
 def test_in_flight_limit_falls_back_to_the_settings():
     assert in_flight_limit(engine_running(None, settings_max=512)) == 2048
     assert in_flight_limit(engine_running(None)) == 1024
+
+
+def test_a_sampled_request_without_a_seed_gets_one_from_the_job_seed_and_its_id():
+    from batchbin.tasks.generate import SamplingDefaults, request_seed, sampling_params_for
+
+    def params(request_id, temperature=0.8, seed=None, job_seed=0):
+        row = {"request_id": request_id, "token_ids": [1, 2, 3], "max_tokens": 4, "temperature": temperature,
+               "top_p": None, "seed": seed, "stop": None}
+        return sampling_params_for(row, SamplingDefaults(seed=job_seed))
+
+    assert params("a").seed == params("a").seed == request_seed(0, "a")  # the same run to run
+    assert params("a").seed != params("b").seed  # two identical prompts sample apart
+    assert params("a", job_seed=1).seed != params("a").seed
+    assert params("a", seed=7).seed == 7  # a request's own seed wins
+    assert params("a", temperature=0).seed is None  # greedy needs none
+    assert params("a", job_seed=None).seed is None  # a job without a seed: vLLM's own randomness
+    assert 0 <= request_seed(0, "a") < 2**31

@@ -49,3 +49,21 @@ def test_parquet_output_has_the_same_rows(finished_run, tmp_path):
     path = tmp_path / "out.parquet"
     assert export_results(finished_run, "r", path) == 3
     assert pq.read_table(path).to_pylist() == EXPECTED
+
+
+def test_a_failed_export_leaves_the_previous_output_file_whole(finished_run, tmp_path, monkeypatch):
+    """The file is renamed into place only when complete: a reader never sees half of one."""
+    import batchbin.tasks.report as report_module
+
+    path = tmp_path / "out.jsonl"
+    assert export_results(finished_run, "r", path, "openai") == 3
+    before = path.read_bytes()
+
+    def broken(row, model, created):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(report_module, "output_line", broken)
+    with pytest.raises(OSError, match="No space left"):
+        export_results(finished_run, "r", path, "openai")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no partial file left behind

@@ -98,3 +98,21 @@ def test_choose_order(requests, spread, expected):
 def test_an_order_the_user_sets_is_kept():
     choice = choose_order("bin", 10, 256, 0.0)
     assert (choice.order, choice.reason) == ("bin", "set by the user")
+
+
+def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypatch):
+    import batchbin.tasks.schedule as schedule_module
+
+    before = order_of(run_db, "input")
+    real_run = schedule_module.run
+
+    def fails_on_the_choice(con, name, params=None):
+        if name == "schedule.record_choice":
+            raise OSError("disk full")
+        return real_run(con, name, params)
+
+    monkeypatch.setattr(schedule_module, "run", fails_on_the_choice)
+    with pytest.raises(OSError, match="disk full"):
+        schedule_run(run_db, "r", 2, "sorted", BLOCK)
+    monkeypatch.undo()
+    assert [r[0] for r in run_db.execute("select request_id from schedule where run_id = 'r' order by position").fetchall()] == before
