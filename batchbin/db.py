@@ -9,14 +9,18 @@ processes still see one writer: the flow's. All SQL comes from sql/ through batc
 from __future__ import annotations
 
 import os
+import re
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 
+from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, run
 
 SCHEMA_VERSION = "1"
@@ -35,8 +39,58 @@ CHUNK_ROWS = 8192
 READ_ONLY_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 
 
-class SchemaVersionError(RuntimeError):
+# Another process holding the file (a run on the same database) is waited for: a run up to
+# LOCK_WAIT_S (the run before it finishes), a reader up to READ_LOCK_WAIT_S. Anything else that
+# keeps the file from opening is an error at once.
+LOCK_WAIT_S = 3600.0
+READ_LOCK_WAIT_S = 10.0
+LOCK_SAY_EVERY_S = 30.0
+
+
+class SchemaVersionError(BatchBinError):
     """The database was written by an incompatible BatchBin version."""
+
+
+class NotABatchBinDatabase(BatchBinError):
+    """The file is not a database BatchBin can use (not DuckDB, or another program's)."""
+
+
+class DatabaseBusy(BatchBinError):
+    """Another process kept the database for longer than we wait."""
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    """DuckDB's "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"."""
+    return isinstance(error, duckdb.IOException) and "Could not set lock" in str(error)
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the lock, as DuckDB names it ("process 1234"), or "another process"."""
+    found = re.search(r"\(PID (\d+)\)", str(error))
+    return f"process {found[1]}" if found else "another process"
+
+
+def connect_when_free(path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S,
+                      say: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting while another process holds the file (saying so now and then);
+    a file that is not a DuckDB database is a clear error at once."""
+    say = say or (lambda message: print(message, file=sys.stderr))
+    deadline = time.monotonic() + wait_s
+    next_say = time.monotonic()
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=READ_ONLY_CONFIG if read_only else {})
+        except duckdb.IOException as error:
+            if not is_lock_conflict(error):
+                raise NotABatchBinDatabase(f"cannot open {path} as a BatchBin database: {str(error).strip()}") from None
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(f"{path} is still in use by {lock_holder(error)} after {wait_s:.0f} s (a run on the "
+                                   "same database holds it while it runs); try again when it has finished") from None
+            if time.monotonic() >= next_say:
+                say(f"waiting for {path}: {lock_holder(error)} is using it (a run on the same database); "
+                    f"this one starts when it is free (up to {wait_s:.0f} s)")
+                next_say = time.monotonic() + LOCK_SAY_EVERY_S
+            time.sleep(0.5)
 
 
 _sessions: dict[str, list] = {}  # resolved path -> [connection, number of open sessions]
@@ -44,13 +98,14 @@ _sessions_lock = threading.Lock()
 
 
 @contextmanager
-def session(db_path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Keep the database open for the block; `connect` to it meanwhile returns cursors."""
+def session(db_path: str | Path, say: Callable[[str], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Keep the database open for the block; `connect` to it meanwhile returns cursors. Waits
+    while another process holds the file (`say` tells what it waits for)."""
     key = str(Path(db_path).resolve())
     with _sessions_lock:
         entry = _sessions.get(key)
         if entry is None:
-            entry = _sessions[key] = [_open(Path(db_path)), 0]
+            entry = _sessions[key] = [_open(Path(db_path), say), 0]
         entry[1] += 1
     try:
         yield entry[0]
@@ -72,17 +127,21 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"no BatchBin database at {path}; run `batchbin run` first")
-        return duckdb.connect(str(path), read_only=True, config=READ_ONLY_CONFIG)
+        return connect_when_free(path, read_only=True, wait_s=READ_LOCK_WAIT_S)
     with _sessions_lock:
         entry = _sessions.get(str(path.resolve()))
     return entry[0].cursor() if entry is not None else _open(path)
 
 
-def _open(path: Path) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, say: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
-    run(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
-    ensure_schema(con)
+    con = connect_when_free(path, say=say)
+    try:
+        run(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
+        ensure_schema(con, str(path))
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -92,17 +151,22 @@ def memory_limit_mib() -> int:
     return max(1024, int(total * DUCKDB_MEMORY_SHARE) // 2**20)
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables if missing; refuse a database of another schema version."""
+def ensure_schema(con: duckdb.DuckDBPyConnection, name: str = "the database") -> None:
+    """Create the tables if missing. A database of another schema version, or another program's
+    (tables, but no BatchBin version), is refused before anything in it changes."""
+    version = None
+    if one(con, "schema.has_meta")[0]:
+        row = one(con, "schema.get_meta", {"key": "schema_version"})
+        version = None if row is None else row[0]
+    if version is None and one(con, "schema.count_tables")[0]:
+        raise NotABatchBinDatabase(f"{name} is a DuckDB database of another program (it has tables, but no BatchBin "
+                                   "schema version); give BatchBin a --db file of its own")
+    if version is not None and version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"{name} has schema version {version} but this BatchBin writes version "
+                                 f"{SCHEMA_VERSION}; use a new --db file (or the BatchBin that wrote it)")
     run(con, "schema.create_tables")
-    row = one(con, "schema.get_meta", {"key": "schema_version"})
-    if row is None:
+    if version is None:
         run(con, "schema.set_meta", {"key": "schema_version", "value": SCHEMA_VERSION})
-    elif row[0] != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"database schema version {row[0]} but this BatchBin writes version {SCHEMA_VERSION}; "
-            "use a new --db file"
-        )
 
 
 def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:

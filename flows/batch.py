@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from batchbin import db
@@ -31,7 +31,7 @@ from batchbin.tasks.generate import SamplingDefaults, generate
 from batchbin.tasks.load import load
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
-from batchbin.tasks.report import report
+from batchbin.tasks.report import check_output_folder, report
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
@@ -106,11 +106,16 @@ def batch_inference(config: JobConfig) -> dict:
         run_id = config.run_id(fingerprint)
         output_path = config.resolved_output_path(run_id)
         output_format = output_format_of(config, output_path)
+        check_output_folder(output_path)
     except BatchBinError as error:
         return Failed(message=str(error))
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
-    with db.session(ref.db_path):  # one open of the file for the whole run
-        return run_stages(ref, config, fingerprint, model_path, output_path, output_format)
+    try:
+        # one open of the file for the whole run; a run already on it is waited for
+        with db.session(ref.db_path, say=get_run_logger().warning):
+            return run_stages(ref, config, fingerprint, model_path, output_path, output_format)
+    except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
+        return Failed(message=str(error))
 
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,

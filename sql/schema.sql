@@ -157,3 +157,13 @@ INSERT OR REPLACE INTO meta VALUES ($key, $value);
 
 -- name: get_meta
 SELECT value FROM meta WHERE key = $key;
+
+-- name: has_meta
+-- Whether the database has BatchBin's meta table (a new file has no table at all).
+SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'
+    AND table_name = 'meta';
+
+-- name: count_tables
+-- Tables and views of the database itself (another program's database has some).
+SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal)
+     + (SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() AND NOT internal);

@@ -112,15 +112,18 @@ class StageDone(CachePolicy):
         return f"{self.stage.name}-{base}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
-TRANSIENT_ERRORS = (duckdb.IOException, ConnectionError, TimeoutError)
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
 
 
 def retry_if_transient(task, task_run, state) -> bool:
-    """Retry lock conflicts and connection hiccups; never bad input or out-of-memory."""
+    """Retry lock conflicts and connection hiccups; never bad input, a file that is not a
+    database, or out-of-memory."""
     try:
         state.result()
     except BatchBinError:
         return False
+    except duckdb.IOException as error:
+        return db.is_lock_conflict(error)
     except TRANSIENT_ERRORS:
         return True
     except Exception:

@@ -14,6 +14,7 @@ import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from batchbin.errors import BatchBinError
 from batchbin.openai_batch import output_line
 from batchbin.readers import file_format
 from batchbin.sqlfiles import arrow, one, row_batches, run
@@ -40,7 +41,7 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
     The file is written under a temporary name beside it and renamed when complete, so a reader
     (the nightly consumer) sees the old file or the whole new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
         if output_format == "openai":
@@ -50,10 +51,26 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
             written = run(con, "report.export_results", {"run_id": run_id, "path": str(partial), "format": copy_format}
                           ).fetchone()[0]  # COPY returns its row count
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
+        if isinstance(error, (OSError, duckdb.IOException)):
+            raise BatchBinError(f"cannot write the output file {path} ({error}); every result is in the database: "
+                                "run the same command again to write it") from error
         raise
     return written
+
+
+def check_output_folder(path: str | Path) -> None:
+    """The output file's folder exists or can be made, and is a folder: checked before a run
+    starts, so a job does not generate for hours and then fail to write its file."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BatchBinError(f"cannot write the output file {path}: its folder {folder} cannot be made "
+                            f"({error.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BatchBinError(f"cannot write the output file {path}: its folder {folder} is not writable")
 
 
 def write_openai_output(con: duckdb.DuckDBPyConnection, run_id: str, path: Path, model_path: str) -> int:

@@ -182,3 +182,24 @@ def test_sql_cannot_change_anything(tmp_path, db_path, statement):
         assert con.execute("select count(*) from runs").fetchone() == (0,)
     finally:
         con.close()
+
+
+def test_run_on_a_file_that_is_not_a_database_fails_with_one_line_and_changes_nothing(tmp_path, prefect_api):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"id": "a", "prompt": "Hello"}\n')
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n" * 100)
+    result = CliRunner().invoke(main, ["run", str(path), "--db", str(notes)])
+    assert result.exit_code == 1 and "not a valid DuckDB database file" in result.output
+    assert "Traceback" not in result.output
+    assert notes.read_text() == "not a database\n" * 100
+
+
+def test_run_whose_output_folder_cannot_be_made_fails_before_any_work(tmp_path, prefect_api):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"id": "a", "prompt": "Hello"}\n')
+    (tmp_path / "a-file").write_text("x")
+    db_file = tmp_path / "x.duckdb"
+    result = CliRunner().invoke(main, ["run", str(path), "--db", str(db_file), "--output", str(tmp_path / "a-file" / "out.jsonl")])
+    assert result.exit_code == 1 and "cannot write the output file" in result.output
+    assert not db_file.exists()  # nothing started

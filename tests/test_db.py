@@ -79,3 +79,75 @@ def test_duckdb_holds_a_quarter_of_memory_at_most(db_path):
     assert abs(float(value) * {"MiB": 1, "GiB": 1024}[unit] - db.memory_limit_mib()) / db.memory_limit_mib() < 0.02
     total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     assert 1024 <= db.memory_limit_mib() <= max(1024, total_mib / 4)
+
+
+def test_a_file_that_is_not_a_duckdb_database_is_one_clear_error_and_stays_as_it_was(tmp_path):
+    import pytest
+
+    path = tmp_path / "notes.duckdb"
+    path.write_text("my notes, not a database\n" * 50)
+    before = path.read_bytes()
+    with pytest.raises(db.NotABatchBinDatabase, match="not a valid DuckDB database file"):
+        db.connect(path)
+    with pytest.raises(db.NotABatchBinDatabase):
+        db.connect(path, read_only=True)
+    assert path.read_bytes() == before
+
+
+def test_another_programs_database_is_refused_and_not_changed(tmp_path):
+    import pytest
+
+    path = tmp_path / "theirs.duckdb"
+    theirs = duckdb.connect(str(path))
+    theirs.execute("CREATE TABLE customers (id INTEGER)")
+    theirs.close()
+    with pytest.raises(db.NotABatchBinDatabase, match="another program"):
+        db.connect(path)
+    check = duckdb.connect(str(path), read_only=True)
+    assert [row[0] for row in check.execute("SELECT table_name FROM duckdb_tables()").fetchall()] == ["customers"]
+    check.close()
+
+
+def test_a_database_of_a_newer_schema_version_is_refused_before_anything_changes(tmp_path):
+    import pytest
+
+    path = tmp_path / "newer.duckdb"
+    newer = duckdb.connect(str(path))
+    newer.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    newer.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    newer.close()
+    with pytest.raises(db.SchemaVersionError, match="schema version 99"):
+        db.connect(path)
+    check = duckdb.connect(str(path), read_only=True)
+    assert [row[0] for row in check.execute("SELECT table_name FROM duckdb_tables()").fetchall()] == ["meta"]
+    check.close()
+
+
+def test_a_database_another_process_holds_is_waited_for_then_opened(tmp_path):
+    """A real lock held by another process for a few seconds: the open waits, says for whom, and
+    succeeds once the file is free; a reader that waits too long gets a clear error."""
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    path = tmp_path / "busy.duckdb"
+    db.connect(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; con = duckdb.connect({str(path)!r}); print('holding', flush=True); "
+                               "time.sleep(4)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(db.DatabaseBusy, match=f"still in use by process {holder.pid}"):
+            db.connect_when_free(path, read_only=True, wait_s=1)
+        said = []
+        started = time.monotonic()
+        con = db.connect_when_free(path, say=said.append)
+        con.close()
+        assert time.monotonic() - started > 1
+        assert said and f"process {holder.pid} is using it" in said[0]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -8,6 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from batchbin.errors import BatchBinError
 from batchbin.tasks.report import create_views, export_results
 
 
@@ -63,7 +64,7 @@ def test_a_failed_export_leaves_the_previous_output_file_whole(finished_run, tmp
         raise OSError("No space left on device")
 
     monkeypatch.setattr(report_module, "output_line", broken)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(BatchBinError, match="No space left.*every result is in the database"):
         export_results(finished_run, "r", path, "openai")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no partial file left behind
