@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -47,12 +48,17 @@ def run_command(input_path: str, **options) -> None:
         config = JobConfig(input_path=input_path, engine=EngineOptions(**engine), **job)
     except Exception as error:
         fail(str(error))
-    with in_process_flow_runs():
-        with api_started_meanwhile():  # ~3-4 s of booting, while this process loads its libraries
-            from batchbin.flows.batch import batch_inference, warm_up
+    try:
+        with in_process_flow_runs():
+            with api_started_meanwhile():  # ~3-4 s of booting, while this process loads its libraries
+                from batchbin.flows.batch import batch_inference, warm_up
 
-            warm_up(config)
-        state = batch_inference(config, return_state=True)
+                warm_up(config)
+            state = batch_inference(config, return_state=True)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (entry turns it into this)
+        from batchbin.runs import stopped_message
+
+        fail(stopped_message(config))
     if not state.is_completed():
         fail(state.message or "the run failed")
     print_summary(state.result())
@@ -68,7 +74,8 @@ def print_summary(report: dict) -> None:
         f"BatchBin run {report['run_id']} {report['status'] or ''}".rstrip(),
         f"  requests        {report['requests']} valid, {report['rejects']} rejected"
         + (" (see: batchbin sql \"select * from rejects\")" if report["rejects"] else ""),
-        f"  completions     {report['completed']} ok, {report['errors']} errors ({report['generated_now']} generated now)",
+        f"  completions     {report['completed']} ok, {report['errors']} errors ({report['generated_now']} generated now"
+        + (f", {report['retried_errors']} errors retried)" if report.get("retried_errors") else ")"),
         f"  output tokens   {report['output_tokens'] or 0}"
         + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
         f"  prefix cache    {report['cached_tokens'] or 0} prompt tokens reused"
@@ -161,19 +168,35 @@ def prepare_model_command() -> None:
 
 
 @main.command("train-predictor")
+@click.option("--from", "source", type=click.Choice(["runs", "sharegpt"]), default="runs", show_default=True,
+              help="runs: the finished runs of one model in --db; sharegpt: ShareGPT's real answers "
+                   "(the shipped predictor; needs the bench extra).")
 @click.option("--db", "db_path", default="batchbin.duckdb", show_default=True, help="BatchBin database file.")
+@click.option("--model", default=None, help="Whose runs to learn from (default: the model of the newest run).")
 @click.option("--max-tokens", default=256, show_default=True, help="Default max_tokens of requests without one.")
-def train_predictor_command(db_path: str, max_tokens: int) -> None:
-    """(Re)train the output-length predictor on the real lengths of all finished runs.
+@click.option("--out", default=None, help="--from sharegpt: the checkpoint to write (default: the shipped one).")
+def train_predictor_command(source: str, db_path: str, model: str | None, max_tokens: int, out: str | None) -> None:
+    """(Re)train the output-length predictor on one model's finished runs, or on ShareGPT.
 
     Example: batchbin train-predictor --db batchbin.duckdb
+             batchbin train-predictor --from sharegpt
     """
+    if source == "sharegpt":
+        from batchbin.predictors.registry import SHIPPED_PATH
+        from batchbin.predictors.train import train_from_sharegpt
+
+        try:
+            trained = train_from_sharegpt(out or SHIPPED_PATH)
+        except BatchBinError as error:
+            fail(str(error))
+        click.echo(json.dumps(trained, indent=2))
+        return
     from batchbin.flows.train import train_length_predictor
 
     if not Path(db_path).exists():
         fail(f"no BatchBin database at {db_path}; run `batchbin run` first")
     with in_process_flow_runs():
-        state = train_length_predictor(db_path=db_path, default_max_tokens=max_tokens, return_state=True)
+        state = train_length_predictor(db_path=db_path, default_max_tokens=max_tokens, model=model, return_state=True)
     if not state.is_completed():
         fail(state.message or "training failed")
     click.echo(json.dumps(state.result(), indent=2, default=str))
@@ -192,12 +215,19 @@ def entry() -> None:
     engine_command = len(sys.argv) > 1 and sys.argv[1] in ENGINE_COMMANDS
     if engine_command:
         restart_with_preload(sys.argv)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         main(prog_name="batchbin")
     except SystemExit as done:
         if not engine_command:
             raise
         exit_without_teardown(done.code)
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler, `kill`, a container stop) stops a run as Ctrl-C does: the results
+    finished so far are stored, and the message says how to resume."""
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def exit_without_teardown(code: int | str | None) -> None:

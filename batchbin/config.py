@@ -58,6 +58,8 @@ class JobConfig(BaseModel):
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")
     predictor: str = Field("auto", description="'auto' (latest trained, else fallback), 'fallback', or 'oracle:<run_id>'.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
+    retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
+                                                  "(a run resumed without it leaves them as they are).")
     engine: EngineOptions = Field(default_factory=EngineOptions)
 
     def run_id(self, input_fingerprint: str) -> str:

@@ -99,6 +99,7 @@ def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) 
         **settings.engine_kwargs(),
         **executor_kwargs(settings),
     )
+    vllm_adapter.raise_in_step_when_engine_dies(llm)
     return Engine(llm=llm, key=(), settings=settings, start_s=time.perf_counter() - started)
 
 

@@ -44,3 +44,22 @@ def no_valid_request_message(ref: RunRef, input_path: str, examples: int = 3) ->
         return f"no request in {input_path}: the file is empty"
     shown = "; ".join(f"row {row}: {reason}" for row, _, _, reason in rejects)
     return f"no valid request in {input_path} ({shown}); every row is in the rejects table"
+
+
+def stopped_message(config: JobConfig) -> str:
+    """What a user reads when a run was stopped (Ctrl-C, SIGTERM): how far it got, how to go on."""
+    from batchbin import db
+    from batchbin.config import file_fingerprint
+    from batchbin.sqlfiles import one
+
+    resume = "run the same command again to resume (only requests without a result are generated)"
+    try:
+        run_id = config.run_id(file_fingerprint(config.input_path))
+        con = db.connect(config.db_path, read_only=True)
+        try:
+            requests, results = one(con, "runs.progress", {"run_id": run_id})
+        finally:
+            con.close()
+    except Exception:  # stopped before the run had a database: nothing to count
+        return f"stopped; {resume}"
+    return f"stopped: {results} of {requests} requests have their result stored in {config.db_path}; {resume}"

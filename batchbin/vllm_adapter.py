@@ -27,6 +27,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import threading
+import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from importlib import metadata
@@ -124,6 +127,45 @@ def is_scheduler_paused(llm) -> bool | None:
     if not hasattr(client, "call_utility"):
         return None
     return bool(client.call_utility("is_scheduler_paused"))
+
+
+ENGINE_WATCH_EVERY_S = 0.5
+
+
+def raise_in_step_when_engine_dies(llm) -> None:
+    """Make `step` raise EngineDeadError when an engine core with a process of its own dies.
+
+    vLLM 0.32's synchronous client waits for ever in step() then: its liveness monitor marks the
+    engine dead and stops the thread that reads the core's outputs, but nothing wakes a step
+    waiting on the output queue. A watcher thread puts EngineDeadError into that queue once
+    the engine is marked dead, so the step raises and the run can end with what it stored.
+    Nothing to do for an engine core in this process (its failure is this process's)."""
+    client = getattr(llm.llm_engine, "engine_core", None)
+    if getattr(client, "resources", None) is None or getattr(client, "outputs_queue", None) is None:
+        return
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    client_ref = weakref.ref(client)
+
+    def watch() -> None:
+        while True:
+            watched = client_ref()
+            if watched is None:  # the engine was shut down and collected
+                return
+            if watched.resources.engine_dead:
+                watched.outputs_queue.put_nowait(EngineDeadError())
+                return
+            del watched
+            time.sleep(ENGINE_WATCH_EVERY_S)
+
+    threading.Thread(target=watch, daemon=True, name="batchbin-engine-watch").start()
+
+
+def is_engine_dead(error: BaseException) -> bool:
+    """Whether `error` is vLLM's word that the engine core is gone (its process died)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError)
 
 
 def shutdown_engine_core(llm) -> None:
@@ -313,6 +355,16 @@ def _check_scheduler_utilities() -> None:
              "vllm.v1.engine.PauseMode has no 'keep' (queue new requests, take no step)")
 
 
+def _check_engine_death() -> None:
+    SyncMPClient = _attribute("vllm.v1.engine.core_client", "SyncMPClient")
+    _assigns(SyncMPClient, "__init__", "outputs_queue")
+    _require("engine_dead" in {f.name for f in fields(_attribute("vllm.v1.engine.core_client", "BackgroundResources"))},
+             "BackgroundResources has no field engine_dead")
+    _attribute("vllm.v1.engine.exceptions", "EngineDeadError")
+    source = inspect.getsource(_attribute("vllm.v1.engine.core_client", "SyncMPClient").get_output)
+    _require("isinstance(outputs, Exception)" in source, "SyncMPClient.get_output no longer raises what its queue holds")
+
+
 def _check_shutdown() -> None:
     for name in ("EngineCoreClient", "SyncMPClient", "InprocClient"):
         _parameters(_attribute("vllm.v1.engine.core_client", name), "shutdown", ())
@@ -388,6 +440,8 @@ CHECKS = (
     Check("the engine core's pause_scheduler/resume_scheduler utilities", "scheduler_held, is_scheduler_paused",
           _check_scheduler_utilities),
     Check("the engine core client's shutdown", "shutdown_engine_core", _check_shutdown),
+    Check("the sync client's outputs_queue, resources.engine_dead and EngineDeadError", "raise_in_step_when_engine_dies",
+          _check_engine_death),
     Check("UniProcExecutor passed as a class", "uniproc_executor_kwargs", _check_executor),
     Check("vllm_config.scheduler_config.max_num_seqs", "max_num_seqs", _check_max_num_seqs),
     Check("vllm.envs (cache and variable names)", "refresh_environment", _check_environment),

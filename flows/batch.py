@@ -156,7 +156,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         ref = prepare_work(ref, config, model_path, settings, clock)
         defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
         with clock.stage("generate"):
-            generation = generate(ref, model_path, settings, defaults, config.checkpoint_every)
+            generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors)
         summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
     except BaseException:
         finish_run(ref, "failed")

@@ -28,3 +28,8 @@ ON CONFLICT DO NOTHING;
 
 -- name: count_results
 SELECT count(*) AS results, count(*) FILTER (WHERE error IS NULL) AS ok FROM results WHERE run_id = $run_id;
+
+-- name: clear_errors
+-- Forget the results of a run that ended in an error, so they are generated again
+-- (--retry-errors); returns how many.
+DELETE FROM results WHERE run_id = $run_id AND error IS NOT NULL RETURNING request_id;

@@ -16,3 +16,7 @@ UPDATE runs SET engine = $engine WHERE run_id = $run_id;
 -- name: reject_examples
 -- The first rejects of a run, for the message of a run in which no row was valid.
 SELECT row_number, request_id, field, reason FROM rejects WHERE run_id = $run_id ORDER BY row_number LIMIT $limit;
+
+-- name: progress
+-- How many valid requests a run has, and how many of them have a result.
+SELECT (SELECT count(*) FROM prompts WHERE run_id = $run_id), (SELECT count(*) FROM results WHERE run_id = $run_id);

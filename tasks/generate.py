@@ -33,8 +33,9 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin import vllm_adapter
 from batchbin.db import registered
-from batchbin.engine import Engine, get_engine, scheduler_held
+from batchbin.engine import Engine, get_engine, scheduler_held, shutdown_engine
 from batchbin.engine_settings import EngineSettings
+from batchbin.errors import BatchBinError
 from batchbin.sqlfiles import one, row_batches, run
 from batchbin.tasks.common import PROGRESS_EVERY_S, RunRef, open_run_db, stage_task_options
 
@@ -109,6 +110,10 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
     )
 
 
+class EngineFailure(BatchBinError):
+    """vLLM's engine stopped working in the middle of a run (its process died, a step raised)."""
+
+
 MIN_IN_FLIGHT = 1024
 
 
@@ -180,7 +185,16 @@ def generate_in_order(
             top_up()
         last_report = time.perf_counter()
         while vllm_adapter.has_unfinished_requests(llm):
-            for output in vllm_adapter.step(llm):
+            try:
+                outputs = vllm_adapter.step(llm)
+            except Exception as error:  # the engine died, or a step failed: nothing to resume in it
+                why = ("its process stopped" if vllm_adapter.is_engine_dead(error)
+                       else f"{type(error).__name__}: {str(error) or 'no message'}")
+                raise EngineFailure(
+                    f"the vLLM engine failed ({why}) after {stats.requests} "
+                    f"of {total} requests of this attempt; every finished result is stored: run the same command again "
+                    "to resume (only requests without a result are generated)") from error
+            for output in outputs:
                 if not output.finished:
                     continue
                 row = pending.pop(output.request_id, None)
@@ -257,11 +271,17 @@ def log_progress(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[Ge
 # so a re-run reports honestly what it generated and a deleted result is generated again.
 @task(**{**stage_task_options("generate"), "cache_policy": NO_CACHE, "persist_result": False})
 def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: SamplingDefaults,
-             checkpoint_every: int) -> dict:
-    """Generate the missing results of the run with vLLM, in schedule order."""
+             checkpoint_every: int, retry_errors: bool = False) -> dict:
+    """Generate the missing results of the run with vLLM, in schedule order (`retry_errors`:
+    and those that ended in an error)."""
     engine = get_engine(model_path, settings, defaults.max_model_len)
     with open_run_db(ref) as con:
-        stats = generate_run(con, ref.run_id, engine, defaults, checkpoint_every, log_progress(get_run_logger()))
+        retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall()) if retry_errors else 0
+        try:
+            stats = generate_run(con, ref.run_id, engine, defaults, checkpoint_every, log_progress(get_run_logger()))
+        except EngineFailure:
+            shutdown_engine()  # a dead engine is not kept for the next run
+            raise
         total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
-            "output_tokens": stats.output_tokens, "results": total, "ok": ok}
+            "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried}

@@ -93,6 +93,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
     report = {
         **summary,
         "generated_now": generation.get("generated", 0),
+        "retried_errors": generation.get("retried_errors", 0),
         "generate_s": round(generate_s, 2),
         "engine_start_s": round(generation.get("engine_start_s") or 0.0, 1),
         "output_tokens_now": generation.get("output_tokens", 0),

@@ -130,6 +130,22 @@ def test_rerun_reuses_stages_and_adds_no_duplicates(job):
 
 
 @pytest.mark.engine
+def test_retry_errors_generates_again_the_requests_that_failed(job):
+    """A resumed run leaves a failed request as it is; --retry-errors generates it again."""
+    config, first = job
+    con = duckdb.connect(config.db_path)
+    con.execute("update results set output_text = null, error = 'RuntimeError: a fault', finish_reason = 'error' "
+                "where request_id = 'colors'")
+    con.close()
+    resumed = batch_inference(config)
+    assert resumed["generated_now"] == 0 and resumed["retried_errors"] == 0 and resumed["errors"] == 1
+    retried = batch_inference(config.model_copy(update={"retry_errors": True}))
+    assert retried["run_id"] == first["run_id"]  # the same run: retrying changes no result's parameters
+    assert retried["retried_errors"] == 1 and retried["generated_now"] == 1 and retried["errors"] == 0
+    assert query(config, "select error is null, output_text is not null from results where request_id = 'colors'") == [(True, True)]
+
+
+@pytest.mark.engine
 def test_rerun_after_lost_results_generates_only_the_missing(job):
     config, first = job
     con = duckdb.connect(config.db_path)
