@@ -87,8 +87,8 @@ def connect_when_free(path: Path, read_only: bool = False, wait_s: float = LOCK_
                 raise DatabaseBusy(f"{path} is still in use by {lock_holder(error)} after {wait_s:.0f} s (a run on the "
                                    "same database holds it while it runs); try again when it has finished") from None
             if time.monotonic() >= next_say:
-                say(f"waiting for {path}: {lock_holder(error)} is using it (a run on the same database); "
-                    f"this one starts when it is free (up to {wait_s:.0f} s)")
+                say(f"waiting for {path}: {lock_holder(error)} has it open (a run writing to it, or a reader); "
+                    f"going on when it is free (up to {wait_s:.0f} s)")
                 next_say = time.monotonic() + LOCK_SAY_EVERY_S
             time.sleep(0.5)
 
@@ -115,6 +115,49 @@ def session(db_path: str | Path, say: Callable[[str], None] | None = None) -> It
             if entry[1] == 0:
                 del _sessions[key]
                 entry[0].close()
+
+
+# Generation writes a checkpoint now and then for hours: it keeps the file open at most
+# RELEASE_EVERY_S at a time, then leaves it free at least RELEASE_GAP_S, so that `batchbin sql`
+# and other readers get in while a job runs (closing costs ~65 ms: DuckDB writes its log into
+# the file, about 1% of the time at these values).
+RELEASE_EVERY_S = 5.0
+RELEASE_GAP_S = 1.0
+
+
+class BriefConnection:
+    """The database for a stage that writes now and then over a long time (generation): opened
+    when needed, let go of once held RELEASE_EVERY_S, then left free for readers a while."""
+
+    def __init__(self, db_path: str | Path, say: Callable[[str], None] | None = None) -> None:
+        self.path, self.say = Path(db_path), say
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.opened_at = self.released_at = float("-inf")
+
+    def get(self, wait: bool = True) -> duckdb.DuckDBPyConnection | None:
+        """The open connection; or, without `wait`, None while readers have their turn or hold the file."""
+        if self.con is None:
+            if not wait and time.monotonic() - self.released_at < RELEASE_GAP_S:
+                return None
+            try:
+                self.con = connect_when_free(self.path, wait_s=LOCK_WAIT_S if wait else 0, say=self.say)
+            except DatabaseBusy:
+                if wait:
+                    raise
+                return None
+            self.opened_at = time.monotonic()
+        return self.con
+
+    def used(self) -> None:
+        """After a use: let the file go if it has been held long enough."""
+        if self.con is not None and time.monotonic() - self.opened_at >= RELEASE_EVERY_S:
+            self.close()
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+            self.released_at = time.monotonic()
 
 
 def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:

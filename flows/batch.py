@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
@@ -25,6 +25,7 @@ from batchbin.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
 from batchbin.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.run_lock import run_lock
 from batchbin.runs import finish_run, no_valid_request_message, record_engine, start_run
 from batchbin.tasks.common import RunRef
 from batchbin.tasks.generate import SamplingDefaults, generate
@@ -110,10 +111,10 @@ def batch_inference(config: JobConfig) -> dict:
     except BatchBinError as error:
         return Failed(message=str(error))
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
+    say = get_run_logger().warning
     try:
-        # one open of the file for the whole run; a run already on it is waited for
-        with db.session(ref.db_path, say=get_run_logger().warning):
-            return run_stages(ref, config, fingerprint, model_path, output_path, output_format)
+        with run_lock(ref.db_path, run_id, say):  # one run at a time on a database: the next one waits
+            return run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
 
@@ -136,32 +137,39 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
 
 
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
-               output_format: str) -> dict:
+               output_format: str, say: Callable[[str], None]) -> dict:
     clock = StageClock()
-    with clock.stage("start"):
-        start_run(ref, config, fingerprint, model_path)
-    try:
-        with clock.stage("load"):
-            loaded = load(ref, config.input_path, fingerprint)
-        if loaded.requests == 0:
-            finish_run(ref, "failed")
-            return Failed(message=no_valid_request_message(ref, config.input_path))
-        # chosen once the job's size is known (small jobs skip torch.compile's start-up)
+    with db.session(ref.db_path, say=say):  # the stages up to the schedule share one open of the file
+        with clock.stage("start"):
+            start_run(ref, config, fingerprint, model_path)
         try:
-            settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
-        except BatchBinError as error:  # an engine option the engine would refuse
+            with clock.stage("load"):
+                loaded = load(ref, config.input_path, fingerprint)
+            if loaded.requests == 0:
+                finish_run(ref, "failed")
+                return Failed(message=no_valid_request_message(ref, config.input_path))
+            # chosen once the job's size is known (small jobs skip torch.compile's start-up)
+            try:
+                settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+            except BatchBinError as error:  # an engine option the engine would refuse
+                finish_run(ref, "failed")
+                return Failed(message=str(error))
+            record_engine(ref, settings)
+            ref = prepare_work(ref, config, model_path, settings, clock)
+        except BaseException:
             finish_run(ref, "failed")
-            return Failed(message=str(error))
-        record_engine(ref, settings)
-        ref = prepare_work(ref, config, model_path, settings, clock)
-        defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
+            raise
+    defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
+    try:
+        # generation holds the file only while it reads work or writes a checkpoint: readers get in
         with clock.stage("generate"):
             generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors)
-        summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
+        with db.session(ref.db_path, say=say):
+            summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
+            finish_run(ref, "finished")  # only now: its report and output file are written
     except BaseException:
         finish_run(ref, "failed")
         raise
-    finish_run(ref, "finished")  # only now: its report and output file are written
     return summary
 
 

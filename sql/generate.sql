@@ -1,13 +1,15 @@
 -- name: work_in_order
--- What generation still has to do for a run, in schedule order: requests without a result.
-SELECT s.request_id, s.batch, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
+-- What generation still has to do for a run, in schedule order: requests without a result,
+-- the next $limit after schedule position $after (-1: from the start).
+SELECT s.request_id, s.batch, s.position, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
        p.response_format::VARCHAR AS response_format
 FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL
-ORDER BY s.position;
+WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.position > $after
+ORDER BY s.position
+LIMIT $limit;
 
 -- name: count_work
 -- How many requests of a run still have no result (the size of `work_in_order`).

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -32,11 +32,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from batchbin import vllm_adapter
-from batchbin.db import registered
+from batchbin.db import BriefConnection, registered
 from batchbin.engine import Engine, get_engine, scheduler_held, shutdown_engine
 from batchbin.engine_settings import EngineSettings
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one, row_batches, run
+from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import PROGRESS_EVERY_S, RunRef, open_run_db, stage_task_options
 
 RESULT_SCHEMA = pa.schema([
@@ -234,24 +234,56 @@ def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict])
         run(con, "generate.insert_results", {"run_id": run_id})
 
 
+WORK_PAGE_ROWS = 4096  # requests read from the schedule at a time (a few MB of token ids)
+
+
+def work_pages(held: BriefConnection, run_id: str, page_rows: int = WORK_PAGE_ROWS) -> Iterator[dict]:
+    """The run's requests without a result, in schedule order, read a page at a time."""
+    after = -1
+    while True:
+        rows = arrow(held.get(), "generate.work_in_order", {"run_id": run_id, "after": after, "limit": page_rows}).to_pylist()
+        held.used()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1]["position"]
+
+
 def generate_run(
-    con: duckdb.DuckDBPyConnection,
+    db_path: str,
     run_id: str,
     engine: Engine,
     defaults: SamplingDefaults,
     checkpoint_every: int = 32,
     progress: Callable[[GenerationStats, int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> GenerationStats:
-    """Generate every scheduled request of the run that has no result yet."""
-    total = one(con, "generate.count_work", {"run_id": run_id})[0]
-    if not total:
-        return GenerationStats()
-    batches = row_batches(con, "generate.work_in_order", {"run_id": run_id})
+    """Generate every scheduled request of the run that has no result yet.
+
+    The database is held only while work is read or a checkpoint written (BriefConnection). A
+    checkpoint that finds the file in a reader's hands waits in memory for the next one; the
+    last is written whatever happens, waiting for the file if it must."""
+    held = BriefConnection(db_path, say)
+    waiting: list[dict] = []
+
+    def store(rows: list[dict]) -> None:
+        waiting.extend(rows)
+        con = held.get(wait=False)
+        if con is not None:
+            store_results(con, run_id, waiting)
+            waiting.clear()
+            held.used()
+
     try:
-        return generate_in_order(engine, (row for rows in batches for row in rows), defaults,
-                                 lambda rows: store_results(con, run_id, rows), checkpoint_every, progress, total=total)
+        total = one(held.get(), "generate.count_work", {"run_id": run_id})[0]
+        if not total:
+            return GenerationStats()
+        return generate_in_order(engine, work_pages(held, run_id), defaults, store, checkpoint_every, progress,
+                                 total=total)
     finally:
-        batches.close()  # the reading cursor, also when generation stops early
+        if waiting:
+            store_results(held.get(), run_id, waiting)
+        held.close()
 
 
 def log_progress(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[GenerationStats, int], None]:
@@ -275,13 +307,18 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     """Generate the missing results of the run with vLLM, in schedule order (`retry_errors`:
     and those that ended in an error)."""
     engine = get_engine(model_path, settings, defaults.max_model_len)
+    logger = get_run_logger()
+    retried = 0
+    if retry_errors:
+        with open_run_db(ref) as con:
+            retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
+    try:
+        stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every, log_progress(logger),
+                             say=logger.warning)
+    except EngineFailure:
+        shutdown_engine()  # a dead engine is not kept for the next run
+        raise
     with open_run_db(ref) as con:
-        retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall()) if retry_errors else 0
-        try:
-            stats = generate_run(con, ref.run_id, engine, defaults, checkpoint_every, log_progress(get_run_logger()))
-        except EngineFailure:
-            shutdown_engine()  # a dead engine is not kept for the next run
-            raise
         total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
             "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried}

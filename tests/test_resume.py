@@ -90,9 +90,10 @@ def finish(command, env, folder: Path, extra: list[str] = ()) -> subprocess.Comp
     return done
 
 
-def check_complete(folder: Path, ids: list[str]) -> None:
-    """Every valid request answered exactly once, in the database and in the output file."""
-    assert stored(folder) == sorted(ids)
+def check_complete(folder: Path, ids: list[str], other_runs: list[str] = ()) -> None:
+    """Every valid request answered exactly once, in the database (beside `other_runs`' requests)
+    and in the output file."""
+    assert stored(folder) == sorted([*ids, *other_runs])
     output = [json.loads(line)["id"] for line in (folder / "out.jsonl").read_text().splitlines()]
     assert output == ids  # input order, each once, as a clean run writes them
     assert not list(folder.glob(".out.jsonl.partial"))
@@ -161,3 +162,37 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip() + " " + Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:
         return ""
+
+
+def test_sql_answers_during_a_run_and_a_second_run_waits_for_the_first(job):
+    """Real concurrent processes on one database: `batchbin sql` returns within seconds while a
+    run generates; a second run started meanwhile says what it waits for, then both finish with
+    every result."""
+    folder, command, env, ids = job
+    other_input = folder / "other.jsonl"
+    other_input.write_text("".join(json.dumps({"id": f"o{i}", "prompt": f"Count to {i}:"}) + "\n" for i in range(5)))
+    other_command = [command[0], "run", str(other_input), "--db", str(folder / "bb.duckdb"),
+                     "--output", str(folder / "other-out.jsonl"), "--max-tokens", "8", "--kv-cache-gib", "1",
+                     "--max-num-seqs", "4"]
+    first_log, second_log = folder / "first.log", folder / "second.log"
+    first = start(command, env, first_log)
+    second = start(other_command, env, second_log)  # both start at once: one of them waits for the other
+    wait_for_results(first, first_log, at_least=4)
+
+    started = time.monotonic()
+    query = subprocess.run([command[0], "sql", "--db", str(folder / "bb.duckdb"), "select count(*) as done from results"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert query.returncode == 0, query.stdout + query.stderr
+    assert time.monotonic() - started < 30  # the command's own start included
+    done = int(re.search(r"│\s*(\d+)\s*│", query.stdout)[1])
+    assert 4 <= done <= REQUESTS
+    assert first.poll() is None  # the run was still going
+
+    assert first.wait(timeout=COMMAND_TIMEOUT_S) == 0, first_log.read_text()[-3000:]
+    assert second.wait(timeout=COMMAND_TIMEOUT_S) == 0, second_log.read_text()[-3000:]
+    waited = [bool(re.search(r"waiting for run \w+ \(process \d+\) on .*bb\.duckdb to finish", log.read_text()))
+              for log in (first_log, second_log)]
+    assert sorted(waited) == [False, True]
+    other_ids = [f"o{i}" for i in range(5)]
+    check_complete(folder, ids, other_runs=other_ids)
+    assert [json.loads(line)["id"] for line in (folder / "other-out.jsonl").read_text().splitlines()] == other_ids

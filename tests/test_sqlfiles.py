@@ -55,7 +55,7 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
                     [request_id, position])
     assert one(con, "generate.count_work", {"run_id": "r"}) == (5,)
     seen = []
-    for rows in row_batches(con, "generate.work_in_order", {"run_id": "r"}, rows_per_batch=2):
+    for rows in row_batches(con, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}, rows_per_batch=2):
         assert len(rows) <= 2
         seen += [row["request_id"] for row in rows]
         store_results(con, "r", [{"request_id": row["request_id"], "output_text": "x", "batch": 0} for row in rows])
