@@ -9,3 +9,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "batchbin")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`batchbin.results`, `batchbin.rejects`, `batchbin.runs` (polars DataFrames; imported on
+    first use, so the command line does not pay for polars)."""
+    if name in ("results", "rejects", "runs"):
+        import importlib
+
+        return getattr(importlib.import_module("batchbin.frames"), name)
+    raise AttributeError(f"module 'batchbin' has no attribute {name!r}")
