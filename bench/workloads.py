@@ -27,7 +27,7 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from batchbin.bench.sharegpt import load_conversations, prompt_chars, sharegpt_requests
+from batchbin.bench.sharegpt import benchmark_conversations, prompt_chars, sharegpt_requests
 
 WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt")
 
@@ -111,7 +111,7 @@ _STOPWORDS = set(_PREFIX_HEAVY["stopwords"])
 
 def _documents(count: int, rng: random.Random) -> list[str]:
     """`count` long, plain-English assistant answers from ShareGPT with distinct openings."""
-    conversations = load_conversations()
+    conversations = benchmark_conversations()
     order = list(range(len(conversations)))
     rng.shuffle(order)
     documents: list[str] = []
@@ -241,7 +241,7 @@ def _sharegpt_tasks(rng: random.Random) -> list[str]:
     """Short, plain-English first user turns of ShareGPT conversations, shuffled by `rng`."""
     tasks = []
     seen = set()
-    for conversation in load_conversations():
+    for conversation in benchmark_conversations():
         messages = conversation.get("conversations") or []
         if not messages or messages[0].get("from") != "human":
             continue

@@ -1,9 +1,10 @@
-"""The predictor-training flow: learn output lengths from every finished run in a database.
+"""The predictor-training flow: learn one model's output lengths from its finished runs.
 
     python flows/train.py out/batchbin.duckdb
-    batchbin train-predictor --db out/batchbin.duckdb
+    batchbin train-predictor --db out/batchbin.duckdb [--model NAME]
 
-The new version goes into the `predictors` registry; `--predictor auto` runs use the latest.
+The new version goes into the `predictors` registry under that model; `--predictor auto` runs
+of the model use its newest one (batchbin/predictors/registry.py).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from batchbin.errors import BatchBinError
 
 
 @task(name="train predictor", cache_policy=NO_CACHE, retries=0)
-def train(db_path: str, default_max_tokens: int, seed: int) -> dict:
+def train(db_path: str, default_max_tokens: int, seed: int, model: str | None = None) -> dict:
     """Train, evaluate and register a new predictor version ({"error": ...} when it cannot)."""
     from batchbin.predictors.train import train_predictor
 
     con = db.connect(db_path)
     try:
-        return train_predictor(con, str(Path(db_path).resolve().parent / "predictors"), default_max_tokens, seed)
+        return train_predictor(con, str(Path(db_path).resolve().parent / "predictors"), default_max_tokens, seed,
+                               model=model)
     except BatchBinError as error:  # e.g. too few finished requests: a message, not a traceback
         return {"error": str(error)}
     finally:
@@ -36,11 +38,13 @@ def train(db_path: str, default_max_tokens: int, seed: int) -> dict:
 
 
 @flow(name="train-length-predictor", log_prints=True)
-def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens: int = 256, seed: int = 0) -> dict:
-    """(Re)train the output-length predictor on the real lengths of finished runs."""
+def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens: int = 256, seed: int = 0,
+                           model: str | None = None) -> dict:
+    """(Re)train the output-length predictor of `model` (default: the newest run's) on the real
+    lengths of its finished runs."""
     if not Path(db_path).exists():
         return Failed(message=f"no BatchBin database at {db_path}; run `batchbin run` first")
-    registered = train(db_path, default_max_tokens, seed)
+    registered = train(db_path, default_max_tokens, seed, model)
     if "error" in registered:
         return Failed(message=registered["error"])
     metrics = registered.get("metrics") or {}

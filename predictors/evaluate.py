@@ -5,8 +5,12 @@
 
 Metrics:
   mae                      mean absolute error in tokens;
+  kendall_tau              Kendall's tau-b (ties counted as in scipy's default): the share of
+                           pairs ordered right minus the share ordered wrong; None when either
+                           side is constant. O(n log n), so a run of millions is measured;
   spearman                 rank correlation (what ordering and binning depend on); None when
                            either side is constant;
+  bin_accuracy_k2/_k4/_k8  bin_accuracy (below) with 2, 4 and 8 bins;
   bin_accuracy             share of requests whose predicted bin is their true bin, with k bins
                            at the quantiles of the true lengths for the truth and of the predicted
                            lengths for the prediction - how the scheduler bins (ntile over
@@ -49,6 +53,47 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _count_inversions(values: np.ndarray) -> int:
+    """Pairs i < j with values[i] > values[j] (merge sort, vectorised per level)."""
+    values = np.asarray(values)
+    n, width, total = len(values), 1, 0
+    while width < n:
+        for start in range(0, n, 2 * width):
+            left = values[start:start + width]
+            right = values[start + width:start + 2 * width]
+            if len(right) == 0:
+                continue
+            # each element of right jumps over the elements of left greater than it
+            total += int((len(left) - np.searchsorted(left, right, side="right")).sum())
+            values[start:start + 2 * width] = np.sort(values[start:start + 2 * width], kind="stable")
+        width *= 2
+    return total
+
+
+def _tied_pairs(values: np.ndarray) -> int:
+    _, counts = np.unique(values, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def kendall_tau(a, b) -> float | None:
+    """Kendall's tau-b of two equally long sequences, or None if undefined (fewer than 2 rows,
+    a constant side)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(a)
+    if n < 2:
+        return None
+    order = np.lexsort((b, a))                     # by a, then b
+    a_sorted, b_sorted = a[order], b[order]
+    pairs = n * (n - 1) // 2
+    ties_a, ties_b = _tied_pairs(a), _tied_pairs(b)
+    joint = _tied_pairs(a_sorted + 1j * b_sorted) if n else 0
+    if ties_a == pairs or ties_b == pairs:
+        return None
+    discordant = _count_inversions(b_sorted.copy())  # pairs tied in a are sorted by b: no inversion
+    concordant = pairs - ties_a - ties_b + joint - discordant
+    return float((concordant - discordant) / np.sqrt(float(pairs - ties_a) * float(pairs - ties_b)))
+
+
 def quantile_bins(values: np.ndarray, edges_from: np.ndarray, k_bins: int) -> np.ndarray:
     """Bin 0..k-1 of each value, with boundaries at the k-quantiles of `edges_from`."""
     edges = np.quantile(np.asarray(edges_from, dtype=np.float64), np.arange(1, k_bins) / k_bins)
@@ -62,15 +107,21 @@ def prediction_metrics(true_tokens, predicted_tokens, k_bins: int = 4) -> dict:
     if true.shape != pred.shape:
         raise ValueError(f"{len(true)} true lengths but {len(pred)} predictions")
     if len(true) == 0:
-        return {"n": 0, "k_bins": k_bins, "mae": None, "spearman": None, "bin_accuracy": None,
-                "bin_accuracy_true_edges": None, "mean_true": None, "mean_predicted": None}
+        return {"n": 0, "k_bins": k_bins, "mae": None, "kendall_tau": None, "spearman": None,
+                "bin_accuracy": None, "bin_accuracy_k2": None, "bin_accuracy_k4": None,
+                "bin_accuracy_k8": None, "bin_accuracy_true_edges": None, "mean_true": None,
+                "mean_predicted": None}
     true_bins = quantile_bins(true, true, k_bins)
-    rho = spearman(true, pred)
+    rho, tau = spearman(true, pred), kendall_tau(true, pred)
+    accuracy = {f"bin_accuracy_k{k}": round(float((quantile_bins(pred, pred, k) == quantile_bins(true, true, k)).mean()), 4)
+                for k in (2, 4, 8)}
     return {
         "n": int(len(true)),
         "k_bins": int(k_bins),
         "mae": round(float(np.abs(true - pred).mean()), 3),
+        "kendall_tau": None if tau is None else round(tau, 4),
         "spearman": None if rho is None else round(rho, 4),
+        **accuracy,
         "bin_accuracy": round(float((quantile_bins(pred, pred, k_bins) == true_bins).mean()), 4),
         "bin_accuracy_true_edges": round(float((quantile_bins(pred, true, k_bins) == true_bins).mean()), 4),
         "mean_true": round(float(true.mean()), 3),

@@ -7,7 +7,8 @@ A request is a dict with the columns that sql/predictors.sql returns:
 
 The feature vector is, in order:
   - NUMERIC_FEATURES: log prompt tokens, log max_tokens, the last user message's length, turns,
-    prefix-group size, and the length explicitly asked for ("in 50 words", "3 paragraphs");
+    prefix-group size, the length explicitly asked for ("in 50 words", "3 paragraphs"), and the
+    lengths of the chat's earlier answers (the strongest single cue in multi-turn chats);
   - CUES: 0/1 flags for words that announce a short or a long answer ("one word", "briefly",
     "essay", "list", "explain", "step by step", ...), read in the last user message;
   - n_buckets signed hashed counts of the last user message's words and word bigrams
@@ -28,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-FEATURES_VERSION = 1  # bump when the meaning of a column changes (old checkpoints then refuse to load)
+FEATURES_VERSION = 2  # bump when the meaning of a column changes (old checkpoints then refuse to load)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ NUMERIC_FEATURES = [
     "asked_length",        # log1p of the tokens an explicit "N words/sentences/..." asks for
     "has_asked_length",
     "ends_with_question",
+    "log_prev_answer_chars",   # the chat's last assistant message: answers in one chat run alike
+    "log_mean_answer_chars",   # mean log length of the chat's assistant messages
+    "log_history_chars",       # everything before the last user message
 ]
 
 # Cue flags: a regex over the lower-cased last user message. Short-answer cues first.
@@ -182,14 +186,14 @@ def _bucket(term: str, n_buckets: int) -> tuple[int, float]:
 
 def hashed_bag(text: str, settings: FeatureSettings) -> np.ndarray:
     """Signed hashed counts of words (and bigrams), scaled to unit length."""
-    vector = np.zeros(settings.n_buckets, dtype=np.float32)
     words = _WORD.findall(text)
     terms = list(words)
     if settings.bigrams:
         terms += [f"{a} {b}" for a, b in zip(words, words[1:])]
-    for term in terms:
-        index, sign = _bucket(term, settings.n_buckets)
-        vector[index] += sign
+    if not terms:
+        return np.zeros(settings.n_buckets, dtype=np.float32)
+    indices, signs = zip(*(_bucket(term, settings.n_buckets) for term in terms))
+    vector = np.bincount(indices, weights=signs, minlength=settings.n_buckets).astype(np.float32)
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
 
@@ -204,6 +208,8 @@ def request_features(request: dict, settings: FeatureSettings) -> np.ndarray:
         all_text = user_text if not messages else " ".join(m["content"] for m in messages)
         prompt_tokens = len(all_text) / 4
     asked = asked_length(lowered)
+    answers = [math.log1p(len(m["content"])) for m in messages if m["role"] == "assistant"]
+    history_chars = sum(len(m["content"]) for m in messages) - len(user_text) if messages else 0
     numeric = [
         math.log1p(max(0.0, float(prompt_tokens))),
         math.log1p(max(1, int(request["max_tokens"]))),
@@ -215,6 +221,9 @@ def request_features(request: dict, settings: FeatureSettings) -> np.ndarray:
         math.log1p(asked) if asked is not None else 0.0,
         float(asked is not None),
         float(user_text.rstrip().endswith("?")),
+        answers[-1] if answers else 0.0,
+        sum(answers) / len(answers) if answers else 0.0,
+        math.log1p(max(0, history_chars)),
     ]
     flags = cue_flags(lowered)
     cues = [float(flags[name]) for name in CUES]

@@ -1,7 +1,13 @@
 """The output-length predictor: a small MLP over request features, predicting log1p(output tokens).
 
 A prediction in tokens is expm1 of the output, clipped to [1, max_tokens]. The model carries the
-feature standardisation (mean, std) as buffers, so a checkpoint holds all it needs:
+feature standardisation (mean, std) and a linear calibration of its output (scale, shift on
+log1p tokens) as buffers, so a checkpoint holds all it needs.
+
+The loss is mse_weight * (squared error on log1p tokens) + rank_weight * (pairwise logistic
+loss, as RankNet: for every pair of a minibatch whose true lengths differ, softplus of minus the
+score difference in the true order). With rank_weight alone the scores rank but have no scale;
+the trainer then fits the calibration on the training rows (least squares on log1p tokens).
 
     from batchbin.predictors.model import LengthPredictor
     predictor = LengthPredictor.load("models/length-....pt")
@@ -28,6 +34,8 @@ class PredictorConfig:
     n_layers: int = 2          # hidden layers
     dropout: float = 0.2
     clamp: float = 6.0         # standardised features are clipped to +-clamp (unseen values stay sane)
+    mse_weight: float = 1.0    # regression on log1p(output tokens)
+    rank_weight: float = 0.0   # pairwise ranking loss (0: regression only)
 
 
 # Tiny CPU config for tests and laptops: what it changes from PredictorConfig.
@@ -58,6 +66,8 @@ class LengthMLP(nn.Module):
         self.config = config
         self.register_buffer("x_mean", torch.zeros(config.n_features))
         self.register_buffer("x_std", torch.ones(config.n_features))
+        self.register_buffer("out_scale", torch.ones(()))   # calibration of the output:
+        self.register_buffer("out_shift", torch.zeros(()))  # log1p tokens = scale * raw + shift
         widths = [config.n_features] + [config.n_hidden] * config.n_layers
         self.blocks = nn.ModuleList(Block(a, b, config.dropout) for a, b in zip(widths, widths[1:]))
         self.head = nn.Linear(widths[-1], 1)
@@ -66,17 +76,39 @@ class LengthMLP(nn.Module):
         """Feature mean/std from the training rows; the output bias starts at the mean target."""
         self.x_mean.copy_(x.mean(dim=0))
         std = x.std(dim=0, unbiased=False)
-        self.x_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))  # constant column: centre only
+        # a column constant in training (max_tokens of ShareGPT rows, say) is ignored: its weights
+        # never learnt what a different value means
+        self.x_std.copy_(torch.where(std < 1e-3, torch.full_like(std, float("inf")), std))
         with torch.no_grad():
             self.head.bias.fill_(float(target.mean()))
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The uncalibrated score (what the loss trains)."""
         h = ((x - self.x_mean) / self.x_std).clamp(-self.config.clamp, self.config.clamp)
         for block in self.blocks:
             h = block(h)
-        out = self.head(h).squeeze(-1)
-        loss = None if target is None else F.mse_loss(out, target)
+        return self.head(h).squeeze(-1)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
+        """(calibrated log1p tokens, loss on the raw score or None)."""
+        score = self.raw(x)
+        out = self.out_scale * score + self.out_shift
+        if target is None:
+            return out, None
+        loss = score.new_zeros(())
+        if self.config.mse_weight:
+            loss = loss + self.config.mse_weight * F.mse_loss(score, target)
+        if self.config.rank_weight:
+            loss = loss + self.config.rank_weight * pairwise_rank_loss(score, target)
         return out, loss
+
+
+def pairwise_rank_loss(score: torch.Tensor, target: torch.Tensor, min_gap: float = 0.05) -> torch.Tensor:
+    """Mean softplus(-(s_i - s_j)) over the pairs with target_i > target_j + min_gap (RankNet)."""
+    better = (target[:, None] - target[None, :]) > min_gap
+    if not better.any():
+        return score.new_zeros(())
+    return F.softplus(-(score[:, None] - score[None, :])[better]).mean()
 
 
 def to_tokens(log_tokens: np.ndarray, max_tokens: np.ndarray) -> np.ndarray:

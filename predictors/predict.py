@@ -3,7 +3,8 @@
     predict_lengths(con, run_id, spec="auto", default_max_tokens=256)
 
 spec chooses the predictor:
-  "auto"              the latest registered (trained) predictor, else the fallback;
+  "auto"              for the run's model: its newest registered predictor, else the shipped
+                      ShareGPT predictor, else the fallback (registry.auto_predictor);
   "fallback"          the fallback rule below;
   "oracle:<run_id>"   the real output tokens of the same request ids in a finished run (the
                       benchmark's perfect predictor); ids missing there get the fallback;
@@ -11,7 +12,7 @@ spec chooses the predictor:
 Each row of `predictions` names the predictor that made it ('fallback', 'oracle:<run_id>' or the
 trained version). Re-running replaces the run's rows (idempotent).
 
-THE FALLBACK (no trained predictor yet): base = the median output tokens of the finished
+THE FALLBACK (no predictor loads, or asked for by name): base = the median output tokens of the finished
 requests of other runs, or max_tokens / 2 when there are none; per request:
   - an explicit length request ("in 100 words", "3 paragraphs") -> its token estimate
     (features.asked_length);
@@ -23,6 +24,7 @@ always clipped to [1, max_tokens]. Crude, but it orders obvious cases and needs 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Iterator
 
@@ -33,8 +35,10 @@ from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
-from batchbin.predictors.registry import get_predictor, latest_predictor, load_predictor
+from batchbin.predictors.registry import PredictorNotFound, auto_predictor, get_predictor, load_predictor
 from batchbin.sqlfiles import row_batches, run
+
+log = logging.getLogger(__name__)
 
 FALLBACK = "fallback"
 SHORT_FACTOR = 0.25
@@ -75,6 +79,17 @@ def run_request_batches(con, run_id: str, default_max_tokens: int,
     time (a large run's prompts need not fit in memory)."""
     return row_batches(con, "predictors.run_requests", {"run_id": run_id, "default_max_tokens": default_max_tokens},
                        rows_per_batch)
+
+
+def run_model(con, run_id: str) -> str | None:
+    """The model of a run (None for a run without a row in `runs`)."""
+    rows = run(con, "predictors.run_model", {"run_id": run_id}).fetchall()
+    return rows[0][0] if rows else None
+
+
+def auto_entry(con, run_id: str) -> dict | None:
+    """The predictor "auto" picks for a run (registry.auto_predictor of its model), or None."""
+    return auto_predictor(con, run_model(con, run_id))
 
 
 def fallback_base(con, run_id: str) -> float | None:
@@ -118,7 +133,15 @@ def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
         source = spec.partition(":")[2].strip()
         return f"oracle:{source}", _oracle(con, run_id, source)
     if spec == "auto":
-        entry = latest_predictor(con)
+        entry = auto_entry(con, run_id)
+        if entry is not None:
+            try:
+                model = load_predictor(entry["path"])
+            except PredictorNotFound as error:  # auto: any predictor that loads, else the fallback
+                log.warning("auto: %s; using the fallback", error)
+                entry = None
+            else:
+                return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests))
     elif spec == FALLBACK:
         entry = None
     else:

@@ -1,23 +1,49 @@
-"""The registry of trained length predictors: the `predictors` table and the checkpoint files.
+"""The registry of length predictors: the `predictors` table, per model, and the shipped one.
 
-    latest_predictor(con)   # the newest registered predictor as a dict, or None
-    load_predictor(path)    # a checkpoint file -> LengthPredictor (needs nothing else)
+    model_key(model)            # the name predictors are keyed by ('SmolLM2-135M-Instruct', 'org/name')
+    auto_predictor(con, model)  # what --predictor auto uses for a run of that model, or None
+    load_predictor(path)        # a checkpoint file -> LengthPredictor (needs nothing else)
+
+Output lengths depend on the model, so each trained predictor is registered for the model whose
+runs it learnt from. "auto" picks, for a run's model:
+  1. the newest registered predictor of that model whose checkpoint exists (it learnt that
+     model's own answers); for a run of unknown model (no `runs` row), the newest of any model;
+  2. else the shipped ShareGPT predictor (predictors/default/, trained on real ChatGPT answer
+     lengths counted in the default model's tokenizer: its ranking carries over to other chat
+     models, its scale is what a model's own runs then correct);
+  3. else (no checkpoint loads) None: the fallback rule.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import pickle
+from functools import lru_cache
 from pathlib import Path
 
 from batchbin.errors import BatchBinError
 from batchbin.predictors.model import LengthPredictor
 from batchbin.sqlfiles import run
 
-COLUMNS = ("version", "kind", "path", "train_rows", "metrics", "created_at")
+log = logging.getLogger(__name__)
+
+COLUMNS = ("version", "kind", "path", "train_rows", "metrics", "created_at", "model")
+SHIPPED_PATH = Path(__file__).resolve().parent / "default" / "sharegpt-smollm2.pt"
 
 
 class PredictorNotFound(BatchBinError):
     """A registered predictor whose checkpoint cannot be loaded."""
+
+
+def model_key(model: str | None) -> str | None:
+    """The key a model's predictors are registered under: a local folder's name, else the name
+    as given (a hub id). None stays None."""
+    if not model:
+        return None
+    text = str(model).rstrip("/")
+    return Path(text).name if text.startswith(("/", "~", ".")) or Path(text).is_dir() else text
 
 
 def _row_dict(rows: list) -> dict | None:
@@ -30,7 +56,7 @@ def _row_dict(rows: list) -> dict | None:
 
 
 def latest_predictor(con) -> dict | None:
-    """The most recently trained predictor (version, kind, path, train_rows, metrics, created_at)."""
+    """The most recently trained predictor of any model."""
     return _row_dict(run(con, "predictors.latest_predictor").fetchall())
 
 
@@ -39,17 +65,48 @@ def get_predictor(con, version: str) -> dict | None:
     return _row_dict(run(con, "predictors.get_predictor", {"version": version}).fetchall())
 
 
-def register_predictor(con, version: str, kind: str, path: str, train_rows: int, metrics: dict) -> dict:
-    """Add (or replace) a registry row and return it."""
+def model_predictors(con, model: str | None) -> list[dict]:
+    """The registered predictors of a model, newest first."""
+    cursor = run(con, "predictors.model_predictors", {"model": model_key(model)})
+    return [_row_dict([row]) for row in cursor.fetchall()]
+
+
+@lru_cache(maxsize=4)
+def _shipped_version(path: str, size: int, mtime: float) -> str:
+    return "sharegpt-" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
+def shipped_predictor() -> dict | None:
+    """The predictor BatchBin ships (a registry-like dict), or None when its file is missing."""
+    if not SHIPPED_PATH.is_file():
+        return None
+    stat = SHIPPED_PATH.stat()
+    return {"version": _shipped_version(str(SHIPPED_PATH), stat.st_size, stat.st_mtime), "kind": "mlp",
+            "path": str(SHIPPED_PATH), "model": None, "metrics": {}, "train_rows": None, "created_at": None}
+
+
+def auto_predictor(con, model: str | None) -> dict | None:
+    """What --predictor auto uses for a run of `model` (module doc); None means the fallback."""
+    candidates = model_predictors(con, model) if model else [e for e in [latest_predictor(con)] if e]
+    for entry in candidates:
+        if Path(entry["path"]).is_file():
+            return entry
+        log.warning("predictor %s of %s: checkpoint %s is missing, skipped", entry["version"], entry["model"], entry["path"])
+    return shipped_predictor()
+
+
+def register_predictor(con, version: str, kind: str, path: str, train_rows: int, metrics: dict,
+                       model: str | None = None) -> dict:
+    """Add (or replace) a registry row for `model` and return it."""
     run(con, "predictors.register_predictor", {
         "version": version, "kind": kind, "path": str(path), "train_rows": int(train_rows),
-        "metrics": json.dumps(metrics, sort_keys=True),
+        "metrics": json.dumps(metrics, sort_keys=True), "model": model_key(model),
     })
     return get_predictor(con, version)
 
 
 def load_predictor(path: str | Path) -> LengthPredictor:
-    """Load a checkpoint written by train_predictor."""
+    """Load a checkpoint written by the trainer."""
     path = Path(path)
     if not path.is_file():
         raise PredictorNotFound(
@@ -58,5 +115,5 @@ def load_predictor(path: str | Path) -> LengthPredictor:
         )
     try:
         return LengthPredictor.load(path)
-    except ValueError as error:
-        raise PredictorNotFound(str(error)) from error
+    except (ValueError, RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise PredictorNotFound(f"{path}: {error}; retrain with `batchbin train-predictor`") from error

@@ -1,13 +1,13 @@
 -- name: training_rows
 -- What the length predictor learns from: every finished request without error, of every run,
--- with its text, limit and real output length. A request without its own max_tokens had its
+-- with its run's model, text, limit and real output length (the trainer keeps one model's). A request without its own max_tokens had its
 -- run's default (runs.config), else $default_max_tokens. Ordered, so training is reproducible.
 -- Parameters: $default_max_tokens.
 WITH group_sizes AS (
     SELECT run_id, request_id, count(*) OVER (PARTITION BY run_id, group_id) AS group_size
     FROM prompt_groups
 )
-SELECT r.run_id, r.request_id, p.prompt, p.messages::VARCHAR AS messages,
+SELECT r.run_id, ru.model, r.request_id, p.prompt, p.messages::VARCHAR AS messages,
        coalesce(p.max_tokens, try_cast(json_extract_string(ru.config, '$.max_tokens') AS INTEGER),
                 $default_max_tokens) AS max_tokens,
        coalesce(t.prompt_tokens, r.prompt_tokens) AS prompt_tokens,
@@ -20,6 +20,19 @@ LEFT JOIN group_sizes g USING (run_id, request_id)
 LEFT JOIN runs ru ON ru.run_id = r.run_id
 WHERE r.error IS NULL AND r.output_tokens IS NOT NULL
 ORDER BY r.run_id, r.request_id;
+
+-- name: newest_trained_model
+-- The model of the newest run that has finished results (what train-predictor trains for).
+SELECT ru.model
+FROM runs ru
+WHERE EXISTS (SELECT 1 FROM results r WHERE r.run_id = ru.run_id AND r.error IS NULL)
+ORDER BY coalesce(ru.finished_at, ru.started_at, ru.created_at) DESC, ru.run_id DESC
+LIMIT 1;
+
+-- name: run_model
+-- The model a run uses (runs.model: a resolved path or a hub id).
+-- Parameters: $run_id.
+SELECT model FROM runs WHERE run_id = $run_id;
 
 -- name: run_requests
 -- The requests of one run with what the predictor reads; max_tokens NULL means the run's
@@ -73,21 +86,29 @@ SELECT $run_id, request_id, predicted_tokens, predictor FROM incoming_prediction
 
 -- name: register_predictor
 -- Add a trained predictor to the registry (the same version again replaces its row).
--- Parameters: $version, $kind, $path, $train_rows, $metrics.
-INSERT OR REPLACE INTO predictors (version, kind, path, train_rows, metrics, created_at)
-VALUES ($version, $kind, $path, $train_rows, $metrics, current_timestamp);
+-- Parameters: $version, $kind, $path, $train_rows, $metrics, $model.
+INSERT OR REPLACE INTO predictors (version, kind, path, train_rows, metrics, created_at, model)
+VALUES ($version, $kind, $path, $train_rows, $metrics, current_timestamp, $model);
 
 -- name: latest_predictor
--- The most recently trained predictor.
-SELECT version, kind, path, train_rows, metrics::VARCHAR AS metrics, created_at
+-- The most recently trained predictor of any model.
+SELECT version, kind, path, train_rows, metrics::VARCHAR AS metrics, created_at, model
 FROM predictors
 ORDER BY created_at DESC, version DESC
 LIMIT 1;
 
+-- name: model_predictors
+-- The registered predictors of one model (a registry.model_key), newest first.
+-- Parameters: $model.
+SELECT version, kind, path, train_rows, metrics::VARCHAR AS metrics, created_at, model
+FROM predictors
+WHERE model = $model
+ORDER BY created_at DESC, version DESC;
+
 -- name: get_predictor
 -- One registered predictor by version.
 -- Parameters: $version.
-SELECT version, kind, path, train_rows, metrics::VARCHAR AS metrics, created_at
+SELECT version, kind, path, train_rows, metrics::VARCHAR AS metrics, created_at, model
 FROM predictors WHERE version = $version;
 
 -- name: predictions_with_results

@@ -109,6 +109,23 @@ CREATE TABLE IF NOT EXISTS predictors (
     metrics JSON,
     created_at TIMESTAMP DEFAULT current_timestamp
 );
+-- the model whose runs a predictor learnt from (batchbin.predictors.registry.model_key)
+ALTER TABLE predictors ADD COLUMN IF NOT EXISTS model VARCHAR;
+
+-- Registered predictors with their headline metrics (on their held-out rows), for `batchbin sql`:
+--   batchbin sql "select * from predictor_metrics"
+CREATE OR REPLACE VIEW predictor_metrics AS
+SELECT version, model, kind, created_at,
+       try_cast(metrics->>'kendall_tau' AS DOUBLE) AS kendall_tau,
+       try_cast(metrics->>'spearman' AS DOUBLE) AS spearman,
+       try_cast(metrics->>'bin_accuracy_k2' AS DOUBLE) AS bin_accuracy_k2,
+       try_cast(metrics->>'bin_accuracy_k4' AS DOUBLE) AS bin_accuracy_k4,
+       try_cast(metrics->>'bin_accuracy_k8' AS DOUBLE) AS bin_accuracy_k8,
+       try_cast(metrics->>'mae' AS DOUBLE) AS mae,
+       try_cast(metrics->>'n_train' AS BIGINT) AS n_train,
+       try_cast(metrics->>'n_test' AS BIGINT) AS n_test,
+       path
+FROM predictors;
 
 CREATE TABLE IF NOT EXISTS schedule (
     run_id VARCHAR,

@@ -9,13 +9,13 @@ from batchbin.tasks.common import RunRef, Stage, open_run_db
 
 
 def latest_predictor_version(ref: RunRef) -> str:
-    """The version "auto" would pick now ("" for none): a newly registered predictor must not
-    be answered from the cache of the old one's predictions."""
-    from batchbin.predictors.registry import latest_predictor
+    """The version "auto" would pick now for the run's model ("" for the fallback): a newly
+    registered predictor must not be answered from the cache of the old one's predictions."""
+    from batchbin.predictors.predict import auto_entry
 
     with open_run_db(ref) as con:
-        latest = latest_predictor(con)
-    return "" if latest is None else latest["version"]
+        entry = auto_entry(con, ref.run_id)
+    return "" if entry is None else entry["version"]
 
 
 STAGE = Stage("predict_lengths", sql_file="predictors", modules=(__name__, "batchbin.predictors.predict"))

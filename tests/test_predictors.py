@@ -15,11 +15,13 @@ import pyarrow as pa
 import pytest
 
 from batchbin.errors import BatchBinError
-from batchbin.predictors.evaluate import prediction_metrics, ranks, run_prediction_quality, spearman
+from batchbin.predictors.evaluate import kendall_tau, prediction_metrics, ranks, run_prediction_quality, spearman
 from batchbin.predictors.features import FeatureSettings, asked_length, feature_matrix, hashed_bag, last_user_text
 from batchbin.predictors.model import TINY_CONFIG
 from batchbin.predictors.predict import fallback_length, predict_lengths
-from batchbin.predictors.registry import PredictorNotFound, latest_predictor, load_predictor
+from batchbin.predictors import registry
+from batchbin.predictors.registry import (PredictorNotFound, auto_predictor, latest_predictor, load_predictor,
+                                          model_key, shipped_predictor)
 from batchbin.predictors.train import TINY_TRAIN_CONFIG, NotEnoughTrainingData, train_predictor
 
 DEFAULT_MAX = 256
@@ -64,9 +66,13 @@ def insert(con, table: str, rows: list[dict]) -> None:
         con.unregister("incoming_test_rows")
 
 
-def add_run(con, run_id: str, requests: list[dict], with_results: bool, skip_results: int = 0) -> None:
+MODEL = "/models/SmolLM2-135M-Instruct"  # a run's model as runs.model holds it (a resolved path)
+
+
+def add_run(con, run_id: str, requests: list[dict], with_results: bool, skip_results: int = 0,
+            model: str = MODEL) -> None:
     """Prompts, tokens, groups (and results) of a run, straight into the tables."""
-    insert(con, "runs", [{"run_id": run_id, "status": "finished" if with_results else "running",
+    insert(con, "runs", [{"run_id": run_id, "status": "finished" if with_results else "running", "model": model,
                           "config": json.dumps({"max_tokens": DEFAULT_MAX, "k_bins": 4})}])
     insert(con, "prompts", [{"run_id": run_id, **{k: r[k] for k in ("request_id", "row_number", "prompt", "messages",
                                                                      "max_tokens")}} for r in requests])
@@ -93,19 +99,21 @@ def history(fresh_db):
     return fresh_db
 
 
-def train_tiny(con, models_dir) -> dict:
-    return train_predictor(con, str(models_dir), DEFAULT_MAX, seed=0,
+def train_tiny(con, models_dir, model: str | None = None) -> dict:
+    return train_predictor(con, str(models_dir), DEFAULT_MAX, seed=0, model=model,
                            model_config=TINY_CONFIG, train_config=TINY_TRAIN_CONFIG)
 
 
 # --- one behaviour suite, bound to each predictor -------------------------------------------
 
-@pytest.fixture(params=["fallback", "mlp", "oracle"])
+@pytest.fixture(params=["fallback", "mlp", "shipped", "oracle"])
 def predictor(request, history, tmp_path):
     """(con, spec, name the predictions carry) for each kind of predictor."""
     con = history
     if request.param == "fallback":
         return con, "fallback", "fallback"
+    if request.param == "shipped":  # auto with nothing trained for the run's model
+        return con, "auto", shipped_predictor()["version"]
     if request.param == "mlp":
         entry = train_tiny(con, tmp_path / "models")
         return con, "auto", entry["version"]
@@ -211,7 +219,7 @@ def test_training_is_reproducible(history, tmp_path):
 
 def test_too_few_rows_is_a_clear_error(fresh_db, tmp_path):
     add_run(fresh_db, "small", synthetic_requests(12, seed=3, prefix="s"), with_results=True)
-    with pytest.raises(NotEnoughTrainingData, match=r"at least 20 .* has 12; run a batch job first") as error:
+    with pytest.raises(NotEnoughTrainingData, match=r"at least 20 .* has 12 for model SmolLM2-135M-Instruct; run a batch job first") as error:
         train_predictor(fresh_db, str(tmp_path))
     assert isinstance(error.value, BatchBinError)
     assert latest_predictor(fresh_db) is None
@@ -224,15 +232,48 @@ def test_errored_results_are_not_training_rows(fresh_db, tmp_path):
         train_predictor(fresh_db, str(tmp_path))
 
 
-def test_auto_without_trained_predictor_is_the_fallback(history):
+def test_auto_without_trained_predictor_is_the_shipped_one(history):
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == shipped_predictor()["version"]
+
+
+def test_auto_is_the_fallback_only_when_no_predictor_loads(history, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "SHIPPED_PATH", tmp_path / "missing.pt")
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == "fallback"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(registry, "SHIPPED_PATH", broken)
     assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == "fallback"
 
 
-def test_missing_checkpoint_is_a_clear_error(history, tmp_path):
+def test_missing_checkpoint_is_a_clear_error_when_named_and_skipped_by_auto(history, tmp_path):
     entry = train_tiny(history, tmp_path / "models")
     (tmp_path / "models" / entry["path"].rsplit("/", 1)[-1]).unlink()
     with pytest.raises(PredictorNotFound, match="train-predictor"):
-        predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)
+        predict_lengths(history, NEW_RUN, entry["version"], DEFAULT_MAX)
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == shipped_predictor()["version"]
+
+
+def test_predictors_are_per_model(history, tmp_path):
+    """A run's own model's newest predictor; another model's runs get the shipped one."""
+    add_run(history, "other-hist", synthetic_requests(300, seed=5, prefix="o"), with_results=True, model="org/other-llm")
+    add_run(history, "other-new", synthetic_requests(10, seed=6, prefix="p"), with_results=False, model="org/other-llm")
+    ours = train_tiny(history, tmp_path / "a", model=MODEL)
+    assert ours["model"] == "SmolLM2-135M-Instruct" and ours["train_rows"] == 300  # not the other model's rows
+    assert auto_predictor(history, MODEL)["version"] == ours["version"]
+    assert auto_predictor(history, "org/other-llm")["version"] == shipped_predictor()["version"]
+    assert predict_lengths(history, "other-new", "auto", DEFAULT_MAX)["predictor"] == shipped_predictor()["version"]
+    theirs = train_tiny(history, tmp_path / "b")  # default: the model of the newest run with results
+    assert theirs["model"] == "org/other-llm"
+    assert predict_lengths(history, "other-new", "auto", DEFAULT_MAX)["predictor"] == theirs["version"]
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == ours["version"]
+    listed = dict(history.execute("SELECT version, model FROM predictor_metrics").fetchall())
+    assert listed == {ours["version"]: "SmolLM2-135M-Instruct", theirs["version"]: "org/other-llm"}
+
+
+def test_model_key():
+    assert model_key("/root/.cache/batchbin/models/SmolLM2-135M-Instruct/") == "SmolLM2-135M-Instruct"
+    assert model_key("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model_key(None) is None
 
 
 def test_a_registered_version_can_be_named(history, tmp_path):
@@ -293,6 +334,30 @@ def test_metrics():
     assert prediction_metrics(true, np.full(8, 7.0))["spearman"] is None
     assert ranks(np.array([3, 1, 3, 2])).tolist() == [3.5, 1, 3.5, 2]
     assert spearman(np.array([1.0]), np.array([2.0])) is None
+    assert perfect["kendall_tau"] == 1 and reversed_["kendall_tau"] == -1
+    assert perfect["bin_accuracy_k2"] == perfect["bin_accuracy_k4"] == perfect["bin_accuracy_k8"] == 1
+
+
+def test_kendall_tau_closed_form():
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant, 1 discordant of 3
+    # tau-b with a tie in the first: 2 concordant, 0 discordant, (3 - 1) and 3 untied pairs
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / np.sqrt(2 * 3))
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1
+    assert kendall_tau([1, 2], [5, 5]) is None and kendall_tau([1], [1]) is None
+    rng = np.random.default_rng(0)  # against the O(n^2) definition, with ties on both sides
+    a, b = rng.integers(0, 6, 200), rng.integers(0, 9, 200)
+    sa, sb = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
+    expected = (sa * sb).sum() / np.sqrt((sa != 0).sum() * (sb != 0).sum())
+    assert kendall_tau(a, b) == pytest.approx(expected)
+
+
+def test_bin_accuracy_by_k():
+    true = np.arange(1, 9, dtype=float)
+    swapped = true.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]  # two neighbours across the k=2 median swap
+    metrics = prediction_metrics(true, swapped)
+    assert metrics["bin_accuracy_k2"] == 0.75 and metrics["bin_accuracy_k4"] == 0.75
+    assert metrics["bin_accuracy_k8"] == 0.75  # 6 of 8 in their own bin of one
 
 
 def test_run_prediction_quality(history):
