@@ -60,7 +60,8 @@ class JobConfig(BaseModel):
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")
-    engine: EngineOptions = Field(default_factory=EngineOptions)
+    engine: EngineOptions = Field(default_factory=EngineOptions, description="vLLM engine settings; each one "
+                                  "left empty is chosen for this machine (see `batchbin doctor`).")
 
     def run_id(self, input_fingerprint: str) -> str:
         """Same input and same output-affecting parameters -> same run (so a re-run resumes)."""

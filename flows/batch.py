@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from batchbin import db
 from batchbin.config import JobConfig, file_fingerprint
@@ -25,6 +25,7 @@ from batchbin.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
 from batchbin.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.retrain import retrain_if_due
 from batchbin.run_lock import run_lock
 from batchbin.runs import finish_run, no_valid_request_message, record_engine, start_run
 from batchbin.tasks.common import RunRef
@@ -95,10 +96,15 @@ def warm_up(config: JobConfig) -> None:
 
 
 @flow(name="batch-inference", log_prints=True)
-def batch_inference(config: JobConfig) -> dict:
+def batch_inference(config: JobConfig, retrain_after: int | None = None) -> dict:
     """Run one batch job end to end and return its report.
 
     Problems with the user's input end the run as Failed with a one-line message (no traceback).
+
+    Args:
+        config: The job: input file, model, database, output file, sampling, scheduling and engine settings.
+        retrain_after: After a finished run, start the retraining deployment when the database holds at least
+            this many results no predictor has learnt from yet (none: never; needs `prefect deploy --all`).
     """
     try:
         check_input(config)
@@ -114,9 +120,12 @@ def batch_inference(config: JobConfig) -> dict:
     say = get_run_logger().warning
     try:
         with run_lock(ref.db_path, run_id, say):  # one run at a time on a database: the next one waits
-            return run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
+            summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
+    if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
+        retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger())
+    return summary
 
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,

@@ -1,0 +1,273 @@
+"""The deployments of prefect.yaml on a real Prefect server, run by a real process worker.
+
+The module starts `prefect server start` on a free loopback port (its own PREFECT_HOME), creates
+the `batchbin` process work pool, runs `prefect deploy --all` from the repository root and starts
+`<venv>/bin/prefect worker start --pool batchbin` in a folder of its own (so nothing works only
+because the worker happens to start in the checkout). Then it starts deployments the way the UI
+does (`run_deployment` with parameters) and reads what they did from the server and DuckDB.
+Server and worker are stopped, with every process they started, at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.engine  # the worker's flow run builds a vLLM engine
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = Path(sys.executable).parent / "prefect"  # the venv's: the worker must run flows with its python
+SERVER_START_S = 90
+CLI_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 600  # the slow CI CPU is ~5x slower than the development machine
+ADHOC = "batch-inference/batch-adhoc"
+NIGHTLY = "batch-inference/batch-nightly"
+RETRAIN = "train-length-predictor/retrain-predictor"
+PROMPTS = ["Name a colour.", "Say hello in French.", "What is 2 + 2?", "Name a fruit."]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), so that none outlives the test."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group and everything the process started, SIGKILL after 20 s."""
+    if process.poll() is not None:
+        return
+    pids = descendants(process.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=20)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        process.wait(timeout=10)
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """A prefect command, with a time limit; its output in the assertion message if it fails."""
+    done = subprocess.run([str(PREFECT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT_S)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"prefect server did not answer in {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server on loopback with the deployments registered and a worker running them."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    base = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(base / "home"), "PREFECT_API_URL": url,
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}  # pick runs up at once (default 10 s)
+    env.pop("PREFECT_API_KEY", None)
+    env.pop("PREFECT_PROFILE", None)
+    env.pop("BATCHBIN_HOME", None)  # the default rule is what is tested: the checkout batchbin comes from
+    processes: list[subprocess.Popen] = []
+    logs = {"server": base / "server.log", "worker": base / "worker.log"}
+    try:
+        with open(logs["server"], "w") as log:
+            # no scheduler: the schedules must be active, but the nightly job must not start here;
+            # no UI: nothing here looks at it, and it saves the UI's build at start
+            processes.append(subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port",
+                                               str(port), "--no-scheduler", "--no-ui", "--analytics-off"], env=env, cwd=base, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        wait_healthy(url, processes[0], logs["server"])
+        cli(["work-pool", "create", "batchbin", "--type", "process"], env, base)
+        worker_dir = base / "worker"
+        worker_dir.mkdir()
+        with open(logs["worker"], "w") as log:  # it starts up while the deployments are registered
+            processes.append(subprocess.Popen([str(PREFECT), "worker", "start", "--pool", "batchbin"],
+                                              env={**env, "PWD": str(worker_dir)}, cwd=worker_dir, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        cli(["--no-prompt", "deploy", "--all"], env, ROOT)  # from the root: prefect.yaml and the entrypoints
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield {"url": url, "logs": logs}
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def wait_final(flow_run_id, worker_log: Path):
+    """The flow run once it is in a final state (its worker's log in the message if it never gets there)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with client() as api:
+        while time.monotonic() < deadline:
+            flow_run = api.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            time.sleep(1)
+    pytest.fail(f"flow run {flow_run_id} not finished in {RUN_TIMEOUT_S} s; worker log:\n"
+                f"{worker_log.read_text()[-5000:]}")
+
+
+def state_of(flow_run, worker_log: Path) -> str:
+    return f"{flow_run.state.type.value}: {flow_run.state.message}\nworker log:\n{worker_log.read_text()[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def adhoc(server, tmp_path_factory):
+    """The ad-hoc deployment started with a form's parameters: a tiny job on a database of its own,
+    with retrain_after below its size (so it starts the retraining deployment)."""
+    import json
+
+    from prefect.deployments import run_deployment
+
+    job = tmp_path_factory.mktemp("job")
+    prompts = job / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": text, "max_tokens": 6}) + "\n"
+                               for i, text in enumerate(PROMPTS)))
+    parameters = {
+        "config": {"input_path": str(prompts), "db_path": str(job / "batchbin.duckdb"),
+                   "output_path": str(job / "results.jsonl"), "max_tokens": 6,
+                   "engine": {"kv_cache_gib": 1, "max_num_seqs": 4}},
+        "retrain_after": len(PROMPTS) - 1,
+    }
+    started = time.monotonic()
+    flow_run = run_deployment(ADHOC, parameters=parameters, timeout=0)
+    flow_run = wait_final(flow_run.id, server["logs"]["worker"])
+    print(f"ad-hoc deployment run: {time.monotonic() - started:.1f} s")
+    return {"flow_run": flow_run, "db": job / "batchbin.duckdb", "output": job / "results.jsonl"}
+
+
+def test_deployments_are_registered_with_project_directory_and_schedules(server):
+    from prefect.client.schemas.schedules import CronSchedule
+
+    with client() as api:
+        deployments = {name: api.read_deployment_by_name(name) for name in (ADHOC, NIGHTLY, RETRAIN)}
+    for name, deployment in deployments.items():
+        assert deployment.work_pool_name == "batchbin", name
+        assert deployment.pull_steps == [{"batchbin.deployments.set_project_directory": {}}], name
+    crons = {}
+    for name in (NIGHTLY, RETRAIN):
+        deployment = deployments[name]
+        assert not deployment.paused, name
+        assert [schedule.active for schedule in deployment.schedules] == [True], name
+        assert isinstance(deployment.schedules[0].schedule, CronSchedule)
+        crons[name] = deployment.schedules[0].schedule.cron
+    assert crons == {NIGHTLY: "0 2 * * *", RETRAIN: "0 4 * * 0"}
+    assert deployments[ADHOC].schedules == []
+
+
+def test_adhoc_parameters_render_as_a_form(server):
+    """Every field of the form has a description, and a default (from the model or the deployment)."""
+    with client() as api:
+        deployment = api.read_deployment_by_name(ADHOC)
+    schema = deployment.parameter_openapi_schema
+    assert set(schema["properties"]) == {"config", "retrain_after"}
+    assert schema["properties"]["retrain_after"]["description"]
+    assert schema["properties"]["retrain_after"]["default"] is None  # off unless asked for
+    given = deployment.parameters["config"]
+    models = schema["definitions"]
+    for model in ("JobConfig", "EngineOptions"):
+        for field, spec in models[model]["properties"].items():
+            assert spec.get("description"), f"{model}.{field} has no description"
+            nested = models.get(spec.get("$ref", "").rpartition("/")[2])  # a sub-form: defaults of its own
+            assert "default" in spec or field in given or not (nested or {"required": True}).get("required"), \
+                f"{model}.{field} has no default"
+
+
+def test_adhoc_run_completes_with_report_and_results(server, adhoc):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from batchbin.tasks.report import ARTIFACT_KEY
+
+    flow_run = adhoc["flow_run"]
+    assert flow_run.state.is_completed(), state_of(flow_run, server["logs"]["worker"])
+    with client() as api:
+        artifacts = api.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[ARTIFACT_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+    assert len(artifacts) == 1 and "BatchBin" in (artifacts[0].description or "")
+    con = duckdb.connect(str(adhoc["db"]), read_only=True)
+    try:
+        rows = con.execute("select request_id, output_tokens, error from results order by request_id").fetchall()
+    finally:
+        con.close()
+    assert [row[0] for row in rows] == [f"r{i}" for i in range(len(PROMPTS))]
+    assert all(row[2] is None and 1 <= row[1] <= 6 for row in rows), rows
+    assert len(adhoc["output"].read_text().splitlines()) == len(PROMPTS)
+
+
+def test_retraining_runs_on_its_deployment_and_after_enough_new_results(server, adhoc):
+    """Four results are too few to train on: the retraining deployment, started directly and by
+    the batch run's retrain_after, fails with flows/train.py's message saying so."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.deployments import run_deployment
+
+    from batchbin.retrain import TRIGGER_TAG
+
+    assert adhoc["flow_run"].state.is_completed(), state_of(adhoc["flow_run"], server["logs"]["worker"])
+    direct = run_deployment(RETRAIN, parameters={"db_path": str(adhoc["db"])}, timeout=0)
+    with client() as api:
+        triggered = api.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TRIGGER_TAG])))
+    assert len(triggered) == 1, "the batch run with retrain_after did not start the retraining deployment"
+    assert triggered[0].parameters["db_path"] == str(adhoc["db"].resolve())
+    with client() as api:
+        assert triggered[0].deployment_id == api.read_deployment_by_name(RETRAIN).id
+    for flow_run_id in (direct.id, triggered[0].id):
+        flow_run = wait_final(flow_run_id, server["logs"]["worker"])
+        assert flow_run.state.is_failed(), state_of(flow_run, server["logs"]["worker"])
+        assert "at least" in flow_run.state.message and "finished requests" in flow_run.state.message, \
+            state_of(flow_run, server["logs"]["worker"])
