@@ -178,8 +178,10 @@ def prepare_model_command() -> None:
 def train_predictor_command(source: str, db_path: str, model: str | None, max_tokens: int, out: str | None) -> None:
     """(Re)train the output-length predictor on one model's finished runs, or on ShareGPT.
 
-    Example: batchbin train-predictor --db batchbin.duckdb
-             batchbin train-predictor --from sharegpt
+    \b
+    Examples:
+      batchbin train-predictor --db batchbin.duckdb
+      batchbin train-predictor --from sharegpt
     """
     if source == "sharegpt":
         from batchbin.predictors.registry import SHIPPED_PATH
