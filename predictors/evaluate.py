@@ -1,7 +1,8 @@
 """How good length predictions are: the metrics of the trainer's validation set and of run reports.
 
     prediction_metrics(true_tokens, predicted_tokens, k_bins=4)
-    run_prediction_quality(con, run_id)   # a run's predictions against its results
+    run_prediction_quality(con, run_id)   # a run's predictions against its results, with n_test
+                                          # (its compared rows) and n_train (the predictor's rows)
 
 Metrics:
   mae                      mean absolute error in tokens;
@@ -144,5 +145,11 @@ def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict 
     true = np.array([r[0] for r in rows], dtype=np.float64)
     pred = np.array([r[1] for r in rows], dtype=np.float64)
     metrics = prediction_metrics(true, pred, k_bins)
-    metrics["predictor"] = ", ".join(sorted({r[2] for r in rows if r[2] is not None}))
+    names = sorted({r[2] for r in rows if r[2] is not None})
+    metrics["predictor"] = ", ".join(names)
+    from batchbin.predictors.registry import train_rows_of
+
+    trained = [train_rows_of(con, name) for name in names]
+    metrics["n_test"] = metrics["n"]  # this run's requests, predicted and then generated
+    metrics["n_train"] = sum(trained) if trained and all(t is not None for t in trained) else None
     return metrics

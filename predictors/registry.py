@@ -76,6 +76,26 @@ def _shipped_version(path: str, size: int, mtime: float) -> str:
     return "sharegpt-" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
 
 
+@lru_cache(maxsize=4)
+def _shipped_train_rows(path: str, size: int, mtime: float) -> int | None:
+    try:
+        return LengthPredictor.load(path).train_rows
+    except Exception:  # noqa: BLE001 - a broken file is reported where it is loaded to predict
+        return None
+
+
+def train_rows_of(con, version: str) -> int | None:
+    """How many rows a predictor learnt from (registered or shipped), None if unknown."""
+    entry = get_predictor(con, version)
+    if entry is not None:
+        return entry["train_rows"]
+    shipped = shipped_predictor()
+    if shipped is not None and shipped["version"] == version:
+        stat = SHIPPED_PATH.stat()
+        return _shipped_train_rows(str(SHIPPED_PATH), stat.st_size, stat.st_mtime)
+    return None
+
+
 def shipped_predictor() -> dict | None:
     """The predictor BatchBin ships (a registry-like dict), or None when its file is missing."""
     if not SHIPPED_PATH.is_file():

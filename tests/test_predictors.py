@@ -366,6 +366,12 @@ def test_run_prediction_quality(history):
     quality = run_prediction_quality(history, "hist")
     assert quality["n"] == 300 and quality["spearman"] == 1 and quality["mae"] == 0
     assert quality["k_bins"] == 4 and quality["predictor"] == "oracle:hist"
+    assert quality["kendall_tau"] == 1 and quality["bin_accuracy_k8"] == 1
+    assert quality["n_test"] == 300 and quality["n_train"] is None  # an oracle learnt nothing
+    predict_lengths(history, "hist", "auto", DEFAULT_MAX)  # the shipped predictor
+    quality = run_prediction_quality(history, "hist")
+    assert quality["n_train"] == load_predictor(registry.SHIPPED_PATH).train_rows > 1000
+    assert 0 < quality["kendall_tau"] < 1 and quality["n_test"] == 300
 
 
 @pytest.mark.parametrize("workload", ["mixed-length", "chat-mix", "prefix-heavy"])
