@@ -203,3 +203,13 @@ def test_run_whose_output_folder_cannot_be_made_fails_before_any_work(tmp_path, 
     result = CliRunner().invoke(main, ["run", str(path), "--db", str(db_file), "--output", str(tmp_path / "a-file" / "out.jsonl")])
     assert result.exit_code == 1 and "cannot write the output file" in result.output
     assert not db_file.exists()  # nothing started
+
+
+def test_every_option_is_in_the_readme_configuration_reference():
+    from batchbin.config import EngineOptions, JobConfig
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    reference = readme[readme.index("## Configuration"):readme.index("## Troubleshooting")]
+    for name in [*JobConfig.model_fields, *EngineOptions.model_fields]:
+        if name != "engine":
+            assert f"| `{name}` |" in reference, f"README's configuration reference lacks {name}"
