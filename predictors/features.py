@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-FEATURES_VERSION = 2  # bump when the meaning of a column changes (old checkpoints then refuse to load)
+FEATURES_VERSION = 3  # bump when the meaning of a column changes (old checkpoints then refuse to load)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,13 @@ NUMERIC_FEATURES = [
     "log_prev_answer_chars",   # the chat's last assistant message: answers in one chat run alike
     "log_mean_answer_chars",   # mean log length of the chat's assistant messages
     "log_history_chars",       # everything before the last user message
+    "prev_answer_code",        # the last answer held code (```)
+    "prev_answer_list",        # ... a numbered or bulleted list
+    "prev_answer_cut",         # ... stopped without ending a sentence (a "continue" follows)
+    "asks_to_continue",        # a short "continue" / "go on" / "more" / "next"
+    "user_code",               # the last user message holds code (```)
+    "log_prev_answer_lines",
+    "log_user_lines",
 ]
 
 # Cue flags: a regex over the lower-cased last user message. Short-answer cues first.
@@ -81,6 +88,8 @@ _CUE_RE = {name: re.compile(pattern) for name, pattern in CUES.items()}
 # One pattern per cue kind: "is there any short (long) cue" in one pass instead of one per cue.
 _SHORT_RE = re.compile("|".join(f"(?:{CUES[name]})" for name in SHORT_CUES))
 _LONG_RE = re.compile("|".join(f"(?:{CUES[name]})" for name in LONG_CUES))
+_LIST_LINE = re.compile(r"^\s*(?:\d+\.|[-*])\s", re.M)
+_CONTINUE = re.compile(r"\b(?:continue|go on|more|next)\b")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _NUMBER_WORDS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -210,6 +219,8 @@ def request_features(request: dict, settings: FeatureSettings) -> np.ndarray:
     asked = asked_length(lowered)
     answers = [math.log1p(len(m["content"])) for m in messages if m["role"] == "assistant"]
     history_chars = sum(len(m["content"]) for m in messages) - len(user_text) if messages else 0
+    previous = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
+    ending = previous.rstrip()[-1:]
     numeric = [
         math.log1p(max(0.0, float(prompt_tokens))),
         math.log1p(max(1, int(request["max_tokens"]))),
@@ -224,6 +235,13 @@ def request_features(request: dict, settings: FeatureSettings) -> np.ndarray:
         answers[-1] if answers else 0.0,
         sum(answers) / len(answers) if answers else 0.0,
         math.log1p(max(0, history_chars)),
+        float("```" in previous),
+        float(_LIST_LINE.search(previous) is not None),
+        float(bool(ending) and ending not in ".!?)\"'`"),
+        float(len(user_text.strip()) < 40 and _CONTINUE.search(user_text.lower()) is not None),
+        float("```" in user_text),
+        math.log1p(previous.count("\n")),
+        math.log1p(user_text.count("\n")),
     ]
     flags = cue_flags(lowered)
     cues = [float(flags[name]) for name in CUES]
