@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -36,7 +38,9 @@ def main() -> None:
 @click.argument("input_path", type=click.Path(dir_okay=False))
 @job_options
 @engine_options
-def run_command(input_path: str, **options) -> None:
+@click.option("--verbose", is_flag=True, help="Show every log line of the run and the engine's own output "
+                                              "(default: a progress bar; the engine's output goes to DB.engine.log).")
+def run_command(input_path: str, verbose: bool, **options) -> None:
     """Run a batch job: every request of INPUT_PATH (JSONL, Parquet or CSV) through the model.
 
     Example: batchbin run examples/sample_prompts.jsonl --max-tokens 64 --db out/batchbin.duckdb
@@ -48,8 +52,10 @@ def run_command(input_path: str, **options) -> None:
         config = JobConfig(input_path=input_path, engine=EngineOptions(**engine), **job)
     except Exception as error:
         fail(str(error))
+    if not verbose:
+        quiet_terminal(config)
     try:
-        with in_process_flow_runs():
+        with in_process_flow_runs(), progress_display(verbose):
             with api_started_meanwhile():  # ~3-4 s of booting, while this process loads its libraries
                 from batchbin.flows.batch import batch_inference, warm_up
 
@@ -62,6 +68,61 @@ def run_command(input_path: str, **options) -> None:
     if not state.is_completed():
         fail(state.message or "the run failed")
     print_summary(state.result())
+
+
+def quiet_terminal(config) -> None:
+    """Only warnings and errors of the run in the terminal (all of it still goes to Prefect's
+    log), and the engine's start-up output into a file beside the database."""
+    import os
+    import warnings
+
+    from batchbin.quiet import ENGINE_LOG_VARIABLE
+
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault(ENGINE_LOG_VARIABLE, str(Path(config.db_path).resolve().with_suffix(".engine.log")))
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@contextmanager
+def progress_display(verbose: bool) -> Iterator[None]:
+    """A progress bar of the generation (in a terminal), or a progress line every 30 s (in a
+    log file, in CI); nothing with --verbose, whose log lines say it already."""
+    if verbose:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from batchbin.progress import listening
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        last = [0.0]
+
+        def print_line(progress) -> None:
+            if progress.elapsed_s - last[0] >= 30 or progress.requests_done == progress.requests_total:
+                last[0] = progress.elapsed_s
+                console.print(f"generated {progress.line()}", highlight=False, soft_wrap=True)
+
+        with listening(print_line):
+            yield
+        return
+    bar = Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                   console=console, transient=True)
+    task = bar.add_task("", total=None, start=False)
+
+    def show(progress) -> None:
+        if not bar.live.is_started:
+            bar.start()
+            bar.start_task(task)
+        bar.update(task, completed=progress.requests_done, total=progress.requests_total, description=progress.line())
+
+    try:
+        with listening(show):
+            yield
+    finally:
+        bar.stop()
 
 
 def print_summary(report: dict) -> None:
@@ -78,6 +139,8 @@ def print_summary(report: dict) -> None:
         + (f", {report['retried_errors']} errors retried)" if report.get("retried_errors") else ")"),
         f"  output tokens   {report['output_tokens'] or 0}"
         + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
+        f"  engine          {report['preemptions']} preemptions, KV cache at most {report['peak_kv_cache_usage']:.0%} full"
+        if report.get("peak_kv_cache_usage") is not None else None,
         f"  prefix cache    {report['cached_tokens'] or 0} prompt tokens reused"
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
@@ -175,7 +238,10 @@ def prepare_model_command() -> None:
 @click.option("--model", default=None, help="Whose runs to learn from (default: the model of the newest run).")
 @click.option("--max-tokens", default=256, show_default=True, help="Default max_tokens of requests without one.")
 @click.option("--out", default=None, help="--from sharegpt: the checkpoint to write (default: the shipped one).")
-def train_predictor_command(source: str, db_path: str, model: str | None, max_tokens: int, out: str | None) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="--from sharegpt: read only the first N conversations (a quick check).")
+def train_predictor_command(source: str, db_path: str, model: str | None, max_tokens: int, out: str | None,
+                            limit: int | None) -> None:
     """(Re)train the output-length predictor on one model's finished runs, or on ShareGPT.
 
     \b
@@ -188,7 +254,7 @@ def train_predictor_command(source: str, db_path: str, model: str | None, max_to
         from batchbin.predictors.train import train_from_sharegpt
 
         try:
-            trained = train_from_sharegpt(out or SHIPPED_PATH)
+            trained = train_from_sharegpt(out or SHIPPED_PATH, limit=limit)
         except BatchBinError as error:
             fail(str(error))
         click.echo(json.dumps(trained, indent=2))

@@ -18,6 +18,7 @@ from typing import Iterator
 
 from batchbin import vllm_adapter
 from batchbin.engine_settings import EngineSettings
+from batchbin.quiet import engine_noise_to_log
 
 # Quieter vLLM, no usage reporting; must be set before vllm is imported.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -88,6 +89,13 @@ def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) 
     The settings' environment (thread binding, LD_PRELOAD, ...) goes into os.environ, which the
     engine's processes inherit when vLLM spawns them."""
     apply_environment(settings)
+    with engine_noise_to_log():
+        llm, start_s = _start_llm(model_path, settings, max_model_len)
+    vllm_adapter.raise_in_step_when_engine_dies(llm)
+    return Engine(llm=llm, key=(), settings=settings, start_s=start_s)
+
+
+def _start_llm(model_path: str, settings: EngineSettings, max_model_len: int):
     from vllm import LLM
 
     started = time.perf_counter()
@@ -96,11 +104,13 @@ def build_engine(model_path: str, settings: EngineSettings, max_model_len: int) 
         max_model_len=max_model_len,
         enable_prefix_caching=True,
         seed=0,
+        # vLLM's counters (prefill and output tokens, preemptions, KV-cache use) for the live
+        # progress and the report; vllm.LLM turns them off by default, `vllm serve` keeps them on
+        disable_log_stats=False,
         **settings.engine_kwargs(),
         **executor_kwargs(settings),
     )
-    vllm_adapter.raise_in_step_when_engine_dies(llm)
-    return Engine(llm=llm, key=(), settings=settings, start_s=time.perf_counter() - started)
+    return llm, time.perf_counter() - started
 
 
 def shutdown_engine() -> None:

@@ -45,6 +45,8 @@ METRICS = {
     "kv_cache_usage": "vllm:kv_cache_usage_perc",     # gauge: KV-cache blocks in use, 0..1, last step
     "prefix_cache_queries": "vllm:prefix_cache_queries",  # counter: prompt tokens looked up
     "prefix_cache_hits": "vllm:prefix_cache_hits",    # counter: ... found in the prefix cache
+    "prompt_tokens": "vllm:prompt_tokens",            # counter: prompt tokens prefilled (cache hits included)
+    "generation_tokens": "vllm:generation_tokens",    # counter: output tokens generated
 }
 
 

@@ -24,6 +24,7 @@ from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choos
 from batchbin.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.models import resolve_model
+from batchbin.quiet import engine_noise_to_log
 from batchbin.readers import detect_format, file_format, is_openai_batch_file
 from batchbin.retrain import retrain_if_due
 from batchbin.run_lock import run_lock
@@ -90,7 +91,8 @@ def warm_up(config: JobConfig) -> None:
     A problem here is left for the flow to report (a missing model, say)."""
     try:
         load_tokenizer(resolve_model(config.model))
-        import vllm  # noqa: F401
+        with engine_noise_to_log():
+            import vllm  # noqa: F401
     except Exception:
         pass
 

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from batchbin import vllm_adapter
@@ -36,6 +37,7 @@ from batchbin.db import BriefConnection, registered
 from batchbin.engine import Engine, get_engine, scheduler_held, shutdown_engine
 from batchbin.engine_settings import EngineSettings
 from batchbin.errors import BatchBinError
+from batchbin.progress import GenerationProgress, publish
 from batchbin.sqlfiles import arrow, one, run
 from batchbin.tasks.common import PROGRESS_EVERY_S, RunRef, open_run_db, stage_task_options
 
@@ -65,6 +67,8 @@ class GenerationStats:
     generate_s: float = 0.0
     checkpoints: int = 0
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    preemptions: int = 0               # vLLM's, during this generation (when its counters are on)
+    peak_kv_cache_usage: float = 0.0   # the highest KV-cache use seen at a progress report, 0..1
 
 
 def structured_outputs_for(response_format: str | None):
@@ -113,6 +117,8 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
 class EngineFailure(BatchBinError):
     """vLLM's engine stopped working in the middle of a run (its process died, a step raised)."""
 
+
+PUBLISH_EVERY_S = 1.0  # how often generation reports its progress (the log and artifact: PROGRESS_EVERY_S)
 
 MIN_IN_FLIGHT = 1024
 
@@ -210,7 +216,7 @@ def generate_in_order(
                        output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
                        finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
             top_up()
-            if progress and time.perf_counter() - last_report > PROGRESS_EVERY_S:
+            if progress and time.perf_counter() - last_report > PUBLISH_EVERY_S:
                 progress(stats, total)
                 last_report = time.perf_counter()
     except BaseException:
@@ -286,15 +292,42 @@ def generate_run(
         held.close()
 
 
-def log_progress(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[GenerationStats, int], None]:
+PROGRESS_ARTIFACT_KEY = "batchbin-generation-progress"
+
+
+def progress_reporter(engine: Engine, logger: logging.Logger | logging.LoggerAdapter,
+                      artifact: bool = True) -> Callable[[GenerationStats, int], None]:
+    """What generate_in_order calls about once a second: a snapshot for listeners (the command
+    line's progress bar) every time; a log line and the Prefect progress artifact every
+    PROGRESS_EVERY_S. Prefill and output tokens come from vLLM's counters, counted from now
+    (the engine may have served runs before); without them, from finished requests."""
     started = time.perf_counter()
+    before = vllm_adapter.engine_counters(engine.llm)
+    last_said = float("-inf")
+    artifact_id = None
+    if artifact:
+        artifact_id = create_progress_artifact(0.0, key=PROGRESS_ARTIFACT_KEY, description="generation starting")
 
     def report(stats: GenerationStats, total: int) -> None:
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        logger.info(
-            "generated %d/%d requests, %d output tokens, %.0f tokens/s",
-            stats.requests, total, stats.output_tokens, stats.output_tokens / elapsed,
-        )
+        nonlocal last_said
+        counters = vllm_adapter.engine_counters(engine.llm)
+
+        def since_start(name: str, otherwise: int) -> int:
+            return int(counters[name] - before.get(name, 0)) if name in counters else otherwise
+
+        snapshot = GenerationProgress(
+            requests_done=stats.requests, requests_total=total,
+            prompt_tokens=since_start("prompt_tokens", stats.prompt_tokens),
+            output_tokens=since_start("generation_tokens", stats.output_tokens),
+            elapsed_s=time.perf_counter() - started, preemptions=since_start("preemptions", 0))
+        stats.preemptions = snapshot.preemptions
+        stats.peak_kv_cache_usage = max(stats.peak_kv_cache_usage, counters.get("kv_cache_usage", 0.0))
+        publish(snapshot)
+        if time.perf_counter() - last_said >= PROGRESS_EVERY_S or snapshot.requests_done == total:
+            last_said = time.perf_counter()
+            logger.info("generated %s", snapshot.line())
+            if artifact_id is not None:
+                update_progress_artifact(artifact_id, round(100 * snapshot.fraction, 1), description=snapshot.line())
 
     return report
 
@@ -313,12 +346,13 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
         with open_run_db(ref) as con:
             retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     try:
-        stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every, log_progress(logger),
-                             say=logger.warning)
+        stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
+                             progress_reporter(engine, logger), say=logger.warning)
     except EngineFailure:
         shutdown_engine()  # a dead engine is not kept for the next run
         raise
     with open_run_db(ref) as con:
         total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
-            "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried}
+            "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried,
+            "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from batchbin.errors import BatchBinError
 from batchbin.openai_batch import output_line
@@ -21,6 +21,7 @@ from batchbin.sqlfiles import arrow, one, row_batches, run
 from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
 
 ARTIFACT_KEY = "batchbin-run-report"
+TABLE_ARTIFACT_KEY = "batchbin-run-report-table"
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
@@ -94,6 +95,8 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         **summary,
         "generated_now": generation.get("generated", 0),
         "retried_errors": generation.get("retried_errors", 0),
+        "preemptions": generation.get("preemptions", 0),
+        "peak_kv_cache_usage": generation.get("peak_kv_cache_usage"),
         "generate_s": round(generate_s, 2),
         "engine_start_s": round(generation.get("engine_start_s") or 0.0, 1),
         "output_tokens_now": generation.get("output_tokens", 0),
@@ -105,6 +108,11 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
     if report.get("reuse_ratio") is not None:
         report["reuse_ratio"] = round(float(report["reuse_ratio"]), 3)
     return report
+
+
+def report_table(report: dict) -> list[dict]:
+    """The report's plain values as rows of a Prefect table artifact (metric, value)."""
+    return [{"metric": key, "value": str(value)} for key, value in report.items() if not isinstance(value, dict)]
 
 
 def report_markdown(report: dict) -> str:
@@ -140,4 +148,5 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         summary["status"] = "finished"
         run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
+    create_table_artifact(key=TABLE_ARTIFACT_KEY, table=report_table(summary), description="BatchBin run report, as a table")
     return summary

@@ -5,6 +5,7 @@ no duplicate and generates only what is missing."""
 from __future__ import annotations
 
 import json
+import re
 
 import duckdb
 import pytest
@@ -88,6 +89,32 @@ def test_report_says_where_the_time_went(job):
     assert stages["generate"] >= report["generate_s"] - 0.01
     (stored,) = query(config, "select report->>'stage_seconds' from run_reports where run_id = ?", [report["run_id"]])[0]
     assert json.loads(stored) == stages
+
+
+@pytest.mark.engine
+def test_progress_and_report_are_prefect_artifacts_with_vllms_counters(job):
+    """The live progress artifact ends at 100% with prefill and output tokens from vLLM's own
+    counters; the report is a markdown and a table artifact, with preemptions and KV-cache use."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from batchbin.tasks.generate import PROGRESS_ARTIFACT_KEY
+    from batchbin.tasks.report import ARTIFACT_KEY, TABLE_ARTIFACT_KEY
+
+    _, report = job
+    with get_client(sync_client=True) as client:
+        def latest(key):
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert found, f"no artifact {key}"
+            return max(found, key=lambda artifact: artifact.created)
+
+        progress = latest(PROGRESS_ARTIFACT_KEY)
+        table = latest(TABLE_ARTIFACT_KEY)
+        assert latest(ARTIFACT_KEY).type == "markdown"
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert re.search(r"[1-9][\d,]* prompt tokens prefilled, [1-9][\d,]* output tokens", progress.description)
+    assert table.type == "table" and "preemptions" in str(table.data)
+    assert report["preemptions"] >= 0 and 0 < report["peak_kv_cache_usage"] <= 1
 
 
 @pytest.mark.engine
