@@ -113,3 +113,16 @@ def test_calibration_on_a_tiny_or_inverted_probe_only_shifts():
     assert fit_log_linear([], []) == (1.0, 0.0)
     with pytest.raises(ValueError):
         fit_log_linear([1, 2], [1])
+
+
+def test_train_predictor_command_from_sharegpt(tmp_path):
+    from click.testing import CliRunner
+
+    from batchbin.cli import main
+
+    out = tmp_path / "cli.pt"
+    result = CliRunner().invoke(main, ["train-predictor", "--from", "sharegpt", "--limit", "150", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.output[result.output.index("{"):])
+    assert trained["path"] == str(out) and trained["metrics"]["n_train"] > 0
+    assert load_predictor(out).version == trained["version"]
