@@ -1,11 +1,12 @@
 """The deployments of prefect.yaml on a real Prefect server, run by a real process worker.
 
-The module starts `prefect server start` on a free loopback port (its own PREFECT_HOME), creates
+The `engine` tests start `prefect server start` on a free loopback port (its own PREFECT_HOME), creates
 the `batchbin` process work pool, runs `prefect deploy --all` from the repository root and starts
 `<venv>/bin/prefect worker start --pool batchbin` in a folder of its own (so nothing works only
 because the worker happens to start in the checkout). Then it starts deployments the way the UI
 does (`run_deployment` with parameters) and reads what they did from the server and DuckDB.
 Server and worker are stopped, with every process they started, at the end, also on failure.
+The other tests check the rules behind them (project directory, when retraining is due) in seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-pytestmark = pytest.mark.engine  # the worker's flow run builds a vLLM engine
+from batchbin import db
+from batchbin.deployments import project_directory, set_project_directory
+from batchbin.errors import BatchBinError
+from batchbin.retrain import retrain_if_due, unused_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"  # the venv's: the worker must run flows with its python
@@ -107,8 +111,6 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A Prefect server on loopback with the deployments registered and a worker running them."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     base = tmp_path_factory.mktemp("prefect")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -137,23 +139,33 @@ def server(tmp_path_factory):
                                               env={**env, "PWD": str(worker_dir)}, cwd=worker_dir, stdout=log,
                                               stderr=subprocess.STDOUT, start_new_session=True))
         cli(["--no-prompt", "deploy", "--all"], env, ROOT)  # from the root: prefect.yaml and the entrypoints
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield {"url": url, "logs": logs}
+        yield {"url": url, "logs": logs, "env": env}
     finally:
         for process in reversed(processes):
             stop(process)
 
 
-def client():
+def on(server):
+    """Prefect's settings pointing at the module's server (only inside the block: other tests
+    of the session use the ephemeral API)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: server["url"]})
+
+
+def client(server):
+    """A client of the module's server."""
     from prefect.client.orchestration import get_client
 
-    return get_client(sync_client=True)
+    with on(server):
+        return get_client(sync_client=True)
 
 
-def wait_final(flow_run_id, worker_log: Path):
+def wait_final(server, flow_run_id):
     """The flow run once it is in a final state (its worker's log in the message if it never gets there)."""
+    worker_log = server["logs"]["worker"]
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    with client() as api:
+    with client(server) as api:
         while time.monotonic() < deadline:
             flow_run = api.read_flow_run(flow_run_id)
             if flow_run.state is not None and flow_run.state.is_final():
@@ -169,33 +181,36 @@ def state_of(flow_run, worker_log: Path) -> str:
 
 @pytest.fixture(scope="module")
 def adhoc(server, tmp_path_factory):
-    """The ad-hoc deployment started with a form's parameters: a tiny job on a database of its own,
-    with retrain_after below its size (so it starts the retraining deployment)."""
+    """The ad-hoc deployment started with a form's parameters: a tiny job with relative paths, run
+    in a project directory of its own ($BATCHBIN_HOME through the run's job variables), with
+    retrain_after below its size (so it starts the retraining deployment)."""
     import json
 
     from prefect.deployments import run_deployment
 
-    job = tmp_path_factory.mktemp("job")
-    prompts = job / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": text, "max_tokens": 6}) + "\n"
-                               for i, text in enumerate(PROMPTS)))
+    home = tmp_path_factory.mktemp("home")
+    (home / "flows").symlink_to(ROOT / "flows")  # a project directory holds the entrypoints
+    (home / "prompts.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "prompt": text, "max_tokens": 6}) + "\n"
+                                                for i, text in enumerate(PROMPTS)))
     parameters = {
-        "config": {"input_path": str(prompts), "db_path": str(job / "batchbin.duckdb"),
-                   "output_path": str(job / "results.jsonl"), "max_tokens": 6,
-                   "engine": {"kv_cache_gib": 1, "max_num_seqs": 4}},
+        "config": {"input_path": "prompts.jsonl", "db_path": "out/batchbin.duckdb", "output_path": "out/results.jsonl",
+                   "max_tokens": 6, "engine": {"kv_cache_gib": 1, "max_num_seqs": 4}},
         "retrain_after": len(PROMPTS) - 1,
     }
     started = time.monotonic()
-    flow_run = run_deployment(ADHOC, parameters=parameters, timeout=0)
-    flow_run = wait_final(flow_run.id, server["logs"]["worker"])
+    with on(server):
+        flow_run = run_deployment(ADHOC, parameters=parameters, job_variables={"env": {"BATCHBIN_HOME": str(home)}},
+                                  timeout=0)
+    flow_run = wait_final(server, flow_run.id)
     print(f"ad-hoc deployment run: {time.monotonic() - started:.1f} s")
-    return {"flow_run": flow_run, "db": job / "batchbin.duckdb", "output": job / "results.jsonl"}
+    return {"flow_run": flow_run, "db": home / "out" / "batchbin.duckdb", "output": home / "out" / "results.jsonl"}
 
 
+@pytest.mark.engine  # the worker builds a vLLM engine (the module's server and worker)
 def test_deployments_are_registered_with_project_directory_and_schedules(server):
     from prefect.client.schemas.schedules import CronSchedule
 
-    with client() as api:
+    with client(server) as api:
         deployments = {name: api.read_deployment_by_name(name) for name in (ADHOC, NIGHTLY, RETRAIN)}
     for name, deployment in deployments.items():
         assert deployment.work_pool_name == "batchbin", name
@@ -211,9 +226,10 @@ def test_deployments_are_registered_with_project_directory_and_schedules(server)
     assert deployments[ADHOC].schedules == []
 
 
+@pytest.mark.engine  # the worker builds a vLLM engine (the module's server and worker)
 def test_adhoc_parameters_render_as_a_form(server):
     """Every field of the form has a description, and a default (from the model or the deployment)."""
-    with client() as api:
+    with client(server) as api:
         deployment = api.read_deployment_by_name(ADHOC)
     schema = deployment.parameter_openapi_schema
     assert set(schema["properties"]) == {"config", "retrain_after"}
@@ -229,6 +245,22 @@ def test_adhoc_parameters_render_as_a_form(server):
                 f"{model}.{field} has no default"
 
 
+@pytest.mark.engine  # the worker builds a vLLM engine (the module's server and worker)
+def test_the_readme_command_starts_the_adhoc_deployment_with_a_config(server):
+    """`prefect deployment run ... --param config=JSON` (README), started an hour from now and removed."""
+    import json
+
+    config = {"input_path": "examples/sample_prompts.jsonl", "db_path": "out/batchbin.duckdb", "max_tokens": 64}
+    done = cli(["deployment", "run", ADHOC, "--param", f"config={json.dumps(config)}", "--start-in", "in 1 hour"],
+               server["env"], ROOT)
+    with client(server) as api:
+        deployment = api.read_deployment_by_name(ADHOC)
+        runs = [run for run in api.read_flow_runs() if run.deployment_id == deployment.id and run.state.is_scheduled()]
+        assert [run.parameters for run in runs] == [{"config": config, "retrain_after": None}], done.stdout
+        api.delete_flow_run(runs[0].id)
+
+
+@pytest.mark.engine  # the worker builds a vLLM engine (the module's server and worker)
 def test_adhoc_run_completes_with_report_and_results(server, adhoc):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
@@ -236,7 +268,7 @@ def test_adhoc_run_completes_with_report_and_results(server, adhoc):
 
     flow_run = adhoc["flow_run"]
     assert flow_run.state.is_completed(), state_of(flow_run, server["logs"]["worker"])
-    with client() as api:
+    with client(server) as api:
         artifacts = api.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[ARTIFACT_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     assert len(artifacts) == 1 and "BatchBin" in (artifacts[0].description or "")
@@ -250,6 +282,7 @@ def test_adhoc_run_completes_with_report_and_results(server, adhoc):
     assert len(adhoc["output"].read_text().splitlines()) == len(PROMPTS)
 
 
+@pytest.mark.engine  # the worker builds a vLLM engine (the module's server and worker)
 def test_retraining_runs_on_its_deployment_and_after_enough_new_results(server, adhoc):
     """Four results are too few to train on: the retraining deployment, started directly and by
     the batch run's retrain_after, fails with flows/train.py's message saying so."""
@@ -259,15 +292,78 @@ def test_retraining_runs_on_its_deployment_and_after_enough_new_results(server, 
     from batchbin.retrain import TRIGGER_TAG
 
     assert adhoc["flow_run"].state.is_completed(), state_of(adhoc["flow_run"], server["logs"]["worker"])
-    direct = run_deployment(RETRAIN, parameters={"db_path": str(adhoc["db"])}, timeout=0)
-    with client() as api:
+    with on(server):
+        direct = run_deployment(RETRAIN, parameters={"db_path": str(adhoc["db"])}, timeout=0)
+    with client(server) as api:
         triggered = api.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TRIGGER_TAG])))
     assert len(triggered) == 1, "the batch run with retrain_after did not start the retraining deployment"
     assert triggered[0].parameters["db_path"] == str(adhoc["db"].resolve())
-    with client() as api:
+    with client(server) as api:
         assert triggered[0].deployment_id == api.read_deployment_by_name(RETRAIN).id
     for flow_run_id in (direct.id, triggered[0].id):
-        flow_run = wait_final(flow_run_id, server["logs"]["worker"])
+        flow_run = wait_final(server, flow_run_id)
         assert flow_run.state.is_failed(), state_of(flow_run, server["logs"]["worker"])
         assert "at least" in flow_run.state.message and "finished requests" in flow_run.state.message, \
             state_of(flow_run, server["logs"]["worker"])
+
+
+def test_project_directory_is_batchbin_home_else_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.delenv("BATCHBIN_HOME", raising=False)
+    assert project_directory() == ROOT  # the editable install's checkout
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "batch.py").write_text("")
+    monkeypatch.setenv("BATCHBIN_HOME", str(tmp_path))
+    assert project_directory() == tmp_path.resolve()
+    monkeypatch.setenv("BATCHBIN_HOME", str(tmp_path / "flows"))
+    with pytest.raises(BatchBinError, match="holds no flows/batch.py; point BATCHBIN_HOME"):
+        project_directory()
+
+
+def test_the_pull_step_changes_into_the_project_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("BATCHBIN_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert set_project_directory() == {"directory": str(ROOT)}
+    assert Path.cwd() == ROOT
+
+
+def test_unused_results_are_those_newer_than_the_newest_predictor(db_path):
+    con = db.connect(db_path)
+    rows = [("a", 5, None, "2026-01-01 10:00"), ("b", 7, None, "2026-01-02 10:00"), ("c", None, "boom", "2026-01-03 10:00"),
+            ("d", 9, None, "2026-01-04 10:00")]
+    con.executemany("insert into results (run_id, request_id, output_tokens, error, finished_at) values ('r', ?, ?, ?, ?)",
+                    rows)
+    con.close()
+    assert unused_results(db_path) == 3  # no predictor yet: every finished result without error
+    con = db.connect(db_path)
+    con.execute("insert into predictors (version, created_at) values ('v1', '2026-01-01 12:00')")
+    con.close()
+    assert unused_results(db_path) == 2
+    con = db.connect(db_path)
+    con.execute("insert into predictors (version, created_at) values ('v2', '2026-01-05 00:00')")
+    con.close()
+    assert unused_results(db_path) == 0
+
+
+class Said(list):
+    """A logger that keeps what it is told."""
+
+    def info(self, message):
+        self.append(("info", message))
+
+    def warning(self, message):
+        self.append(("warning", message))
+
+
+def test_retraining_is_not_started_below_the_threshold(db_path):
+    db.connect(db_path).close()
+    said = Said()
+    assert retrain_if_due(db_path, 1, 256, said) is None
+    assert said == [("info", "retraining not due: 0 results not yet learnt from, retrain_after is 1")]
+
+
+def test_retraining_without_its_deployment_says_how_to_get_it(db_path, prefect_api):
+    db.connect(db_path).close()
+    said = Said()
+    assert retrain_if_due(db_path, 0, 256, said) is None
+    assert said[0][0] == "warning" and "no deployment train-length-predictor/retrain-predictor" in said[0][1]
+    assert "prefect deploy --all" in said[0][1] and f"batchbin train-predictor --db {db_path}" in said[0][1]
