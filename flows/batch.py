@@ -13,10 +13,11 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Annotated, Callable, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
+from pydantic import Field
 
 from batchbin import db
 from batchbin.config import JobConfig, file_fingerprint
@@ -98,7 +99,7 @@ def warm_up(config: JobConfig) -> None:
 
 
 @flow(name="batch-inference", log_prints=True)
-def batch_inference(config: JobConfig, retrain_after: int | None = None) -> dict:
+def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)] | None = None) -> dict:
     """Run one batch job end to end and return its report.
 
     Problems with the user's input end the run as Failed with a one-line message (no traceback).

@@ -235,6 +235,7 @@ def test_adhoc_parameters_render_as_a_form(server):
     assert set(schema["properties"]) == {"config", "retrain_after"}
     assert schema["properties"]["retrain_after"]["description"]
     assert schema["properties"]["retrain_after"]["default"] is None  # off unless asked for
+    assert {"type": "integer", "minimum": 1} in schema["properties"]["retrain_after"]["anyOf"]
     given = deployment.parameters["config"]
     models = schema["definitions"]
     for model in ("JobConfig", "EngineOptions"):
