@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +20,10 @@ from batchbin.openai_batch import is_openai_batch_line
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 JSON_COLUMNS = ("messages", "metadata", "stop", "response_format")  # arrive as JSON text from CSV files
+# JSON nested deeper is a reject: Python's json (and whatever walks a value after it) recurses,
+# and fails near 1000 levels with a RecursionError
+MAX_JSON_DEPTH = 100
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a pair, unless paired
 
 
 def file_format(path: str | Path) -> str | None:
@@ -40,11 +45,40 @@ def is_openai_batch_file(path: str | Path) -> bool:
     with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is the load stage's reject, not an error here
         for data in handle:
             if data.strip():
-                try:
-                    return is_openai_batch_line(json.loads(data.decode("utf-8", errors="replace")))
-                except json.JSONDecodeError:
-                    return False
+                return is_openai_batch_line(parse_json(data.decode("utf-8-sig", errors="replace"))[0])
     return False
+
+
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """(value, None) for JSON text BatchBin can store, else (None, why not): not JSON, nested more
+    than MAX_JSON_DEPTH levels, a number too long for Python, or text that is not UTF-8 (a \\u
+    escape of half a surrogate pair)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON: {error.msg} at column {error.colno}"
+    except RecursionError:
+        return None, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    except ValueError:  # Python converts no integer of more than 4300 digits
+        return None, "not valid JSON: a number with too many digits"
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH or SURROGATE_ESCAPE.search(text):
+        return (None, problem) if (problem := _json_problem(value)) else (value, None)
+    return value, None
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be stored (too deep, or half a surrogate pair), or None;
+    walked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str) and not _is_utf8([item]):
+            return "not valid UTF-8: a \\u escape is half of a surrogate pair"
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+            stack.extend((child, depth + 1) for child in ([*item, *item.values()] if isinstance(item, dict) else item))
+    return None
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict | None, str, str | None]]:
@@ -78,17 +112,16 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str, str | None]
     with open(path, "rb") as handle:
         for number, data in enumerate(handle, start=1):
             try:
-                line = data.decode("utf-8")
+                line = data.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is no content
             except UnicodeDecodeError as error:
                 yield number, None, data.decode("utf-8", errors="replace").rstrip("\r\n"), \
                     f"not valid UTF-8: byte {error.start + 1} of the line"
                 continue
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield number, None, line.rstrip("\r\n"), f"not valid JSON: {error.msg} at column {error.colno}"
+            value, parse_error = parse_json(line)
+            if parse_error:
+                yield number, None, line.rstrip("\r\n"), parse_error
                 continue
             if not isinstance(value, dict):
                 yield number, None, line.rstrip("\r\n"), "a line must be a JSON object"
@@ -141,8 +174,9 @@ def _table_row(number: int, row: dict) -> tuple[int, dict, str, str | None]:
     parse_error = None
     for column in JSON_COLUMNS:
         if isinstance(row.get(column), str) and (column != "stop" or row[column].startswith("[")):
-            try:
-                row[column] = json.loads(row[column])
-            except json.JSONDecodeError as error:
-                parse_error = f"column '{column}' is not valid JSON: {error.msg}"
+            value, problem = parse_json(row[column])
+            if problem:
+                parse_error = f"column '{column}': {problem}"  # the text stays in the row, for its raw
+            else:
+                row[column] = value
     return number, row, json.dumps(row, default=str), parse_error
