@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from batchbin.db import CHUNK_ROWS
 from batchbin.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
 
+INT32_MAX = 2**31 - 1  # prompts.max_tokens and prompts.seed are INTEGER columns
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -48,21 +50,21 @@ class ResponseFormat(BaseModel):
             return None
         if self.type == "json_object":
             return json.dumps({"type": "json_object"})
-        return json.dumps({"type": "json_schema", "schema": self.json_schema.json_schema})
+        return json.dumps({"type": "json_schema", "schema": self.json_schema.json_schema}, default=str)
 
 
 class Request(BaseModel):
     """One row of the input file."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN and Infinity (JSON in Python) are no numbers
 
     id: str = Field(min_length=1)
     prompt: str | None = None
     messages: list[Message] | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT32_MAX - 1, le=INT32_MAX)
     stop: list[str] | None = None
     metadata: dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
@@ -148,7 +150,8 @@ def validate_row(number: int, row: dict | None, raw: str, parse_error: str | Non
         "top_p": request.top_p,
         "seed": request.seed,
         "stop": request.stop,
-        "metadata": None if request.metadata is None else json.dumps(request.metadata),
+        # a Parquet file's values may be dates, times or decimals, which JSON has as text
+        "metadata": None if request.metadata is None else json.dumps(request.metadata, default=str),
         "response_format": None if request.response_format is None else request.response_format.stored(),
     }, None
 
