@@ -52,6 +52,11 @@ def is_openai_batch_line(row: Any) -> bool:
     return isinstance(row, dict) and ("custom_id" in row or ("body" in row and "id" not in row))
 
 
+def _role(role: Any) -> Any:
+    """A message's role under BatchBin's name for it; anything but text as it is, for validation to name."""
+    return ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+
+
 def message_text(content: Any, where: str) -> Any:
     """A message's content as text: a string, or the text of a list of text parts."""
     if not isinstance(content, list):
@@ -74,7 +79,7 @@ def request_from_batch_line(line: dict) -> dict:
     if not isinstance(body, dict):
         raise OpenAIBatchLineError("body", "must be a JSON object with the request")
     url = line.get("url") or ("/v1/chat/completions" if "messages" in body else "/v1/completions")
-    if url not in ENDPOINTS:
+    if not isinstance(url, str) or url not in ENDPOINTS:
         raise OpenAIBatchLineError("url", f"must be one of {', '.join(ENDPOINTS)} (got {url!r})")
     for field, unused in UNUSED_VALUES.items():
         if field in body and body[field] not in unused:
@@ -90,7 +95,7 @@ def request_from_batch_line(line: dict) -> dict:
         messages = body.get("messages")
         if isinstance(messages, list):
             messages = [
-                {**message, "role": ROLE_ALIASES.get(message.get("role"), message.get("role")),
+                {**message, "role": _role(message.get("role")),
                  "content": message_text(message.get("content"), f"body.messages.{number}.content")}
                 if isinstance(message, dict) else message
                 for number, message in enumerate(messages)
