@@ -243,9 +243,17 @@ def registered(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[None]:
         con.register(name, table)
     try:
         yield
-    finally:
+    except BaseException:
+        # the statement failed: in an aborted transaction unregistering fails too, and its error
+        # would hide the real one
         for name in tables:
-            con.unregister(name)
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+        raise
+    for name in tables:
+        con.unregister(name)
 
 
 def scan_once(table: pa.Table) -> pa.RecordBatchReader:

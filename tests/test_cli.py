@@ -114,24 +114,45 @@ def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tm
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i}:"}) + "\n" for i in range(3)))
     db_file, out_file = tmp_path / "cli.duckdb", tmp_path / "out.jsonl"
     command = [str(Path(sys.executable).parent / "batchbin"), "run", str(prompts), "--db", str(db_file),
-               "--output", str(out_file), "--max-tokens", "4", "--kv-cache-gib", "1", "--max-num-seqs", "16"]
+               "--output", str(out_file), "--max-tokens", "4", "--kv-cache-gib", "1", "--max-num-seqs", "16",
+               "--verbose"]  # Prefect's own log lines (the temporary server's port) in the output
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("LD_PRELOAD", None)
     env.pop("BATCHBIN_PRELOAD_RESTARTED", None)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "3 valid, 0 rejected" in done.stdout
-    # the command ends without Python's teardown, but only after its exit handlers: Prefect's
-    # temporary API server (booted while vLLM loaded) has stopped
-    port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", done.stdout + done.stderr).group(1))
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    # output to files, not pipes: a server process left behind would keep a pipe open and the
+    # test waiting for it
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        done = subprocess.run(command, env=env, stdout=out, stderr=err, text=True, timeout=1200)
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
+    try:
+        assert done.returncode == 0, stderr[-3000:]
+        assert "3 valid, 0 rejected" in stdout
+        # the command ends without Python's teardown, but only after its exit handlers: Prefect's
+        # temporary API server (booted while vLLM loaded) has stopped
+        port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", stdout + stderr).group(1))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        stop_servers_of(env["PREFECT_HOME"])
     assert sorted(json.loads(line)["id"] for line in out_file.read_text().splitlines()) == ["q0", "q1", "q2"]
     with duckdb.connect(str(db_file), read_only=True) as con:
         engine = json.loads(con.execute("select engine from runs").fetchone()[0])
     assert engine["in_process"] is True
     if find_preload_libs():
         assert engine["preload"] and "has the preload" in engine["reasons"]["in_process"]
+
+
+def stop_servers_of(prefect_home: str) -> None:
+    """Stop any Prefect server process left running with this PREFECT_HOME (after a failure)."""
+    import os
+    import signal
+
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT_HOME={prefect_home}".encode() in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.mark.parametrize("code, expected_rc, expected_err", [(0, 0, ""), (None, 0, ""), (3, 3, ""), ("bad input", 1, "bad input")])
@@ -213,3 +234,27 @@ def test_every_option_is_in_the_readme_configuration_reference():
     for name in [*JobConfig.model_fields, *EngineOptions.model_fields]:
         if name != "engine":
             assert f"| `{name}` |" in reference, f"README's configuration reference lacks {name}"
+
+
+@pytest.mark.engine
+def test_run_without_verbose_keeps_the_engines_noise_out_of_the_terminal(tmp_path):
+    """Only the summary, warnings and progress reach the terminal; the engine's start-up output
+    (vLLM's loading, NUMA and Triton notes) is in <db>.engine.log."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i}:"}) + "\n" for i in range(2)))
+    command = [str(Path(sys.executable).parent / "batchbin"), "run", str(prompts), "--db", str(tmp_path / "q.duckdb"),
+               "--output", str(tmp_path / "out.jsonl"), "--max-tokens", "4", "--kv-cache-gib", "1", "--max-num-seqs", "16"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("BATCHBIN_ENGINE_LOG", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    terminal = done.stdout + done.stderr
+    assert "2 valid, 0 rejected" in done.stdout
+    for noise in ("Loading safetensors", "Task run", "Flow run", "FutureWarning"):
+        assert noise not in terminal, f"{noise!r} reached the terminal"
+    assert (tmp_path / "q.engine.log").stat().st_size > 0

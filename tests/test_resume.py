@@ -49,7 +49,7 @@ def job(tmp_path):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"id": "bad", "prompt": ""}\n')
     command = [str(Path(sys.executable).parent / "batchbin"), "run", str(path), "--db", str(tmp_path / "bb.duckdb"),
                "--output", str(tmp_path / "out.jsonl"), "--max-tokens", "32", "--checkpoint-every", "2",
-               "--kv-cache-gib", "1", "--max-num-seqs", "4"]
+               "--kv-cache-gib", "1", "--max-num-seqs", "4", "--verbose"]  # progress in the log every 5 s
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("BATCHBIN_PRELOAD_RESTARTED", None)
     return tmp_path, command, env, [row["id"] for row in rows]
@@ -85,8 +85,13 @@ def stored(folder: Path) -> list[str]:
 
 
 def finish(command, env, folder: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    done = subprocess.run(list(command) + list(extra), env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    """The command to its end (output to a file: a process left behind would hold a pipe open)."""
+    log = folder / "finish.log"
+    with log.open("w") as out:
+        done = subprocess.run(list(command) + list(extra), env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                              timeout=COMMAND_TIMEOUT_S)
+    done.stdout = log.read_text()
+    assert done.returncode == 0, done.stdout[-5000:]
     return done
 
 
