@@ -52,10 +52,8 @@ def run_command(input_path: str, verbose: bool, **options) -> None:
         config = JobConfig(input_path=input_path, engine=EngineOptions(**engine), **job)
     except Exception as error:
         fail(str(error))
-    if not verbose:
-        quiet_terminal(config)
     try:
-        with in_process_flow_runs(), progress_display(verbose):
+        with quiet_terminal(config, verbose), in_process_flow_runs(), progress_display(verbose):
             with api_started_meanwhile():  # ~3-4 s of booting, while this process loads its libraries
                 from batchbin.flows.batch import batch_inference, warm_up
 
@@ -70,18 +68,31 @@ def run_command(input_path: str, verbose: bool, **options) -> None:
     print_summary(state.result())
 
 
-def quiet_terminal(config) -> None:
-    """Only warnings and errors of the run in the terminal (all of it still goes to Prefect's
-    log), and the engine's start-up output into a file beside the database."""
+@contextmanager
+def quiet_terminal(config, verbose: bool) -> Iterator[None]:
+    """Unless `verbose`: only warnings and errors of the run in the terminal (all of it still
+    goes to Prefect's log), and the engine's start-up output into a file beside the database.
+    Settings a user made in the environment are kept; the block's own are undone after it."""
     import os
     import warnings
 
     from batchbin.quiet import ENGINE_LOG_VARIABLE
 
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    os.environ.setdefault(ENGINE_LOG_VARIABLE, str(Path(config.db_path).resolve().with_suffix(".engine.log")))
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if verbose:
+        yield
+        return
+    quiet = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+             ENGINE_LOG_VARIABLE: str(Path(config.db_path).resolve().with_suffix(".engine.log"))}
+    added = [name for name in quiet if name not in os.environ]
+    os.environ.update({name: quiet[name] for name in added})
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 @contextmanager
