@@ -60,7 +60,7 @@ def run_command(input_path: str, verbose: bool, **options) -> None:
                 warm_up(config)
             state = batch_inference(config, return_state=True)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (entry turns it into this)
-        from batchbin.runs import stopped_message
+        from batchbin.run_records import stopped_message
 
         fail(stopped_message(config))
     if not state.is_completed():

@@ -29,7 +29,7 @@ from batchbin.quiet import engine_noise_to_log
 from batchbin.readers import detect_format, file_format, is_openai_batch_file
 from batchbin.retrain import retrain_if_due
 from batchbin.run_lock import run_lock
-from batchbin.runs import finish_run, no_valid_request_message, record_engine, start_run
+from batchbin.run_records import finish_run, no_valid_request_message, record_engine, start_run
 from batchbin.tasks.common import RunRef
 from batchbin.tasks.generate import SamplingDefaults, generate
 from batchbin.tasks.load import load

@@ -147,7 +147,7 @@ def test_a_database_another_process_holds_is_waited_for_then_opened(tmp_path):
         con = db.connect_when_free(path, say=said.append)
         con.close()
         assert time.monotonic() - started > 1
-        assert said and f"process {holder.pid} is using it" in said[0]
+        assert said and f"process {holder.pid} has it open" in said[0]
     finally:
         holder.kill()
         holder.wait(timeout=30)

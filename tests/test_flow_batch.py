@@ -114,7 +114,8 @@ def test_progress_and_report_are_prefect_artifacts_with_vllms_counters(job):
     assert progress.type == "progress" and float(progress.data) == 100.0
     assert re.search(r"[1-9][\d,]* prompt tokens prefilled, [1-9][\d,]* output tokens", progress.description)
     assert table.type == "table" and "preemptions" in str(table.data)
-    assert report["preemptions"] >= 0 and 0 < report["peak_kv_cache_usage"] <= 1
+    # a job this small may finish between two samples of the KV cache: its peak can read 0
+    assert report["preemptions"] >= 0 and 0 <= report["peak_kv_cache_usage"] <= 1
 
 
 @pytest.mark.engine

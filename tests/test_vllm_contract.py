@@ -90,7 +90,8 @@ def test_a_running_engine_has_what_the_adapter_uses(shared_engine):
     llm = shared_engine.llm
     assert vllm_adapter.check_engine(llm) == []
     assert vllm_adapter.max_num_seqs(llm) == TEST_ENGINE["max_num_seqs"]
-    assert not vllm_adapter.stats_enabled(llm) and vllm_adapter.engine_counters(llm) == {}  # vLLM's default
+    # BatchBin's engines keep vLLM's statistics on (the live progress and the report read them)
+    assert vllm_adapter.stats_enabled(llm) and set(vllm_adapter.engine_counters(llm)) == set(vllm_adapter.METRICS)
     params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, output_kind=RequestOutputKind.FINAL_ONLY)
     with vllm_adapter.scheduler_held(llm) as held:
         vllm_adapter.add_request(llm, "contract-1", [1, 422, 1012], params)
