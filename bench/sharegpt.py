@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from batchbin.predictors.sharegpt import data_path, is_training_conversation
+from batchbin.predictors.sharegpt import DATA_FILENAME, data_path, is_training_conversation  # noqa: F401 (bench.sharegpt names them)
 
 CHUNK_CHARS = 1 << 22  # read 4 MiB at a time; a conversation is ~7 kB on average
 USER_ROLES = {"human", "user"}
