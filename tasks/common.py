@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,7 +144,8 @@ def stage_task_options(name: str, cache_policy: CachePolicy = NO_CACHE) -> dict[
     }
 
 
-PROGRESS_EVERY_S = 5.0
+# How often a stage says how far it got in the run's log (BATCHBIN_PROGRESS_EVERY_S overrides).
+PROGRESS_EVERY_S = float(os.environ.get("BATCHBIN_PROGRESS_EVERY_S", "5"))
 
 
 def chunk_progress(say: Callable[[str], None], what: str, total: int | None = None,
