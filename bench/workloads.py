@@ -31,7 +31,7 @@ from batchbin.bench.sharegpt import benchmark_conversations, prompt_chars, share
 
 WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt")
 
-# Default sizes: a few minutes per variant on the slow 2-core CPU (see /work/shared/ENVIRONMENT.md).
+# Default sizes: a few minutes per variant on the slow 2-core CPU (AMD, AVX2 only).
 DEFAULT_SIZES = {"prefix-heavy": 240, "mixed-length": 160, "chat-mix": 160, "sharegpt": 120}
 
 
