@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -70,27 +70,54 @@ def lock_holder(error: BaseException) -> str:
     return f"process {found[1]}" if found else "another process"
 
 
+class Held(Exception):
+    """An attempt found the thing it wants held by someone else (`holder` names who)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+T = TypeVar("T")
+
+
+def wait_while_held(attempt: Callable[[], T], wait_s: float, say: Callable[[str], None],
+                    waiting: Callable[[str], str], gave_up: Callable[[str], str]) -> T:
+    """`attempt()` again every half second while it raises Held, saying `waiting(holder)` now
+    and then (every LOCK_SAY_EVERY_S); DatabaseBusy(`gave_up(holder)`) after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    next_say = time.monotonic()
+    while True:
+        try:
+            return attempt()
+        except Held as held:
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(gave_up(held.holder)) from None
+            if time.monotonic() >= next_say:
+                say(waiting(held.holder))
+                next_say = time.monotonic() + LOCK_SAY_EVERY_S
+            time.sleep(0.5)
+
+
 def connect_when_free(path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S,
                       say: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, waiting while another process holds the file (saying so now and then);
     a file that is not a DuckDB database is a clear error at once."""
-    say = say or (lambda message: print(message, file=sys.stderr))
-    deadline = time.monotonic() + wait_s
-    next_say = time.monotonic()
-    while True:
+
+    def attempt() -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(str(path), read_only=read_only, config=READ_ONLY_CONFIG if read_only else {})
         except duckdb.IOException as error:
             if not is_lock_conflict(error):
                 raise NotABatchBinDatabase(f"cannot open {path} as a BatchBin database: {str(error).strip()}") from None
-            if time.monotonic() >= deadline:
-                raise DatabaseBusy(f"{path} is still in use by {lock_holder(error)} after {wait_s:.0f} s (a run on the "
-                                   "same database holds it while it runs); try again when it has finished") from None
-            if time.monotonic() >= next_say:
-                say(f"waiting for {path}: {lock_holder(error)} has it open (a run writing to it, or a reader); "
-                    f"going on when it is free (up to {wait_s:.0f} s)")
-                next_say = time.monotonic() + LOCK_SAY_EVERY_S
-            time.sleep(0.5)
+            raise Held(lock_holder(error)) from None
+
+    return wait_while_held(
+        attempt, wait_s, say or (lambda message: print(message, file=sys.stderr)),
+        waiting=lambda holder: (f"waiting for {path}: {holder} has it open (a run writing to it, or a reader); "
+                                f"going on when it is free (up to {wait_s:.0f} s)"),
+        gave_up=lambda holder: (f"{path} is still in use by {holder} after {wait_s:.0f} s (a run on the same "
+                                "database holds it while it runs); try again when it has finished"))
 
 
 _sessions: dict[str, list] = {}  # resolved path -> [connection, number of open sessions]

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from batchbin.db import LOCK_SAY_EVERY_S, LOCK_WAIT_S, DatabaseBusy
+from batchbin.db import LOCK_WAIT_S, Held, wait_while_held
 
 
 def lock_path(db_path: str | Path) -> Path:
@@ -33,22 +32,17 @@ def run_lock(db_path: str | Path, run_id: str, say: Callable[[str], None], wait_
     path = lock_path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        deadline = time.monotonic() + wait_s
-        next_say = time.monotonic()
-        while True:
+        def attempt() -> None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                holder = path.read_text().strip() or "another run"
-                if time.monotonic() >= deadline:
-                    raise DatabaseBusy(f"{db_path} is still taken by {holder} after {wait_s:.0f} s; "
-                                       "try again when it has finished") from None
-                if time.monotonic() >= next_say:
-                    say(f"waiting for {holder} on {db_path} to finish: one run at a time on a database "
-                        f"(up to {wait_s:.0f} s)")
-                    next_say = time.monotonic() + LOCK_SAY_EVERY_S
-                time.sleep(0.5)
+                raise Held(path.read_text().strip() or "another run") from None
+
+        wait_while_held(
+            attempt, wait_s, say,
+            waiting=lambda holder: (f"waiting for {holder} on {db_path} to finish: one run at a time on a database "
+                                    f"(up to {wait_s:.0f} s)"),
+            gave_up=lambda holder: f"{db_path} is still taken by {holder} after {wait_s:.0f} s; try again when it has finished")
         handle.seek(0)
         handle.truncate()
         handle.write(f"run {run_id} (process {os.getpid()})")
