@@ -14,6 +14,7 @@ import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from batchbin import charts
 from batchbin.errors import BatchBinError
 from batchbin.openai_batch import output_line
 from batchbin.readers import file_format
@@ -147,6 +148,8 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         # the flow marks the run finished as soon as this report and the output file are written
         summary["status"] = "finished"
         run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
+        chart_data = charts.read_chart_data(con, ref.run_id)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
     create_table_artifact(key=TABLE_ARTIFACT_KEY, table=report_table(summary), description="BatchBin run report, as a table")
+    charts.publish_charts(chart_data)  # drawn after the database is closed: its lock is not held for it
     return summary
