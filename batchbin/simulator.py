@@ -100,6 +100,11 @@ class _Running:
         self.held_hashes: list = []  # the cached (shared) blocks among them
         self.hashed_upto = 0     # prompt blocks already cached or taken from the cache
 
+    def key(self, block: int):
+        """The prefix-cache key of the request's `block`-th block: its prompt's, or one of its
+        own for blocks holding output (found again only by this request, after a preemption)."""
+        return self.hashes[block] if block < len(self.hashes) else ("output", self.index, block)
+
     def tokens_to_compute(self) -> int:
         return self.target - self.computed if self.computed < self.target else 1
 
@@ -121,12 +126,13 @@ class _BlockPool:
     def used(self) -> int:
         return self.plain_used + len(self.in_use)
 
-    def cached_prefix(self, hashes: tuple, limit: int) -> list:
-        """The longest run of leading prompt blocks in the cache (at most `limit` blocks)."""
+    def cached_prefix(self, state: "_Running", limit: int) -> list:
+        """The longest run of the request's leading blocks in the cache (at most `limit`)."""
         hits = []
         if not self.caching:
             return hits
-        for key in hashes[:limit]:
+        for i in range(limit):
+            key = state.key(i)
             if key in self.in_use or key in self.evictable:
                 hits.append(key)
             else:
@@ -159,6 +165,18 @@ class _BlockPool:
         self.plain_used -= 1
         self.in_use[key] = 1
         return True
+
+    def cache_full_blocks(self, state: "_Running", tokens: int, bs: int) -> None:
+        """Cache the request's blocks that `tokens` fill, as vLLM does when it schedules them
+        (so a request admitted later in the same step can already reuse them)."""
+        full = tokens // bs
+        if not self.caching or full <= state.hashed_upto:
+            return
+        for i in range(state.hashed_upto, full):
+            key = state.key(i)
+            if self.cache_block(key):
+                state.held_hashes.append(key)
+        state.hashed_upto = full
 
     def release(self, state: _Running) -> None:
         """Free a request's blocks; its cached blocks stay findable until evicted (its last
@@ -228,6 +246,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
                     break
             else:
                 state.blocks += max(0, needed)
+                pool.cache_full_blocks(state, state.computed + new, bs)
                 scheduled.append((state, new))
                 budget -= new
                 i += 1
@@ -238,7 +257,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
         while waiting and not preempted and len(running) < limits.max_num_seqs and budget > 0:
             state = waiting[0]
             total = state.target
-            hits = pool.cached_prefix(state.hashes, (total - 1) // bs)
+            hits = pool.cached_prefix(state, (total - 1) // bs)
             hit_tokens = len(hits) * bs
             new = min(total - hit_tokens, budget)
             fresh = -(-(hit_tokens + new) // bs) - len(hits)
@@ -251,6 +270,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
             state.hashed_upto = len(hits)
             state.blocks = len(hits) + fresh
             state.computed = hit_tokens
+            pool.cache_full_blocks(state, hit_tokens + new, bs)
             result.cached_tokens += hit_tokens
             waiting.popleft()
             running.append(state)
@@ -274,19 +294,13 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
         record(StepWork(len(scheduled), prefill, decode, context, pairs))
         now_s = result.seconds
         result.prefill_tokens += prefill
-        # 4. advance: computed tokens, sampled tokens, cached prompt blocks, finished requests
+        # 4. advance: computed tokens, sampled tokens, finished requests
         finished = False
         for state, new in scheduled:
             state.computed += new
             if state.computed >= state.target:
                 state.generated += 1
                 result.output_tokens += 1
-            full = min(state.computed // bs, len(state.hashes))
-            if full > state.hashed_upto:
-                for key in state.hashes[state.hashed_upto:full]:
-                    if pool.cache_block(key):
-                        state.held_hashes.append(key)
-                state.hashed_upto = full
         if any(state.generated >= state.output for state, _ in scheduled):
             finished = True
             still = []
@@ -325,5 +339,6 @@ def _fast_forward(running: list[_Running], pool: _BlockPool, bs: int, record, re
         state.computed += steps
         state.generated += steps
         state.blocks = -(-state.computed // bs)
+        pool.cache_full_blocks(state, state.computed, bs)
     result.output_tokens += steps * n
     result.peak_kv_usage = max(result.peak_kv_usage, pool.used() / pool.total)

@@ -1,0 +1,158 @@
+"""`batchbin plan INPUT`: a dry run that says what a job would do, before any generation.
+
+    batchbin plan prompts.jsonl --gpu h100 --model-size 8b
+
+It runs the stages before generation (load, tokenize, group_prefixes, predict_lengths,
+schedule) into a database (a temporary one unless --db is given: then a later `batchbin run`
+of the same file reuses them), builds no engine, and reports:
+
+- the requests, their prompt tokens and the predicted output tokens;
+- the prefix reuse the prompts allow (what perfect prefix caching would skip);
+- the order the schedule chose and why;
+- the generation time the simulator predicts on this machine with the fitted step costs
+  (batchbin/simulator.py, batchbin/step_costs.py), in that order and in token order;
+- the same on a GPU for a model size named on the command line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from batchbin import db
+from batchbin.config import JobConfig, file_fingerprint
+from batchbin.errors import BatchBinError
+from batchbin.sim_runs import AS_RUN, OrderEstimate, open_run, simulate_run
+from batchbin.sqlfiles import one
+from batchbin.tasks.common import RunRef
+
+BASELINE_ORDER = "sorted"  # what a capable user does by hand: prompts in token order
+
+
+@dataclass
+class Plan:
+    """What `batchbin plan` found and predicts for a job."""
+
+    run_id: str
+    requests: int
+    rejects: int
+    prompt_tokens: int
+    ideal_cached_tokens: int
+    prefix_groups: int
+    predicted: dict            # total, mean, median, p90 predicted output tokens, predictor
+    order: str
+    requested_order: str
+    reason: str
+    engine: dict
+    estimates: list[OrderEstimate] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    db_path: str | None = None  # kept database, if any
+
+
+def prepare(config: JobConfig) -> tuple[RunRef, int]:
+    """Run the stages before generation into config.db_path; returns the run and its rejects."""
+    from batchbin.engine_settings import choose_engine_settings
+    from batchbin.flows.batch import check_input, prepare_work
+    from batchbin.machine import detect_machine
+    from batchbin.models import resolve_model
+    from batchbin.run_records import finish_run, no_valid_request_message, record_engine, start_run
+    from batchbin.tasks.load import load
+
+    check_input(config)
+    model_path = resolve_model(config.model)
+    fingerprint = file_fingerprint(config.input_path)
+    ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
+    with db.session(ref.db_path):
+        start_run(ref, config, fingerprint, model_path)
+        loaded = load(ref, config.input_path, fingerprint)
+        if loaded.requests == 0:
+            message = no_valid_request_message(ref, config.input_path)
+            finish_run(ref, "failed")
+            raise BatchBinError(message)
+        settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+        record_engine(ref, settings)
+        ref = prepare_work(ref, config, model_path, settings)
+        finish_run(ref, "planned")
+    return ref, loaded.rejects
+
+
+def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool = True) -> Plan:
+    """Read what the stages found and simulate the run's order and token order."""
+    stored = open_run(ref.db_path, ref.run_id)
+    try:
+        con = stored.con
+        requested, used, reason = one(con, "simulate.schedule_choice", {"run_id": ref.run_id})
+        with db.connect(ref.db_path, read_only=True) as source:
+            prefix = one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
+            predicted = one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
+        requests, prompt_tokens, _, ideal_cached, groups = prefix
+        orders = [AS_RUN] + ([BASELINE_ORDER] if used != BASELINE_ORDER else [])
+        simulation = simulate_run(stored, orders, lengths="predicted", cpu=cpu, gpu=gpu)
+    finally:
+        stored.con.close()
+    names = ("requests", "total", "mean", "median", "p90", "predictor")
+    return Plan(run_id=ref.run_id, requests=requests, rejects=rejects, prompt_tokens=int(prompt_tokens or 0),
+                ideal_cached_tokens=int(ideal_cached or 0), prefix_groups=int(groups or 0),
+                predicted=dict(zip(names, predicted)), order=used, requested_order=requested, reason=reason,
+                engine=stored.engine, estimates=simulation.estimates, warnings=simulation.warnings)
+
+
+@contextmanager
+def planning_database(db_path: str | None) -> Iterator[str]:
+    """The database the plan writes: `db_path`, or a temporary file removed afterwards."""
+    if db_path:
+        yield db_path
+        return
+    with tempfile.TemporaryDirectory(prefix="batchbin-plan-") as folder:
+        yield str(Path(folder) / "plan.duckdb")
+
+
+def make_plan(config: JobConfig, gpu: tuple[str, str] | None = None, keep_db: bool = False) -> Plan:
+    """Prepare the job (no generation) and predict its generation time here and on `gpu`."""
+    ref, rejects = prepare(config)
+    plan = describe(ref, rejects, gpu)
+    plan.db_path = ref.db_path if keep_db else None
+    return plan
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as the terminal shows it."""
+    p = plan.predicted
+    reuse = plan.ideal_cached_tokens / plan.prompt_tokens if plan.prompt_tokens else 0.0
+    engine = plan.engine
+    lines = [
+        f"BatchBin plan for run {plan.run_id} (nothing generated)",
+        f"  requests        {plan.requests} valid, {plan.rejects} rejected",
+        f"  prompt tokens   {plan.prompt_tokens:,}",
+        f"  output tokens   {p['total'] or 0:,.0f} predicted (mean {p['mean'] or 0:.0f}, median {p['median'] or 0:.0f}, "
+        f"90th percentile {p['p90'] or 0:.0f}; predictor {p['predictor']})",
+        f"  prefix reuse    {plan.ideal_cached_tokens:,} prompt tokens shared ({reuse:.0%} of the prompt tokens, "
+        f"{plan.prefix_groups} prefix groups)",
+        f"  order           {plan.order} ({plan.reason})",
+        f"  engine          max_num_seqs {engine.get('max_num_seqs')}, max_num_batched_tokens "
+        f"{engine.get('max_num_batched_tokens')}, block {engine.get('block_size')}, KV cache "
+        f"{engine.get('kv_cache_gib')} GiB, {engine.get('dtype')}, "
+        f"{'eager' if engine.get('enforce_eager') else 'torch.compile'}",
+        "  estimated generation time (simulated on the predicted lengths; engine start not included):",
+    ]
+    for estimate in plan.estimates:
+        r = estimate.result
+        order = f"{estimate.used} (this plan)" if estimate.order == AS_RUN else f"{estimate.used} (token order)"
+        lines.append(f"    {estimate.device:34} {order:22} {format_seconds(r.seconds):>9}  "
+                     f"{r.output_tokens / r.seconds if r.seconds else 0:,.0f} tokens/s, {r.preemptions} preemptions, "
+                     f"{r.cached_tokens:,} cached prompt tokens")
+    lines += [f"  note            {warning}" for warning in plan.warnings]
+    if plan.db_path:
+        lines.append(f"  database        {plan.db_path} (`batchbin run` of the same file with --db reuses these stages)")
+    return "\n".join(lines)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
