@@ -201,7 +201,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
         if request.output_tokens < 1 or request.prompt_tokens < 1:
             raise BatchBinError(f"request {i}: prompt and output need at least one token "
                                 f"(got {request.prompt_tokens} and {request.output_tokens})")
-        needed = math.ceil((request.prompt_tokens + request.output_tokens) / limits.block_size)
+        needed = math.ceil((request.prompt_tokens + request.output_tokens - 1) / limits.block_size)  # the last token is sampled, never cached
         if needed > limits.kv_blocks:
             raise BatchBinError(f"request {i} needs {needed} KV blocks at its full length; the cache has "
                                 f"{limits.kv_blocks}: it could never run")

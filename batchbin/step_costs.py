@@ -108,7 +108,8 @@ def fit_linear_step_cost(steps: Sequence[dict], fitted_on: dict | None = None) -
     scale = [1.0] + [max(1.0, max(float(s[name]) for s in steps)) for name in FEATURES]
     rows = [[1.0] + [float(s[name]) / scale[i + 1] for i, name in enumerate(FEATURES)] for s in steps]
     targets = [float(s["duration_s"]) for s in steps]
-    active = list(range(len(scale)))
+    # a feature that never varies (no prefill in any step, say) cannot be fitted: its cost is 0
+    active = [0] + [i for i in range(1, len(scale)) if len({row[i] for row in rows}) > 1]
     while True:
         solution = _solve([[r[i] for i in active] for r in rows], targets)
         negative = [i for i, value in zip(active, solution) if value < 0 and i != 0]
