@@ -23,7 +23,7 @@ from batchbin.errors import BatchBinError
 from batchbin.machine import detect_machine
 from batchbin.simulator import EngineLimits, SimRequest, SimResult, simulate
 from batchbin.sqlfiles import arrow, one, run
-from batchbin.step_costs import (DTYPE_BYTES, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
+from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
                                  fit_linear_step_cost, kv_blocks, named_gpu, named_model_size)
 
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
@@ -162,16 +162,15 @@ def measured(db_path: str | Path, run_id: str) -> dict:
 # --- costs: this machine, or a GPU --------------------------------------------------------
 
 def cpu_cost(engine: dict | None = None, path: Path | None = None) -> tuple[LinearStepCost, str | None]:
-    """The fitted CPU step cost and, if the engine differs from the one it was fitted on, a
-    warning saying how."""
-    cost = LinearStepCost.load(path) if path else LinearStepCost.load()
+    """The fitted CPU step cost for the engine's kind (dtype, eager or compiled) and, if none was
+    fitted on that kind, a warning saying which one stands in."""
+    engine = engine or {}
+    kind = (engine.get("dtype"), engine.get("enforce_eager"))
+    cost = LinearStepCost.load(path or FITTED_PATH, *kind)
     warning = None
-    fitted = cost.fitted_on
-    if engine:
-        differs = [f"{name} {engine.get(name)} (fitted on {fitted.get(name)})" for name in ("dtype", "enforce_eager")
-                   if name in fitted and engine.get(name) != fitted.get(name)]
-        if differs:
-            warning = "the step costs were fitted on another engine: " + ", ".join(differs)
+    if engine and cost.kind() != kind:
+        warning = (f"no step costs fitted on a {kind[0]} {'eager' if kind[1] else 'torch.compile'} engine; "
+                   f"using the {cost.kind()[0]} {'eager' if cost.kind()[1] else 'torch.compile'} fit")
     return cost, warning
 
 

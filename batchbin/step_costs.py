@@ -63,20 +63,40 @@ class LinearStepCost:
         return (self.intercept_s + self.per_prefill_token_s * work.prefill_tokens
                 + self.per_decode_token_s * work.decode_tokens + self.per_context_token_s * work.context_tokens)
 
+    def kind(self) -> tuple:
+        """The engine kind it was fitted on: (dtype, enforce_eager)."""
+        return self.fitted_on.get("dtype"), self.fitted_on.get("enforce_eager")
+
     def save(self, path: Path = FITTED_PATH) -> Path:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Keep this fit in `path`, replacing an older fit of the same engine kind only."""
+        fits = [fit for fit in read_fits(path) if fit.kind() != self.kind()] if path.is_file() else []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"fits": [asdict(fit) for fit in [*fits, self]]}, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: Path = FITTED_PATH) -> "LinearStepCost":
-        if not path.is_file():
-            raise BatchBinError(f"no fitted step costs at {path}; run `batchbin simulate fit --db DB` on a database "
-                                "with measured runs")
-        values = json.loads(path.read_text())
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise BatchBinError(f"{path} is not a step-cost fit ({error}); fit again with `batchbin simulate fit`")
+    def load(cls, path: Path = FITTED_PATH, dtype: str | None = None,
+             enforce_eager: bool | None = None) -> "LinearStepCost":
+        """The fit for this engine kind, else the first one kept (check `kind()` against yours)."""
+        fits = read_fits(path)
+        for fit in fits:
+            if fit.kind() == (dtype, enforce_eager):
+                return fit
+        return fits[0]
+
+
+def read_fits(path: Path = FITTED_PATH) -> list[LinearStepCost]:
+    """Every step-cost fit kept in `path` (one per engine kind)."""
+    if not path.is_file():
+        raise BatchBinError(f"no fitted step costs at {path}; run `batchbin simulate fit --db DB` on a database "
+                            "with measured runs")
+    try:
+        fits = [LinearStepCost(**values) for values in json.loads(path.read_text())["fits"]]
+    except (TypeError, KeyError, ValueError) as error:
+        raise BatchBinError(f"{path} is not a step-cost fit ({error}); fit again with `batchbin simulate fit`")
+    if not fits:
+        raise BatchBinError(f"{path} holds no step-cost fit; fit one with `batchbin simulate fit`")
+    return fits
 
 
 def _solve(rows: list[list[float]], targets: list[float]) -> list[float]:

@@ -153,9 +153,17 @@ def test_a_fit_never_lets_more_work_cost_less():
     assert fitted.per_decode_token_s == pytest.approx(0.001, rel=0.05)
 
 
-def test_the_fit_is_saved_and_loaded(tmp_path):
-    cost = LinearStepCost(0.1, 0.2, 0.3, 0.4, {"cpu": "x"})
-    assert LinearStepCost.load(cost.save(tmp_path / "fit.json")) == cost
+def test_fits_are_kept_per_engine_kind(tmp_path):
+    eager = LinearStepCost(0.1, 0.2, 0.3, 0.4, {"cpu": "x", "dtype": "bfloat16", "enforce_eager": True})
+    compiled = LinearStepCost(0.05, 0.1, 0.2, 0.3, {"cpu": "x", "dtype": "bfloat16", "enforce_eager": False})
+    path = tmp_path / "fit.json"
+    eager.save(path)
+    compiled.save(path)
+    refit = LinearStepCost(0.2, 0.2, 0.3, 0.4, {**eager.fitted_on})
+    refit.save(path)
+    assert LinearStepCost.load(path, "bfloat16", True) == refit
+    assert LinearStepCost.load(path, "bfloat16", False) == compiled
+    assert LinearStepCost.load(path, "float32", True) == compiled  # none of that kind: the first kept
     with pytest.raises(BatchBinError, match="simulate fit"):
         LinearStepCost.load(tmp_path / "missing.json")
 
