@@ -228,30 +228,48 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
         budget = limits.max_num_batched_tokens
         scheduled: list[tuple[_Running, int]] = []
         preempted = False
+        prefill = decode = context = 0
+        pairs = 0.0
         # 1. running requests, in order; preempt from the back when blocks run out
         i = 0
         while i < len(running) and budget > 0:
             state = running[i]
-            new = min(state.tokens_to_compute(), budget)
-            needed = -(-(state.computed + new) // bs) - state.blocks
-            while needed > 0 and not pool.allocate(needed):
-                victim = running.pop()
-                pool.release(victim)
-                victim.target = victim.prompt + victim.generated
-                victim.computed = 0
-                waiting.appendleft(victim)
-                result.preemptions += 1
-                preempted = True
-                if victim is state:
+            computed = state.computed
+            prefilling = computed < state.target
+            if prefilling:  # a chunk of what is left of the prompt
+                new = state.target - computed
+                if new > budget:
+                    new = budget
+                prefill += new
+            else:  # decoding: one token
+                new = 1
+                decode += 1
+            needed = -(-(computed + new) // bs) - state.blocks
+            if needed > 0:
+                while not pool.allocate(needed):
+                    victim = running.pop()
+                    pool.release(victim)
+                    victim.target = victim.prompt + victim.generated
+                    victim.computed = 0
+                    waiting.appendleft(victim)
+                    result.preemptions += 1
+                    preempted = True
+                    if victim is state:
+                        break
+                if preempted and (i >= len(running) or running[i] is not state):  # it was the victim itself
+                    if prefilling:
+                        prefill -= new
+                    else:
+                        decode -= 1
                     break
-            else:
-                state.blocks += max(0, needed)
-                pool.cache_full_blocks(state, state.computed + new, bs)
-                scheduled.append((state, new))
-                budget -= new
-                i += 1
-                continue
-            break
+                state.blocks += needed
+            if (computed + new) // bs > state.hashed_upto:
+                pool.cache_full_blocks(state, computed + new, bs)
+            context += computed
+            pairs += new * (computed + (new + 1) / 2)
+            scheduled.append((state, new))
+            budget -= new
+            i += 1
         # 2. waiting requests, while nothing was preempted and there is room
         admitted = 0
         while waiting and not preempted and len(running) < limits.max_num_seqs and budget > 0:
@@ -275,22 +293,17 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
             waiting.popleft()
             running.append(state)
             scheduled.append((state, new))
+            prefill += new
+            context += hit_tokens
+            pairs += new * (hit_tokens + (new + 1) / 2)
             budget -= new
             admitted += 1
         if not scheduled:
             raise BatchBinError("the simulated engine cannot schedule anything (a request larger than the KV cache "
                                 "or the token budget)")
-        # 3. the step's work and cost
-        prefill = decode = context = 0
-        pairs = 0.0
-        for state, new in scheduled:
-            context += state.computed
-            pairs += new * (state.computed + (new + 1) / 2)
-            if state.computed < state.target:
-                prefill += new
-            else:
-                decode += 1
-        result.peak_running = max(result.peak_running, len(scheduled))
+        # 3. the step's cost
+        if len(scheduled) > result.peak_running:
+            result.peak_running = len(scheduled)
         record(StepWork(len(scheduled), prefill, decode, context, pairs))
         now_s = result.seconds
         result.prefill_tokens += prefill
@@ -300,9 +313,10 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
             state.computed += new
             if state.computed >= state.target:
                 state.generated += 1
-                result.output_tokens += 1
-        if any(state.generated >= state.output for state, _ in scheduled):
-            finished = True
+                if state.generated >= state.output:
+                    finished = True
+        result.output_tokens += sum(1 for state, _ in scheduled if state.computed >= state.target)
+        if finished:
             still = []
             for state in running:
                 if state.generated >= state.output:

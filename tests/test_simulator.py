@@ -89,7 +89,8 @@ def test_a_prefix_is_found_again_after_its_request_finished_until_its_blocks_are
 def test_preemption_happens_when_the_kv_cache_is_short_and_the_job_still_finishes():
     requests = [SimRequest(32, 200) for _ in range(8)]
     roomy = simulate(requests, AMPLE, PER_STEP)
-    short = simulate(requests, limits(kv_blocks=60), PER_STEP)  # 8 x 15 blocks at full length > 60
+    short = simulate(requests, limits(kv_blocks=60), PER_STEP, keep_trace=True)  # 8 x 15 blocks at full length > 60
+    assert all(work.prefill_tokens >= 0 and 0 <= work.decode_tokens <= work.running for work, _ in short.trace)
     assert roomy.preemptions == 0
     assert short.preemptions > 0
     assert short.output_tokens == roomy.output_tokens == 1600
