@@ -24,24 +24,14 @@ Metrics:
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import arrow, run
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    result = np.empty(len(values), dtype=np.float64)
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        result[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return result
+    """Ranks 1..n, ties sharing their average rank (polars' rank, not a Python loop over ties)."""
+    return pl.Series(np.asarray(values, dtype=np.float64)).rank("average").to_numpy().astype(np.float64)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -139,13 +129,12 @@ def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict 
     if k_bins is None:
         rows = run(con, "predictors.run_k_bins", {"run_id": run_id}).fetchall()  # fetchall: DuckDB 2.0
         k_bins = int(rows[0][0]) if rows and rows[0][0] else 4  # refuses register() after a partial fetch
-    rows = run(con, "predictors.predictions_with_results", {"run_id": run_id}).fetchall()
-    if not rows:
+    rows = pl.from_arrow(arrow(con, "predictors.predictions_with_results", {"run_id": run_id}))
+    if rows.is_empty():
         return None
-    true = np.array([r[0] for r in rows], dtype=np.float64)
-    pred = np.array([r[1] for r in rows], dtype=np.float64)
-    metrics = prediction_metrics(true, pred, k_bins)
-    names = sorted({r[2] for r in rows if r[2] is not None})
+    true, pred, predictor = (rows.to_series(i) for i in range(3))  # the query's three columns, in order
+    metrics = prediction_metrics(true.to_numpy().astype(np.float64), pred.to_numpy().astype(np.float64), k_bins)
+    names = sorted(predictor.drop_nulls().unique().to_list())
     metrics["predictor"] = ", ".join(names)
     from batchbin.predictors.registry import train_rows_of
 

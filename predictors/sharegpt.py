@@ -24,6 +24,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+
 from batchbin.errors import BatchBinError
 
 DATA_FILENAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -32,6 +35,7 @@ VAL_SHARE = 0.1             # of the predictor's side: validation (early stoppin
 TEST_SHARE = 0.1            # of the predictor's side: test (the reported metrics)
 MAX_PROMPT_TOKENS = 1792    # turns whose history is longer do not fit the default model's 2048 context
 MESSAGE_OVERHEAD_TOKENS = 5  # <|im_start|>role\n ... <|im_end|>\n
+TOKENIZE_BATCH_TEXTS = 2048  # texts per tokenizer call: large enough for its threads, small in memory
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "chatgpt", "bard", "bing", "assistant"}
 
@@ -121,8 +125,12 @@ def length_rows(tokenizer, limit: int | None = None, max_prompt_tokens: int = MA
     """Training rows of the predictor's side: {"request_id", "conversation", "part", "messages",
     "prompt_tokens", "max_tokens", "output_tokens"}; `tokenizer` counts tokens (the default
     model's). Turns whose prompt exceeds max_prompt_tokens are left out, with the rest of their
-    conversation."""
-    rows, seen = [], set()
+    conversation.
+
+    Every message is counted once (a conversation's last turn holds all of them), in large
+    batches across conversations; a turn's prompt is then a difference of running sums, and the
+    cut at a conversation's first too-long turn a polars window."""
+    turns, texts, seen = [], [], set()
     for conversation in conversations(limit):
         conversation_id = str(conversation.get("id"))
         part = part_of(conversation_id)
@@ -132,19 +140,38 @@ def length_rows(tokenizer, limit: int | None = None, max_prompt_tokens: int = MA
         if not requests:
             continue
         seen.add(conversation_id)
-        texts = [m["content"] for m in requests[-1]["messages"]] + [requests[-1]["answer"]]
-        counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        for request in requests:
-            n_messages = len(request["messages"])
-            prompt_tokens = sum(counts[:n_messages]) + MESSAGE_OVERHEAD_TOKENS * (n_messages + 1)
-            if prompt_tokens > max_prompt_tokens:
-                break
-            rows.append({
-                "request_id": f"sharegpt-{conversation_id}-t{request['turn']}", "conversation": conversation_id,
-                "part": part, "messages": request["messages"], "prompt_tokens": prompt_tokens,
-                "max_tokens": 4096, "output_tokens": counts[n_messages],
-            })
-    return rows
+        first_text = len(texts)  # this conversation's messages, then its last answer
+        texts += [m["content"] for m in requests[-1]["messages"]] + [requests[-1]["answer"]]
+        turns += [{"conversation": conversation_id, "part": part, "request": request,
+                   "first_text": first_text, "n_messages": len(request["messages"])} for request in requests]
+    if not turns:
+        return []
+    counts = token_counts(tokenizer, texts)
+    running = np.concatenate([[0], np.cumsum(counts)])  # running[i]: tokens of texts[:i]
+    frame = pl.DataFrame({"conversation": [t["conversation"] for t in turns],
+                          "first_text": [t["first_text"] for t in turns],
+                          "n_messages": [t["n_messages"] for t in turns]}).with_row_index("turn")
+    ends = frame["first_text"].to_numpy() + frame["n_messages"].to_numpy()
+    frame = frame.with_columns(
+        prompt_tokens=pl.Series(running[ends] - running[frame["first_text"].to_numpy()])
+        + MESSAGE_OVERHEAD_TOKENS * (pl.col("n_messages") + 1),
+        output_tokens=pl.Series(counts[ends]))
+    kept = frame.filter((pl.col("prompt_tokens") > max_prompt_tokens).cum_sum().over("conversation") == 0)
+    return [{"request_id": f"sharegpt-{turns[i]['conversation']}-t{turns[i]['request']['turn']}",
+             "conversation": turns[i]["conversation"], "part": turns[i]["part"],
+             "messages": turns[i]["request"]["messages"], "prompt_tokens": prompt, "max_tokens": 4096,
+             "output_tokens": output}
+            for i, prompt, output in kept.select("turn", "prompt_tokens", "output_tokens").iter_rows()]
+
+
+def token_counts(tokenizer, texts: list[str], batch_texts: int = TOKENIZE_BATCH_TEXTS) -> np.ndarray:
+    """The token count of each text (no special tokens), tokenized `batch_texts` at a time: large
+    batches run in the tokenizer's Rust threads, and only the counts are kept."""
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), batch_texts):
+        ids = tokenizer(texts[start:start + batch_texts], add_special_tokens=False)["input_ids"]
+        counts[start:start + len(ids)] = [len(one) for one in ids]
+    return counts
 
 
 def default_tokenizer():

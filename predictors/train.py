@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from batchbin.errors import BatchBinError
@@ -34,7 +35,7 @@ from batchbin.predictors.evaluate import prediction_metrics
 from batchbin.predictors.features import FeatureSettings, feature_matrix, n_features
 from batchbin.predictors.model import LengthMLP, LengthPredictor, PredictorConfig, to_tokens
 from batchbin.predictors.registry import model_key, register_predictor
-from batchbin.sqlfiles import run
+from batchbin.sqlfiles import arrow, run
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,11 @@ def split_mask(request_ids: list[str], fraction: float) -> np.ndarray:
 def training_rows(con, default_max_tokens: int, model: str | None = None) -> list[dict]:
     """Finished requests without error, as dicts (sql/predictors.sql training_rows): of the runs
     of `model` (a model_key), or of every run when None."""
-    cursor = run(con, "predictors.training_rows", {"default_max_tokens": default_max_tokens})
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    return rows if model is None else [row for row in rows if model_key(row["model"]) == model]
+    rows = pl.from_arrow(arrow(con, "predictors.training_rows", {"default_max_tokens": default_max_tokens}))
+    if model is not None:  # model_key looks at the file system: once per model, not once per row
+        names = [name for name in rows.get_column("model").unique().to_list() if model_key(name) == model]
+        rows = rows.filter(pl.col("model").is_in(names))
+    return rows.to_dicts()
 
 
 def newest_run_model(con) -> str | None:
