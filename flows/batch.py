@@ -148,6 +148,17 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
     return ref
 
 
+def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
+                        defaults: SamplingDefaults) -> dict:
+    """The generate stage over `config.engines` engines of the Ray cluster at `config.ray_address`."""
+    from batchbin.ray_generate import generate_on_ray
+
+    return generate_on_ray(ref, model_path, config.engine, defaults, config.checkpoint_every, config.retry_errors,
+                           config.ray_address, config.engines, min_shared_tokens=settings.block_size or 16,
+                           max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                           tensor_parallel_size=config.tensor_parallel_size)
+
+
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
                output_format: str, say: Callable[[str], None]) -> dict:
     clock = StageClock()
@@ -175,9 +186,14 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
     try:
         # generation holds the file only while it reads work or writes a checkpoint: readers get in
         with clock.stage("generate"):
-            generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors)
+            if config.ray_address:  # many engines on a Ray cluster (batchbin/ray_generate.py)
+                generation = generate_scaled_out(ref, config, model_path, settings, defaults)
+            else:
+                generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors)
         with db.session(ref.db_path, say=say):
             summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
+            if "scale_out" in generation:
+                summary = {**summary, "scale_out": generation["scale_out"]}
             finish_run(ref, "finished")  # only now: its report and output file are written
     except BaseException:
         finish_run(ref, "failed")
