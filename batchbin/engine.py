@@ -105,8 +105,9 @@ def _start_llm(model_path: str, settings: EngineSettings, max_model_len: int):
         enable_prefix_caching=True,
         seed=0,
         # vLLM's counters (prefill and output tokens, preemptions, KV-cache use) for the live
-        # progress and the report; vllm.LLM turns them off by default, `vllm serve` keeps them on
-        disable_log_stats=False,
+        # progress and the report, and each step's shape for the run's engine_steps; vllm.LLM
+        # turns statistics off by default, `vllm serve` keeps them on
+        **vllm_adapter.iteration_details_kwargs(),
         **settings.engine_kwargs(),
         **executor_kwargs(settings),
     )

@@ -18,7 +18,8 @@ from typing import Any
 ENDPOINTS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 # body fields BatchBin carries over as they are
-PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "response_format")
+PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "response_format",
+                  "min_tokens", "ignore_eos")  # the last two: vLLM's extra parameters, as its server takes them
 # body fields that change nothing BatchBin does (the job's --model serves every request)
 IGNORED = ("model", "user", "store", "metadata", "service_tier")
 # body fields BatchBin does not support, accepted only at the value that means "not used"

@@ -62,6 +62,8 @@ class Request(BaseModel):
     prompt: str | None = None
     messages: list[Message] | None = None
     max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)  # vLLM's: no end-of-sequence before this many
+    ignore_eos: bool | None = None  # vLLM's: generate on past end-of-sequence, up to max_tokens
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-INT32_MAX - 1, le=INT32_MAX)
@@ -107,6 +109,12 @@ class Request(BaseModel):
             raise ValueError("give exactly one of 'prompt' (text) or 'messages' (chat)")
         return self
 
+    @model_validator(mode="after")
+    def min_tokens_within_max_tokens(self) -> "Request":
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
+        return self
+
 
 def validate_row(number: int, row: dict | None, raw: str, parse_error: str | None,
                  first_seen: dict[str, int]) -> tuple[dict | None, dict | None]:
@@ -146,6 +154,8 @@ def validate_row(number: int, row: dict | None, raw: str, parse_error: str | Non
         "prompt": request.prompt,
         "messages": None if request.messages is None else json.dumps([m.model_dump(exclude_none=True) for m in request.messages]),
         "max_tokens": request.max_tokens,
+        "min_tokens": request.min_tokens,
+        "ignore_eos": request.ignore_eos,
         "temperature": request.temperature,
         "top_p": request.top_p,
         "seed": request.seed,

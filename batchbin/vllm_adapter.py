@@ -224,6 +224,86 @@ def engine_counters(llm) -> dict[str, float]:
     return values
 
 
+# --- what each step did ----------------------------------------------------------------------
+
+ITERATION_LOGGER = "vllm.v1.metrics.loggers"  # logs a line per step when iteration details are on
+
+
+def iteration_details_kwargs() -> dict:
+    """`vllm.LLM` keyword arguments that make the engine report each step's shape (vLLM's
+    iteration details, with its statistics on) for `steps_watched`; vLLM's own log line per step
+    is turned down to warnings, BatchBin stores the numbers instead."""
+    import logging
+
+    logging.getLogger(ITERATION_LOGGER).setLevel(logging.WARNING)
+    return {"disable_log_stats": False, "enable_logging_iteration_details": True}
+
+
+@dataclass
+class StepShape:
+    """What one engine step computed, from vLLM's statistics: the sequences it ran, prompt (or
+    recomputed) tokens prefilled, tokens decoded, the requests left waiting, those preempted,
+    the KV cache's use after it (0..1), and the tokens in the KV cache of the running sequences
+    (what attention reads; None where the engine core runs in a process of its own).
+    `engine_s` is the engine core's own time for the step (schedule to outputs, no messaging)."""
+
+    running: int
+    prefill_tokens: int
+    decode_tokens: int
+    waiting: int
+    preempted: int
+    kv_cache_usage: float
+    context_tokens: int | None
+    engine_s: float
+
+
+class StepWatch:
+    """The shape of every engine step, read from the statistics vLLM's front end records after
+    each step (its logger manager's `record`, wrapped): `last` is the newest step's StepShape
+    (None before the first, or when the step reported nothing)."""
+
+    def __init__(self, manager, scheduler) -> None:
+        self.manager = manager
+        self.scheduler = scheduler  # the engine core's, where it runs in this process; else None
+        self.last: StepShape | None = None
+        self._record = manager.record
+
+    def _watched_record(self, *args, **kwargs):
+        scheduler_stats = kwargs.get("scheduler_stats", args[0] if args else None)
+        iteration_stats = kwargs.get("iteration_stats", args[1] if len(args) > 1 else None)
+        details = getattr(scheduler_stats, "iteration_details", None)
+        if details is not None and not details.is_dummy:
+            context = None
+            if self.scheduler is not None:
+                context = sum(request.num_computed_tokens for request in self.scheduler.running)
+            self.last = StepShape(
+                running=details.num_ctx_requests + details.num_generation_requests,
+                prefill_tokens=details.num_ctx_tokens, decode_tokens=details.num_generation_tokens,
+                waiting=scheduler_stats.num_waiting_reqs,
+                preempted=getattr(iteration_stats, "num_preempted_reqs", 0) or 0,
+                kv_cache_usage=float(scheduler_stats.kv_cache_usage), context_tokens=context,
+                engine_s=details.elapsed_ms / 1000)
+        return self._record(*args, **kwargs)
+
+
+@contextmanager
+def steps_watched(llm) -> Iterator[StepWatch | None]:
+    """Watch the shape of the engine's steps inside the block (a StepWatch); None for an engine
+    built without `iteration_details_kwargs` (no statistics to read)."""
+    engine = llm.llm_engine
+    manager = getattr(engine, "logger_manager", None)
+    if manager is None or not engine.vllm_config.observability_config.enable_logging_iteration_details:
+        yield None
+        return
+    core = getattr(engine.engine_core, "engine_core", None)  # an engine core in this process
+    watch = StepWatch(manager, getattr(core, "scheduler", None))
+    manager.record = watch._watched_record
+    try:
+        yield watch
+    finally:
+        del manager.record  # the class's own method again
+
+
 # --- vLLM's OpenAI batch runner (`vllm run-batch`) ---------------------------------------------
 
 def run_openai_batch(argv: list[str], around: Callable[[Callable], Callable] | None = None) -> None:
@@ -427,11 +507,34 @@ def _check_sampling_api() -> None:
     StructuredOutputsParams = _attribute("vllm.sampling_params", "StructuredOutputsParams")
     RequestOutputKind = _attribute("vllm.sampling_params", "RequestOutputKind")
     taken = set(inspect.signature(SamplingParams).parameters)
-    for name in ("max_tokens", "temperature", "top_p", "seed", "stop", "structured_outputs", "output_kind"):
+    for name in ("max_tokens", "min_tokens", "ignore_eos", "temperature", "top_p", "seed", "stop",
+                 "structured_outputs", "output_kind"):
         _require(name in taken, f"SamplingParams takes no {name}")
     for name in ("json", "json_object"):
         _require(name in inspect.signature(StructuredOutputsParams).parameters, f"StructuredOutputsParams takes no {name}")
     _require(hasattr(RequestOutputKind, "FINAL_ONLY"), "RequestOutputKind has no FINAL_ONLY")
+
+
+def _check_step_watch() -> None:
+    _field(_attribute("vllm.config", "ObservabilityConfig"), "enable_logging_iteration_details")
+    details = _attribute("vllm.v1.metrics.stats", "SchedulerIterationDetails")
+    for name in ("num_ctx_requests", "num_ctx_tokens", "num_generation_requests", "num_generation_tokens",
+                 "elapsed_ms", "is_dummy"):
+        _field(details, name)
+    stats = _attribute("vllm.v1.metrics.stats", "SchedulerStats")
+    for name in ("iteration_details", "num_waiting_reqs", "kv_cache_usage"):
+        _field(stats, name)
+    _require("num_preempted_reqs" in inspect.getsource(_attribute("vllm.v1.metrics.stats", "IterationStats")),
+             "IterationStats has no num_preempted_reqs")
+    _parameters(_attribute("vllm.v1.metrics.loggers", "StatLoggerManager"), "record",
+                ("scheduler_stats", "iteration_stats"))
+    _assigns(_attribute("vllm.v1.engine.llm_engine", "LLMEngine"), "__init__", "logger_manager")
+    _require("self.logger_manager.record(" in inspect.getsource(_attribute("vllm.v1.engine.llm_engine", "LLMEngine").step),
+             "LLMEngine.step no longer records statistics through logger_manager.record")
+    _assigns(_attribute("vllm.v1.engine.core_client", "InprocClient"), "__init__", "engine_core")
+    Scheduler = _attribute("vllm.v1.core.sched.scheduler", "Scheduler")
+    _assigns(Scheduler, "__init__", "running")
+    _assigns(_attribute("vllm.v1.request", "Request"), "__init__", "num_computed_tokens")
 
 
 CHECKS = (
@@ -450,6 +553,8 @@ CHECKS = (
     Check("reset_prefix_cache on LLM and the async engine client", "reset_prefix_cache, reset_prefix_cache_async",
           _check_prefix_cache_reset),
     Check("LLM.get_metrics and the Prometheus metric names", "engine_counters", _check_metrics),
+    Check("vLLM's iteration details in the statistics its front end records each step",
+          "iteration_details_kwargs, steps_watched", _check_step_watch),
     Check(f"vLLM's OpenAI batch runner ({RUN_BATCH_MODULE})", "run_openai_batch", _check_run_batch),
     Check("SamplingParams with structured_outputs and output_kind (public API, the reason for the pin)",
           "tasks/generate.py sampling_params_for", _check_sampling_api),

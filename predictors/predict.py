@@ -8,9 +8,15 @@ spec chooses the predictor:
   "fallback"          the fallback rule below;
   "oracle:<run_id>"   the real output tokens of the same request ids in a finished run (the
                       benchmark's perfect predictor); ids missing there get the fallback;
+  "file:<path>"       the user's own predictions: a JSONL, Parquet or CSV file with the columns
+                      `id` and `predicted_tokens`, used as given (ids missing there get the fallback);
   "<version>"         one registered predictor by its version.
-Each row of `predictions` names the predictor that made it ('fallback', 'oracle:<run_id>' or the
-trained version). Re-running replaces the run's rows (idempotent).
+Each row of `predictions` names the predictor that made it ('fallback', 'oracle:<run_id>',
+'file:<path>' or the trained version). Re-running replaces the run's rows (idempotent).
+
+A request's own limits bind every prediction but a file's: a request whose length is fixed
+(`ignore_eos`, or `min_tokens` equal to `max_tokens`) is predicted at exactly `max_tokens`, and
+no prediction is below the request's `min_tokens`.
 
 THE FALLBACK (no predictor loads, or asked for by name): base = the median output tokens of the finished
 requests of other runs, or max_tokens / 2 when there are none; per request:
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -71,6 +78,55 @@ def fallback_length(request: dict, base: float | None) -> float:
 
 def fallback_lengths(requests: list[dict], base: float | None) -> np.ndarray:
     return np.array([fallback_length(request, base) for request in requests], dtype=np.float64)
+
+
+def within_request_limits(values: np.ndarray, requests: list[dict]) -> np.ndarray:
+    """Predictions bound by each request's own limits: exactly max_tokens where the length is
+    fixed (ignore_eos, or min_tokens >= max_tokens), never below min_tokens."""
+    limits = np.array([max(1, r["max_tokens"]) for r in requests], dtype=np.float64)
+    floors = np.minimum(np.array([r.get("min_tokens") or 0 for r in requests], dtype=np.float64), limits)
+    fixed = np.array([bool(r.get("ignore_eos")) for r in requests]) | (floors >= limits)
+    return np.where(fixed, limits, np.maximum(values, floors))
+
+
+def _from_file(spec: str) -> Predict:
+    """The predictions of a file (`file:<path>`), used as given; ids it lacks get the fallback
+    rule with max_tokens / 2 as its base."""
+    path = spec.partition(":")[2].strip()
+    known = read_length_file(path)
+
+    def predict(requests: list[dict]) -> tuple[np.ndarray, list[str]]:
+        values = [known.get(r["request_id"]) for r in requests]
+        names = [spec if v is not None else FALLBACK for v in values]
+        return np.array([v if v is not None else fallback_length(r, None) for v, r in zip(values, requests)],
+                        dtype=np.float64), names
+
+    return predict
+
+
+def read_length_file(path: str) -> dict[str, float]:
+    """id -> predicted tokens from a JSONL, Parquet or CSV file (columns `id`, `predicted_tokens`)."""
+    import polars as pl
+
+    if not path:
+        raise PredictorSpecError("file needs a path: --predictor file:<lengths.jsonl|.parquet|.csv>")
+    if not Path(path).is_file():
+        raise PredictorSpecError(f"file:{path}: no such file")
+    suffix = Path(path).suffix.lower()
+    try:
+        frame = (pl.read_parquet(path) if suffix == ".parquet" else pl.read_csv(path) if suffix == ".csv"
+                 else pl.read_ndjson(path))
+    except Exception as error:
+        raise PredictorSpecError(f"file:{path}: cannot read it ({type(error).__name__}: {error})") from error
+    missing = {"id", "predicted_tokens"} - set(frame.columns)
+    if missing:
+        raise PredictorSpecError(f"file:{path}: no column {', '.join(sorted(missing))} (it needs id and predicted_tokens)")
+    frame = frame.select(pl.col("id").cast(pl.Utf8), pl.col("predicted_tokens").cast(pl.Float64, strict=False))
+    bad = frame.filter(pl.col("predicted_tokens").is_null() | ~pl.col("predicted_tokens").is_finite()
+                       | (pl.col("predicted_tokens") < 0))
+    if bad.height:
+        raise PredictorSpecError(f"file:{path}: predicted_tokens of id '{bad['id'][0]}' is not a number >= 0")
+    return {key: max(1.0, value) for key, value in zip(frame["id"].to_list(), frame["predicted_tokens"].to_list())}
 
 
 def run_request_batches(con, run_id: str, default_max_tokens: int,
@@ -129,6 +185,8 @@ def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
     """The predictor a spec names (see the module's doc) and a function from requests to
     (predicted lengths, the predictor of each)."""
     spec = (spec or "auto").strip()
+    if spec.startswith("file:"):
+        return spec, _from_file(spec)
     if spec.startswith("oracle:") or spec == "oracle":
         source = spec.partition(":")[2].strip()
         return f"oracle:{source}", _oracle(con, run_id, source)
@@ -148,7 +206,7 @@ def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
         entry = get_predictor(con, spec)
         if entry is None:
             raise PredictorSpecError(
-                f"unknown predictor '{spec}': use 'auto', 'fallback', 'oracle:<run_id>' or a version "
+                f"unknown predictor '{spec}': use 'auto', 'fallback', 'oracle:<run_id>', 'file:<path>' or a version "
                 "from `batchbin sql \"select version, metrics from predictors\"`"
             )
     if entry is None:
@@ -168,6 +226,8 @@ def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: in
         run(con, "predictors.clear_predictions", {"run_id": run_id})
         for requests in run_request_batches(con, run_id, default_max_tokens, rows_per_batch):
             values, names = predict(requests)
+            if not name.startswith("file:"):
+                values = within_request_limits(values, requests)
             table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in requests],
                                           "predicted_tokens": [float(v) for v in values], "predictor": names},
                                          schema=PREDICTIONS_SCHEMA)

@@ -1,8 +1,8 @@
 -- name: work_in_order
 -- What generation still has to do for a run, in schedule order: requests without a result,
 -- the next $limit after schedule position $after (-1: from the start).
-SELECT s.request_id, s.batch, s.position, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
-       p.response_format::VARCHAR AS response_format
+SELECT s.request_id, s.batch, s.position, t.token_ids, p.max_tokens, p.min_tokens, p.ignore_eos, p.temperature,
+       p.top_p, p.seed, p.stop, p.response_format::VARCHAR AS response_format
 FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
@@ -12,8 +12,11 @@ ORDER BY s.position
 LIMIT $limit;
 
 -- name: count_work
--- How many requests of a run still have no result (the size of `work_in_order`).
-SELECT count(*)
+-- How many requests of a run still have no result (the size of `work_in_order`), and the
+-- number of the generation attempt about to start (1 for the first; a resumed run counts on).
+SELECT count(*),
+       greatest((SELECT coalesce(max(attempt), 0) FROM engine_steps WHERE run_id = $run_id),
+                (SELECT coalesce(max(attempt), 0) FROM results WHERE run_id = $run_id)) + 1
 FROM schedule s
 LEFT JOIN results r USING (run_id, request_id)
 WHERE s.run_id = $run_id AND r.request_id IS NULL;
@@ -22,10 +25,19 @@ WHERE s.run_id = $run_id AND r.request_id IS NULL;
 -- Store a checkpoint of finished requests registered as `finished_batch`. A request that
 -- already has a result keeps it (re-runs never duplicate).
 INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
-                     finish_reason, error, batch, latency_s, finished_at)
+                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
 SELECT $run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
-       finish_reason, error, batch, latency_s, current_timestamp
+       finish_reason, error, batch, latency_s, current_timestamp, $attempt, finished_s
 FROM finished_batch
+ON CONFLICT DO NOTHING;
+
+-- name: insert_steps
+-- Store the engine steps registered as `engine_step_rows` (tasks/generate.py STEP_SCHEMA) of
+-- generation attempt $attempt.
+INSERT INTO engine_steps
+SELECT $run_id, $attempt, step, started_s, duration_s, running, waiting, prefill_tokens, decode_tokens,
+       context_tokens, kv_cache_usage, preempted, engine_s
+FROM engine_step_rows
 ON CONFLICT DO NOTHING;
 
 -- name: count_results

@@ -19,6 +19,8 @@ LEFT JOIN tokens t USING (run_id, request_id)
 LEFT JOIN group_sizes g USING (run_id, request_id)
 LEFT JOIN runs ru ON ru.run_id = r.run_id
 WHERE r.error IS NULL AND r.output_tokens IS NOT NULL
+  -- a length the request fixed (ignore_eos, min_tokens) is not the model's to learn
+  AND NOT coalesce(p.ignore_eos, false) AND coalesce(p.min_tokens, 0) <= 1
 ORDER BY r.run_id, r.request_id;
 
 -- name: newest_trained_model
@@ -43,7 +45,7 @@ WITH group_sizes AS (
     FROM prompt_groups WHERE run_id = $run_id
 )
 SELECT p.request_id, p.prompt, p.messages::VARCHAR AS messages,
-       coalesce(p.max_tokens, $default_max_tokens) AS max_tokens,
+       coalesce(p.max_tokens, $default_max_tokens) AS max_tokens, p.min_tokens, p.ignore_eos,
        t.prompt_tokens, g.group_size
 FROM prompts p
 LEFT JOIN tokens t USING (run_id, request_id)

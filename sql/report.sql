@@ -68,3 +68,39 @@ SELECT used, reason FROM schedule_choices WHERE run_id = $run_id;
 -- name: example_query
 -- The query `batchbin run` suggests a user tries on its results (one line: it is printed).
 select id, output_tokens, finish_reason, left(output_text, 60) as output from completions limit 5
+
+-- name: schedule_trace
+-- What the schedule did in the run's newest generation attempt, from its engine steps: steps,
+-- seconds in steps, the tail (seconds of steps that ran fewer than $half_seqs sequences, half
+-- of max_num_seqs: the engine under-used, typically long requests finishing alone at the end),
+-- the mean sequences per step, KV-cache use (mean over steps and peak) and preemptions.
+-- No row when the run has no steps (an engine core in its own process records none).
+-- Parameters: $run_id, $half_seqs.
+WITH newest AS (SELECT max(attempt) AS attempt FROM engine_steps WHERE run_id = $run_id)
+SELECT count(*) AS steps,
+       round(sum(duration_s), 2) AS step_s,
+       round(coalesce(sum(duration_s) FILTER (WHERE running < $half_seqs), 0), 2) AS tail_s,
+       round(avg(running), 1) AS mean_running,
+       round(avg(kv_cache_usage), 3) AS mean_kv_cache_usage,
+       round(max(kv_cache_usage), 3) AS peak_kv_cache_usage,
+       sum(preempted)::BIGINT AS preempted
+FROM engine_steps JOIN newest USING (attempt)
+WHERE run_id = $run_id
+HAVING count(*) > 0;
+
+-- name: bins_of_run
+-- Per length bin of the run: requests, predicted and real output tokens, and when (seconds
+-- from the start of the newest generation attempt) its first and last request finished.
+-- Parameters: $run_id.
+WITH newest AS (SELECT max(attempt) AS attempt FROM results WHERE run_id = $run_id)
+SELECT s.bin, count(*) AS requests,
+       round(sum(pr.predicted_tokens))::BIGINT AS predicted_tokens,
+       sum(r.output_tokens)::BIGINT AS output_tokens,
+       round(min(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS first_finished_s,
+       round(max(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS last_finished_s
+FROM schedule s
+JOIN results r USING (run_id, request_id)
+LEFT JOIN predictions pr USING (run_id, request_id)
+WHERE s.run_id = $run_id
+GROUP BY s.bin
+ORDER BY s.bin;

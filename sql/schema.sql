@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 -- added after schema version 1 shipped: databases created before get the column, nothing else changes
 ALTER TABLE prompts ADD COLUMN IF NOT EXISTS response_format JSON;
+ALTER TABLE prompts ADD COLUMN IF NOT EXISTS min_tokens INTEGER;   -- vLLM's min_tokens (no EOS before)
+ALTER TABLE prompts ADD COLUMN IF NOT EXISTS ignore_eos BOOLEAN;   -- vLLM's ignore_eos (run to max_tokens)
 
 CREATE TABLE IF NOT EXISTS tokens (
     run_id VARCHAR,
@@ -156,6 +158,30 @@ CREATE TABLE IF NOT EXISTS results (
     latency_s DOUBLE,       -- from hand-over to vLLM to completion
     finished_at TIMESTAMP,
     PRIMARY KEY (run_id, request_id)
+);
+
+-- added after schema version 1 shipped
+ALTER TABLE results ADD COLUMN IF NOT EXISTS attempt INTEGER;      -- generation attempt (engine_steps.attempt)
+ALTER TABLE results ADD COLUMN IF NOT EXISTS finished_s DOUBLE;    -- seconds from the attempt's start to completion
+
+-- What every engine step of a run's generation did, from vLLM's statistics: the schedule's
+-- shape over time, and what `batchbin simulate` fits its step costs on.
+CREATE TABLE IF NOT EXISTS engine_steps (
+    run_id VARCHAR,
+    attempt INTEGER,          -- 1 for a run's first generation, +1 for each resume
+    step INTEGER,             -- 0, 1, ... within the attempt
+    started_s DOUBLE,         -- seconds from the attempt's start
+    duration_s DOUBLE,        -- the step's wall time (schedule, model, outputs)
+    running INTEGER,          -- sequences the step computed
+    waiting INTEGER,          -- requests left waiting after it
+    prefill_tokens INTEGER,   -- prompt (or recomputed) tokens computed in it
+    decode_tokens INTEGER,    -- tokens decoded (one per decoding sequence without speculation)
+    context_tokens BIGINT,    -- tokens in the KV cache of the running sequences after it (attention
+                              -- reads them); NULL where the engine core runs in its own process
+    kv_cache_usage DOUBLE,    -- share of KV-cache blocks in use after it, 0..1
+    preempted INTEGER,        -- sequences preempted (KV cache full) in it
+    engine_s DOUBLE,          -- the engine core's own time for it (duration_s less messaging)
+    PRIMARY KEY (run_id, attempt, step)
 );
 
 CREATE TABLE IF NOT EXISTS run_reports (

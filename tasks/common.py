@@ -85,7 +85,7 @@ class Stage:
         run(con, "stages.mark", {"run_id": run_id, "stage": self.name, "rows": rows,
                                  "params": params_hash({**params, "code": self.version()})})
 
-    def task_options(self, extra_key: Callable[[RunRef], str] | None = None) -> dict[str, Any]:
+    def task_options(self, extra_key: Callable[[RunRef, dict[str, Any]], str] | None = None) -> dict[str, Any]:
         """The @task options of the stage (`extra_key`: see StageDone)."""
         return stage_task_options(self.name, StageDone(stage=self, extra=extra_key))
 
@@ -94,10 +94,10 @@ class Stage:
 class StageDone(CachePolicy):
     """INPUTS + TASK_SOURCE + the stage's code version, valid only while the stage's rows are
     in the database. `extra` adds what else decides the stage's output and is not among its
-    inputs (the predictor "auto" picks, say): a function of the stage's RunRef."""
+    inputs (the predictor "auto" picks, say): a function of the stage's RunRef and inputs."""
 
     stage: Optional[Stage] = None
-    extra: Optional[Callable[[RunRef], str]] = None
+    extra: Optional[Callable[[RunRef, dict[str, Any]], str]] = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> Optional[str]:
         ref = inputs.get("ref")
@@ -109,7 +109,7 @@ class StageDone(CachePolicy):
         base = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         if base is None:
             return None
-        parts = [stamp, self.stage.version(), self.extra(ref) if self.extra else ""]
+        parts = [stamp, self.stage.version(), self.extra(ref, inputs) if self.extra else ""]
         return f"{self.stage.name}-{base}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 

@@ -23,7 +23,7 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import duckdb
@@ -44,7 +44,15 @@ from batchbin.tasks.common import PROGRESS_EVERY_S, RunRef, open_run_db, stage_t
 RESULT_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("output_text", pa.string()), ("prompt_tokens", pa.int32()),
     ("output_tokens", pa.int32()), ("cached_tokens", pa.int32()), ("finish_reason", pa.string()),
-    ("error", pa.string()), ("batch", pa.int32()), ("latency_s", pa.float64()),
+    ("error", pa.string()), ("batch", pa.int32()), ("latency_s", pa.float64()), ("finished_s", pa.float64()),
+])
+# one row per engine step (vllm_adapter.StepShape, timed here); `started_s` counts from the start
+# of the generation attempt, as results' `finished_s` does
+STEP_SCHEMA = pa.schema([
+    ("step", pa.int32()), ("started_s", pa.float64()), ("duration_s", pa.float64()), ("running", pa.int32()),
+    ("waiting", pa.int32()), ("prefill_tokens", pa.int32()), ("decode_tokens", pa.int32()),
+    ("context_tokens", pa.int64()), ("kv_cache_usage", pa.float64()), ("preempted", pa.int32()),
+    ("engine_s", pa.float64()),
 ])
 
 
@@ -100,8 +108,11 @@ def sampling_params_for(row: dict, defaults: SamplingDefaults):
 
     room = defaults.max_model_len - len(row["token_ids"])
     temperature = defaults.temperature if row["temperature"] is None else row["temperature"]
+    max_tokens = max(1, min(row["max_tokens"] or defaults.max_tokens, room))
     return SamplingParams(
-        max_tokens=max(1, min(row["max_tokens"] or defaults.max_tokens, room)),
+        max_tokens=max_tokens,
+        min_tokens=min(row.get("min_tokens") or 0, max_tokens),
+        ignore_eos=bool(row.get("ignore_eos")),
         temperature=temperature,
         top_p=defaults.top_p if row["top_p"] is None else row["top_p"],
         # a seed only matters when sampling; on greedy requests it would only cost vLLM a
@@ -141,28 +152,37 @@ def generate_in_order(
     progress: Callable[[GenerationStats, int], None] | None = None,
     total: int | None = None,
     in_flight: int | None = None,
+    store_steps: Callable[[list[dict]], None] | None = None,
 ) -> GenerationStats:
     """Run `work` (rows of generate.work_in_order, in order) through vLLM; `store` every checkpoint.
 
     At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
-    (default len(work)) is only for progress reports."""
+    (default len(work)) is only for progress reports. `store_steps` (optional) gets the rows of
+    STEP_SCHEMA of the steps since the last checkpoint, just before `store` gets its results
+    (from vLLM's statistics: vllm_adapter.steps_watched)."""
     llm = engine.llm
     stats = GenerationStats()
     pending: dict[str, dict] = {}
     finished: list[dict] = []
+    steps: list[dict] = []
+    step_numbers = itertools.count()
     counter = itertools.count()
     rows = iter(work)
     total = len(work) if total is None and hasattr(work, "__len__") else (total or 0)
     in_flight = in_flight or in_flight_limit(engine)
 
     def flush() -> None:
+        if steps and store_steps:
+            store_steps(list(steps))
+            steps.clear()
         if finished:
             store(finished)
             stats.checkpoints += 1
             finished.clear()
 
     def record(row: dict, **result) -> None:
-        finished.append({"request_id": row["request_id"], "batch": row["batch"], **result})
+        finished.append({"request_id": row["request_id"], "batch": row["batch"],
+                         "finished_s": time.perf_counter() - started, **result})
         stats.requests += 1
         if len(finished) >= checkpoint_every:
             flush()
@@ -190,35 +210,35 @@ def generate_in_order(
         with scheduler_held(engine):  # the first requests all queued before the first step
             top_up()
         last_report = time.perf_counter()
-        while vllm_adapter.has_unfinished_requests(llm):
-            try:
-                outputs = vllm_adapter.step(llm)
-            except Exception as error:  # the engine died, or a step failed: nothing to resume in it
-                why = ("its process stopped" if vllm_adapter.is_engine_dead(error)
-                       else f"{type(error).__name__}: {str(error) or 'no message'}")
-                raise EngineFailure(
-                    f"the vLLM engine failed ({why}) after {stats.requests} "
-                    f"of {total} requests of this attempt; every finished result is stored: run the same command again "
-                    "to resume (only requests without a result are generated)") from error
-            for output in outputs:
-                if not output.finished:
-                    continue
-                row = pending.pop(output.request_id, None)
-                if row is None:
-                    continue
-                completion = output.outputs[0]
-                reason = completion.finish_reason or "unknown"
-                stats.prompt_tokens += len(output.prompt_token_ids or row["token_ids"])
-                stats.output_tokens += len(completion.token_ids)
-                stats.cached_tokens += output.num_cached_tokens or 0
-                stats.finish_reasons[reason] = stats.finish_reasons.get(reason, 0) + 1
-                record(row, output_text=completion.text, prompt_tokens=len(row["token_ids"]),
-                       output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
-                       finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
-            top_up()
-            if progress and time.perf_counter() - last_report > PUBLISH_EVERY_S:
-                progress(stats, total)
-                last_report = time.perf_counter()
+        with vllm_adapter.steps_watched(llm) as watch:
+            if store_steps is None:
+                watch = None
+            while vllm_adapter.has_unfinished_requests(llm):
+                step_started = time.perf_counter()
+                outputs = _step(llm, stats, total)
+                if watch is not None and watch.last is not None:
+                    steps.append({"step": next(step_numbers), "started_s": step_started - started,
+                                  "duration_s": time.perf_counter() - step_started, **asdict(watch.last)})
+                    watch.last = None
+                for output in outputs:
+                    if not output.finished:
+                        continue
+                    row = pending.pop(output.request_id, None)
+                    if row is None:
+                        continue
+                    completion = output.outputs[0]
+                    reason = completion.finish_reason or "unknown"
+                    stats.prompt_tokens += len(output.prompt_token_ids or row["token_ids"])
+                    stats.output_tokens += len(completion.token_ids)
+                    stats.cached_tokens += output.num_cached_tokens or 0
+                    stats.finish_reasons[reason] = stats.finish_reasons.get(reason, 0) + 1
+                    record(row, output_text=completion.text, prompt_tokens=len(row["token_ids"]),
+                           output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
+                           finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
+                top_up()
+                if progress and time.perf_counter() - last_report > PUBLISH_EVERY_S:
+                    progress(stats, total)
+                    last_report = time.perf_counter()
     except BaseException:
         if pending:
             try:
@@ -234,10 +254,29 @@ def generate_in_order(
     return stats
 
 
-def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict]) -> None:
-    """Write one checkpoint of finished requests."""
+def _step(llm, stats: GenerationStats, total: int) -> list:
+    """One engine step; an engine that died or a step that failed becomes EngineFailure."""
+    try:
+        return vllm_adapter.step(llm)
+    except Exception as error:  # the engine died, or a step failed: nothing to resume in it
+        why = ("its process stopped" if vllm_adapter.is_engine_dead(error)
+               else f"{type(error).__name__}: {str(error) or 'no message'}")
+        raise EngineFailure(
+            f"the vLLM engine failed ({why}) after {stats.requests} "
+            f"of {total} requests of this attempt; every finished result is stored: run the same command again "
+            "to resume (only requests without a result are generated)") from error
+
+
+def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict], attempt: int | None = None) -> None:
+    """Write one checkpoint of finished requests (of generation attempt `attempt`)."""
     with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
-        run(con, "generate.insert_results", {"run_id": run_id})
+        run(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
+
+
+def store_steps(con: duckdb.DuckDBPyConnection, run_id: str, attempt: int, rows: list[dict]) -> None:
+    """Write the engine steps of generation attempt `attempt` taken since the last checkpoint."""
+    with registered(con, engine_step_rows=pa.Table.from_pylist(rows, schema=STEP_SCHEMA)):
+        run(con, "generate.insert_steps", {"run_id": run_id, "attempt": attempt})
 
 
 WORK_PAGE_ROWS = 4096  # requests read from the schedule at a time (a few MB of token ids)
@@ -271,24 +310,33 @@ def generate_run(
     last is written whatever happens, waiting for the file if it must."""
     held = BriefConnection(db_path, say)
     waiting: list[dict] = []
+    waiting_steps: list[dict] = []
+    attempt = None
+
+    def write(con: duckdb.DuckDBPyConnection) -> None:
+        if waiting_steps:
+            store_steps(con, run_id, attempt, waiting_steps)
+            waiting_steps.clear()
+        if waiting:
+            store_results(con, run_id, waiting, attempt)
+            waiting.clear()
 
     def store(rows: list[dict]) -> None:
         waiting.extend(rows)
         con = held.get(wait=False)
         if con is not None:
-            store_results(con, run_id, waiting)
-            waiting.clear()
+            write(con)
             held.used()
 
     try:
-        total = one(held.get(), "generate.count_work", {"run_id": run_id})[0]
+        total, attempt = one(held.get(), "generate.count_work", {"run_id": run_id})
         if not total:
             return GenerationStats()
         return generate_in_order(engine, work_pages(held, run_id), defaults, store, checkpoint_every, progress,
-                                 total=total)
+                                 total=total, store_steps=waiting_steps.extend)
     finally:
-        if waiting:
-            store_results(held.get(), run_id, waiting)
+        if waiting or waiting_steps:
+            write(held.get())
         held.close()
 
 
@@ -355,4 +403,5 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
         total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
             "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried,
-            "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3)}
+            "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3),
+            "max_num_seqs": vllm_adapter.max_num_seqs(engine.llm)}

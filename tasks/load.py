@@ -22,6 +22,7 @@ PROMPT_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("row_number", pa.int32()), ("prompt", pa.string()), ("messages", pa.string()),
     ("max_tokens", pa.int32()), ("temperature", pa.float64()), ("top_p", pa.float64()), ("seed", pa.int64()),
     ("stop", pa.list_(pa.string())), ("metadata", pa.string()), ("response_format", pa.string()),
+    ("min_tokens", pa.int32()), ("ignore_eos", pa.bool_()),
 ])
 REJECT_SCHEMA = pa.schema([
     ("row_number", pa.int32()), ("request_id", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("raw", pa.string()),

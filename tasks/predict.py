@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
+
+from batchbin.config import file_fingerprint
 
 from batchbin.predictors.predict import predict_lengths as predict_lengths_for_run
 from batchbin.tasks.common import RunRef, Stage, open_run_db
@@ -18,15 +22,24 @@ def latest_predictor_version(ref: RunRef) -> str:
     return "" if entry is None else entry["version"]
 
 
+def predictor_identity(ref: RunRef, spec: str) -> str:
+    """What besides the stage's inputs decides its predictions: the predictor "auto" picks now,
+    or the contents of a `file:` spec's file (the same path may hold new numbers)."""
+    if spec.startswith("file:"):
+        path = Path(spec.partition(":")[2].strip())
+        return file_fingerprint(path) if path.is_file() else ""
+    return latest_predictor_version(ref) if spec == "auto" else ""
+
+
 STAGE = Stage("predict_lengths", sql_file="predictors", modules=(__name__, "batchbin.predictors.predict"))
 
 
-@task(**STAGE.task_options(extra_key=latest_predictor_version))
+@task(**STAGE.task_options(extra_key=lambda ref, inputs: predictor_identity(ref, str(inputs.get("spec") or "auto"))))
 def predict_lengths(ref: RunRef, spec: str, default_max_tokens: int, after: str = "") -> RunRef:
     """Predicted output length of every request (trained predictor, fallback or oracle);
     `after`: the stamp of the stage before it."""
     params = {"spec": spec, "default_max_tokens": default_max_tokens, "after": after,
-              "predictor": latest_predictor_version(ref) or None if spec == "auto" else None}
+              "predictor": predictor_identity(ref, spec) or None}
     with open_run_db(ref) as con:
         if not STAGE.is_done(con, ref.run_id, params):
             counts = predict_lengths_for_run(con, ref.run_id, spec, default_max_tokens)

@@ -105,23 +105,40 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         "schedule_order": order,
         "schedule_reason": order_reason,
         "predictor_quality": predictor_quality,
+        "schedule_trace": schedule_trace(con, run_id, generation.get("max_num_seqs")),
+        "bins": arrow(con, "report.bins_of_run", {"run_id": run_id}).to_pylist(),
     }
     if report.get("reuse_ratio") is not None:
         report["reuse_ratio"] = round(float(report["reuse_ratio"]), 3)
     return report
 
 
+def schedule_trace(con: duckdb.DuckDBPyConnection, run_id: str, max_num_seqs: int | None) -> dict | None:
+    """What the schedule did, from the run's engine steps (report.schedule_trace); None without
+    steps. The tail counts steps with fewer than half of `max_num_seqs` sequences running."""
+    rows = arrow(con, "report.schedule_trace", {"run_id": run_id, "half_seqs": (max_num_seqs or 0) / 2}).to_pylist()
+    return rows[0] if rows else None
+
+
 def report_table(report: dict) -> list[dict]:
     """The report's plain values as rows of a Prefect table artifact (metric, value)."""
-    return [{"metric": key, "value": str(value)} for key, value in report.items() if not isinstance(value, dict)]
+    return [{"metric": key, "value": str(value)} for key, value in report.items()
+            if not isinstance(value, (dict, list))] + [
+        {"metric": f"schedule {key}", "value": str(value)} for key, value in (report.get("schedule_trace") or {}).items()]
 
 
 def report_markdown(report: dict) -> str:
-    rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, dict))
+    rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, (dict, list)))
     quality = report.get("predictor_quality") or {}
     quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items())
     stage_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in (report.get("stage_seconds") or {}).items())
+    trace_rows = "\n".join(f"| {key} | {value} |" for key, value in (report.get("schedule_trace") or {}).items())
+    bin_rows = "\n".join(f"| {b['bin']} | {b['requests']} | {b['predicted_tokens']} | {b['output_tokens']} | "
+                         f"{b['first_finished_s']} | {b['last_finished_s']} |" for b in report.get("bins") or [])
     return (f"# BatchBin run {report['run_id']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+            + (f"## What the schedule did\n\n| metric | value |\n|---|---|\n{trace_rows}\n\n" if trace_rows else "")
+            + (f"## Bins (0 = longest predicted)\n\n| bin | requests | predicted tokens | output tokens | first finished s "
+               f"| last finished s |\n|---|---|---|---|---|---|\n{bin_rows}\n\n" if bin_rows else "")
             + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n\n" if quality_rows else "")
             + (f"## Time by stage\n\n| stage | seconds |\n|---|---|\n{stage_rows}\n" if stage_rows else ""))
 

@@ -26,6 +26,9 @@ VALID = [
                                 {"role": "user", "content": "Cats sleep a lot."}]},
     {"id": "sum2", "messages": [{"role": "system", "content": "Summarize in one sentence. " * 20},
                                 {"role": "user", "content": "Dogs like walks."}]},
+    # a length fixed by the request, as vLLM's throughput benchmark fixes ShareGPT's answer lengths
+    {"id": "forced", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 11, "min_tokens": 11,
+     "ignore_eos": True},
 ]
 INVALID_LINES = [
     json.dumps({"id": "empty", "prompt": ""}),
@@ -76,6 +79,36 @@ def test_every_valid_id_has_a_real_completion(job):
         assert reason in ("stop", "length")
     assert report["completed"] == len(VALID) and report["errors"] == 0
     assert report["output_tokens"] > 0 and report["output_tps"] > 0
+
+
+@pytest.mark.engine
+def test_a_request_with_min_tokens_and_ignore_eos_generates_exactly_that_many(job):
+    config, _ = job
+    [(tokens, reason, predicted)] = query(config, "select r.output_tokens, r.finish_reason, p.predicted_tokens from results r "
+                                           "join predictions p using (run_id, request_id) where request_id = 'forced'")
+    assert (tokens, reason) == (11, "length")
+    assert predicted == 11  # a length the request fixes is known, not predicted
+
+
+@pytest.mark.engine
+def test_every_engine_step_is_recorded_with_its_shape(job):
+    config, report = job
+    [(steps, numbered, max_running, decode, prefill, attempts)] = query(
+        config, "select count(*), max(step) + 1, max(running), sum(decode_tokens), sum(prefill_tokens), "
+                "count(distinct attempt) from engine_steps")
+    [(outputs, prompts, cached, requests)] = query(
+        config, "select sum(output_tokens), sum(prompt_tokens), sum(cached_tokens), count(*) from results")
+    assert steps == numbered > 0 and attempts == 1
+    assert 1 <= max_running <= len(VALID)
+    # every output token but each request's first (sampled at the end of its prefill) is one decode
+    assert decode == outputs - requests
+    assert prefill == prompts - cached  # chunked prefill computes exactly the tokens the cache did not hold
+    trace = report["schedule_trace"]
+    assert trace["steps"] == steps and trace["step_s"] > 0 and 0 < trace["peak_kv_cache_usage"] <= 1
+    assert sum(b["requests"] for b in report["bins"]) == len(VALID)
+    assert sum(b["output_tokens"] for b in report["bins"]) == outputs
+    [(finished_in_order,)] = query(config, "select bool_and(finished_s > 0 and latency_s <= finished_s + 0.01) from results")
+    assert finished_in_order
 
 
 @pytest.mark.engine

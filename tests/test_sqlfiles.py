@@ -53,14 +53,15 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
                     [request_id])
         con.execute("insert into schedule (run_id, request_id, bin, batch, position) values ('r', ?, 0, 0, ?)",
                     [request_id, position])
-    assert one(con, "generate.count_work", {"run_id": "r"}) == (5,)
+    assert one(con, "generate.count_work", {"run_id": "r"}) == (5, 1)  # 5 to do, in attempt 1
     seen = []
     for rows in row_batches(con, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}, rows_per_batch=2):
         assert len(rows) <= 2
         seen += [row["request_id"] for row in rows]
-        store_results(con, "r", [{"request_id": row["request_id"], "output_text": "x", "batch": 0} for row in rows])
+        store_results(con, "r", [{"request_id": row["request_id"], "output_text": "x", "batch": 0} for row in rows],
+                      attempt=1)
     assert seen == ["e", "d", "c", "b", "a"]
-    assert one(con, "generate.count_work", {"run_id": "r"}) == (0,)
+    assert one(con, "generate.count_work", {"run_id": "r"}) == (0, 2)  # a resume would be attempt 2
     con.close()
 
 
