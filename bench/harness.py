@@ -29,7 +29,7 @@ from pathlib import Path
 
 from batchbin.bench.baseline import vllm_default_settings
 from batchbin.bench.processes import run_command
-from batchbin.bench.workloads import WORKLOADS, make_workload, write_jsonl
+from batchbin.bench.workloads import WORKLOADS, has_fixed_lengths, make_workload, natural_lengths, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
 from batchbin.engine_settings import EngineSettings, choose_engine_settings
@@ -105,8 +105,9 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
         indices.sort(key=lambda i: prompts[i])
     else:
         random.Random(seed).shuffle(indices)
-    params = [SamplingParams(max_tokens=min(rows[i].get("max_tokens") or default_max_tokens, max_model_len - len(prompts[i])),
-                             temperature=0.0) for i in indices]
+    params = [fixed_length_params(SamplingParams, rows[i], min(rows[i].get("max_tokens") or default_max_tokens,
+                                                                max_model_len - len(prompts[i])))
+              for i in indices]
     outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
     if output_path is not None:
         with open(output_path, "w", encoding="utf-8") as handle:
@@ -118,6 +119,12 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
         variant, wall, wall, len(rows), sum(len(p) for p in prompts), sum(lengths.values()),
         sum(out.num_cached_tokens or 0 for out in outputs), engine.settings.as_dict(), lengths,
     )
+
+
+def fixed_length_params(SamplingParams, row: dict, max_tokens: int):
+    """Greedy SamplingParams of one row, with the row's min_tokens and ignore_eos (sharegpt-real)."""
+    return SamplingParams(max_tokens=max_tokens, min_tokens=min(row.get("min_tokens") or 0, max_tokens),
+                          ignore_eos=bool(row.get("ignore_eos")), temperature=0.0)
 
 
 def run_batch_command(model_path: str, settings: EngineSettings, max_model_len: int,
@@ -148,6 +155,9 @@ def openai_batch_lines(rows: list[dict], model_path: str, default_max_tokens: in
     for i in order:
         row = rows[i]
         body = {"model": model_path, "max_tokens": row.get("max_tokens") or default_max_tokens, "temperature": 0.0}
+        for extra in ("min_tokens", "ignore_eos"):  # vLLM's extra parameters (sharegpt-real)
+            if row.get(extra):
+                body[extra] = row[extra]
         if row.get("messages"):
             url, body["messages"] = "/v1/chat/completions", row["messages"]
         else:
@@ -204,7 +214,7 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
 
 def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_options: EngineOptions,
                       default_max_tokens: int, max_model_len: int, order: str, k_bins: int,
-                      oracle_lengths: dict[str, int] | None) -> tuple[VariantRun, dict]:
+                      oracle_lengths: dict[str, int] | None, predictor: str = "auto") -> tuple[VariantRun, dict]:
     """The whole flow, timed from the input file to the stored results (fresh database).
 
     Call it inside `in_process_flow_runs()`, entered once per process as `batchbin run` does."""
@@ -213,7 +223,6 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
 
     if db_path.exists():
         db_path.unlink()
-    predictor = "auto"
     if oracle_lengths is not None:
         store_oracle_lengths(str(db_path), oracle_lengths)
         predictor = f"oracle:{ORACLE_SOURCE_RUN}"
@@ -231,6 +240,36 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
                       report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths,
                       notes=f"order {report.get('schedule_order')} ({report.get('schedule_reason')})",
                       stage_seconds=report.get("stage_seconds")), report
+
+
+# A job whose requests fix their lengths (sharegpt-real) as a user would send it: one limit for all
+NATURAL_MAX_TOKENS = 1024
+
+
+def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineOptions, max_model_len: int,
+                        k_bins: int) -> str:
+    """The `--predictor file:` spec of BatchBin's own predictions for `rows` sent as a real job
+    (bench.workloads.natural_lengths: no fixed length, one limit), made by the stages before
+    generation (batchbin.plan.prepare: the predictor `auto` picks, no engine). Rows that fix their
+    lengths would otherwise hand the answer to the predictor: a fixed length is known, not
+    predicted. Not timed: the timed run reads the file instead of predicting (~1 s here)."""
+    from batchbin import db
+    from batchbin.plan import prepare
+    from batchbin.sqlfiles import arrow
+
+    natural = write_jsonl(natural_lengths(rows, NATURAL_MAX_TOKENS), out_dir / "natural.jsonl")
+    scratch = out_dir / "natural.duckdb"
+    scratch.unlink(missing_ok=True)
+    config = JobConfig(input_path=str(natural), db_path=str(scratch), max_tokens=NATURAL_MAX_TOKENS,
+                       max_model_len=max_model_len, temperature=0.0, k_bins=k_bins, engine=engine_options)
+    ref, _ = prepare(config)
+    con = db.connect(str(scratch), read_only=True)
+    try:
+        predicted = arrow(con, "bench.predictions_of_run", {"run_id": ref.run_id}).to_pylist()
+    finally:
+        con.close()
+    path = write_jsonl(predicted, out_dir / "natural-predictions.jsonl")
+    return f"file:{path}"
 
 
 def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict]:
@@ -347,6 +386,10 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
             batchbin_pipeline("warm-up", warm_input, out_dir / "warmup.duckdb", engine_options, 8, max_model_len,
                               order, k_bins, None)  # starts Prefect's API and loads the tokenizer
             oracle_lengths = None
+            predictor = "auto"
+            if "batchbin" in tuned_variants and has_fixed_lengths(rows):
+                predictor = natural_predictions(rows, out_dir, engine_options, max_model_len, k_bins)
+                log(f"  lengths are fixed by the requests: batchbin schedules on {predictor}")
             for _ in range(repeats):  # interleaved: A B C D A B C D ...
                 for name in tuned_variants:
                     if name in ("vllm-tuned", "vllm-sorted"):
@@ -362,7 +405,8 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                             oracle_lengths = source.output_lengths
                         result, report = batchbin_pipeline(name, input_path, out_dir / f"{name}.duckdb", engine_options,
                                                            default_max_tokens, max_model_len, order, k_bins,
-                                                           oracle_lengths if name == "oracle" else None)
+                                                           oracle_lengths if name == "oracle" else None,
+                                                           predictor=predictor)
                     runs[name].append(result)
                     log(_line(result))
     ideal = report.get("ideal_cached_tokens") if report else None

@@ -141,11 +141,17 @@ def conversation_turns(conversation: dict, max_turns: int, max_prompt_chars: int
     gives nothing; turns whose prompt would exceed `max_prompt_chars` are left off (with all later
     ones, so the prefix property holds).
     """
+    return [messages for messages, _ in turns_with_answers(conversation, max_turns, max_prompt_chars)]
+
+
+def turns_with_answers(conversation: dict, max_turns: int, max_prompt_chars: int) -> list[tuple[list[dict], str | None]]:
+    """`conversation_turns` with the dataset's own answer to each turn (None where the
+    conversation ends on the human's message, or where the answer is not usable)."""
     messages = conversation.get("conversations") or []
     start = 0
     while start < len(messages) and messages[start].get("from") in ASSISTANT_ROLES:
         start += 1
-    turns: list[list[dict]] = []
+    turns: list[tuple[list[dict], str | None]] = []
     history: list[dict] = []
     used_chars = 0
     index = start
@@ -160,14 +166,13 @@ def conversation_turns(conversation: dict, max_turns: int, max_prompt_chars: int
         if used_chars > max_prompt_chars:
             break
         request = history + [{"role": "user", "content": text}]
-        turns.append(request)
+        answer = messages[index + 1] if index + 1 < len(messages) else {}
+        answer_text = answer.get("value") if answer.get("from") in ASSISTANT_ROLES else None
+        usable = isinstance(answer_text, str) and bool(answer_text.strip())
+        turns.append((request, answer_text if usable else None))
         if index + 1 >= len(messages) or len(turns) >= max_turns:
             break
-        answer = messages[index + 1]
-        if answer.get("from") not in ASSISTANT_ROLES:
-            return []
-        answer_text = answer.get("value")
-        if not isinstance(answer_text, str) or not answer_text.strip():
+        if not usable:
             return []
         used_chars += prompt_chars(answer_text) + MESSAGE_OVERHEAD_CHARS
         history = request + [{"role": "assistant", "content": answer_text}]
@@ -222,6 +227,52 @@ def sharegpt_requests(
             })
             if len(rows) >= n_requests:
                 return rows
+    return rows
+
+
+# sharegpt-real: each request generates exactly as many tokens as the dataset's own answer had
+REAL_MAX_ANSWER_TOKENS = 1024
+REAL_MAX_PROMPT_CHARS = 4000  # ~1000 prompt tokens: with a 1,024-token answer it fits 2048
+
+
+def sharegpt_real_requests(n_requests: int, seed: int, count_tokens, chat_tokens,
+                           max_answer_tokens: int = REAL_MAX_ANSWER_TOKENS, max_model_len: int = 2048,
+                           max_turns: int = 6) -> list[dict]:
+    """`n_requests` ShareGPT turns (as `sharegpt_requests` samples them) whose output length is
+    the token count of the dataset's own answer to that turn, capped at `max_answer_tokens` and at
+    what the context leaves: `max_tokens` = `min_tokens` = that count, `ignore_eos`, as vLLM's
+    throughput benchmark runs ShareGPT. So the job's lengths are a real chat job's, whatever the
+    model would say. Turns without an answer in the data are skipped (and the conversation's
+    later turns with them). `count_tokens(text)` counts an answer's tokens; `chat_tokens(messages)`
+    a prompt's, chat template included."""
+    if n_requests < 0:
+        raise ValueError(f"n_requests must be >= 0, got {n_requests}")
+    conversations = load_conversations()
+    order = list(range(len(conversations)))
+    random.Random(f"sharegpt-real:{seed}").shuffle(order)
+    rows: list[dict] = []
+    seen_ids: set[str] = set()
+    for index in order:
+        if len(rows) >= n_requests:
+            break
+        conversation = conversations[index]
+        conversation_id = str(conversation.get("id") or f"row{index}")
+        if conversation_id in seen_ids or is_training_conversation(conversation_id):
+            continue
+        seen_ids.add(conversation_id)
+        for number, (messages, answer) in enumerate(turns_with_answers(conversation, max_turns, REAL_MAX_PROMPT_CHARS),
+                                                    start=1):
+            if answer is None:
+                break
+            room = max_model_len - chat_tokens(messages) - 1
+            length = min(count_tokens(answer), max_answer_tokens, room)
+            if length < 1:
+                break
+            rows.append({"id": f"sharegpt-{conversation_id}-t{number}", "messages": messages,
+                         "max_tokens": length, "min_tokens": length, "ignore_eos": True,
+                         "metadata": {"workload": "sharegpt-real", "answer_tokens": length}})
+            if len(rows) >= n_requests:
+                break
     return rows
 
 

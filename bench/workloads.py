@@ -9,6 +9,8 @@ from a seed, in shuffled order (so plain vLLM gets no grouping for free):
   list, a paragraph or an essay, with `max_tokens` to match.
 - `chat-mix`: five system prompts (6 to ~400 tokens) with varied user tasks and lengths.
 - `sharegpt`: real multi-turn ShareGPT conversations, every turn with its history.
+- `sharegpt-real`: the same kind of turns, each generating exactly as many tokens as the
+  dataset's own answer (up to 1,024): a real chat job's lengths, long and varied.
 
 The prompt texts (questions, topics, templates, personas) are data, in bench/data/WORKLOAD.json;
 the numbers that shape a workload (sizes, weights, max_tokens choices) are here.
@@ -27,12 +29,13 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from batchbin.bench.sharegpt import benchmark_conversations, prompt_chars, sharegpt_requests
+from batchbin.bench.sharegpt import benchmark_conversations, prompt_chars, sharegpt_real_requests, sharegpt_requests
 
-WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt")
+WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt", "sharegpt-real")
 
-# Default sizes: a few minutes per variant on the slow 2-core CPU (AMD, AVX2 only).
-DEFAULT_SIZES = {"prefix-heavy": 240, "mixed-length": 160, "chat-mix": 160, "sharegpt": 120}
+# Default sizes: a few minutes per variant on the slow 2-core CPU (AMD, AVX2 only); sharegpt-real
+# is sized for 8 waves of the engine at the benchmark's max_num_seqs for it (bench/harness.py).
+DEFAULT_SIZES = {"prefix-heavy": 240, "mixed-length": 160, "chat-mix": 160, "sharegpt": 120, "sharegpt-real": 256}
 
 
 def default_size(name: str) -> int:
@@ -64,6 +67,8 @@ def make_workload(
         rows = _mixed_length(n, rng)
     elif name == "chat-mix":
         rows = _chat_mix(n, rng)
+    elif name == "sharegpt-real":
+        rows = _sharegpt_real(n, seed)
     else:
         rows = _sharegpt(n, seed)
     if shuffle:
@@ -71,7 +76,36 @@ def make_workload(
     if max_tokens is not None:
         for row in rows:
             row["max_tokens"] = max_tokens
+            if "min_tokens" in row:
+                row["min_tokens"] = min(row["min_tokens"], max_tokens)
     return rows
+
+
+def has_fixed_lengths(rows: list[dict]) -> bool:
+    """Whether the rows fix their own output lengths (sharegpt-real): then a length predictor
+    must not see them, or it would read the answer off the request (bench/harness.py)."""
+    return any(row.get("ignore_eos") or ("min_tokens" in row and row["min_tokens"] >= row.get("max_tokens", 0))
+               for row in rows)
+
+
+def natural_lengths(rows: list[dict], max_tokens: int) -> list[dict]:
+    """The rows as a user's real job would give them: one output limit for all and no fixed
+    length, so the model (or a predictor) decides where each answer ends."""
+    return [{**{k: v for k, v in row.items() if k not in ("min_tokens", "ignore_eos")}, "max_tokens": max_tokens}
+            for row in rows]
+
+
+def _sharegpt_real(n: int, seed: int) -> list[dict]:
+    """sharegpt-real rows; answer and prompt tokens counted with the default model's tokenizer."""
+    from batchbin.models import resolve_model
+    from batchbin.tasks.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model("default"))
+    return sharegpt_real_requests(
+        n, seed,
+        count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        chat_tokens=lambda messages: len(tokenizer.apply_chat_template(messages, tokenize=True,
+                                                                       add_generation_prompt=True)))
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

@@ -23,3 +23,7 @@ SELECT engine::VARCHAR FROM runs WHERE run_id = $run_id;
 
 -- name: store_bench_run
 INSERT INTO bench_runs (bench_id, workload, variant, metrics) VALUES ($bench_id, $workload, $variant, $metrics);
+
+-- name: predictions_of_run
+-- A run's predicted output lengths, as a `--predictor file:` file takes them (id, predicted_tokens).
+SELECT request_id AS id, predicted_tokens FROM predictions WHERE run_id = $run_id ORDER BY request_id;

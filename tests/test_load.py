@@ -45,6 +45,14 @@ def test_valid_rows_are_stored_with_their_fields(fresh_db, tmp_path):
                     ("7", 2, None, "Hi", 5, 0.5, ["\n"], "1")]
 
 
+def test_a_fixed_length_is_stored_with_the_request(fresh_db, tmp_path):
+    rows = [{"id": "f", "prompt": "Tell a story.", "max_tokens": 300, "min_tokens": 300, "ignore_eos": True},
+            {"id": "g", "prompt": "Tell a story.", "min_tokens": 20}]
+    load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", rows))
+    assert fresh_db.execute("select request_id, max_tokens, min_tokens, ignore_eos from prompts order by request_id"
+                            ).fetchall() == [("f", 300, 300, True), ("g", None, 20, None)]
+
+
 @pytest.mark.parametrize("row, field, words", [
     ({"id": "x", "prompt": "   "}, "prompt", "empty"),
     ({"id": "x"}, "prompt/messages", "exactly one"),
@@ -55,6 +63,9 @@ def test_valid_rows_are_stored_with_their_fields(fresh_db, tmp_path):
     ({"id": "x", "messages": []}, "messages", "empty"),
     ({"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "messages", "role 'user'"),
     ({"id": "x", "messages": [{"role": "robot", "content": "q"}]}, "messages.0.role", "Input should be"),
+    ({"id": "x", "prompt": "a", "max_tokens": 4, "min_tokens": 5}, "prompt/messages", "min_tokens (5) is larger than max_tokens (4)"),
+    ({"id": "x", "prompt": "a", "min_tokens": -1}, "min_tokens", "greater than or equal to 0"),
+    ({"id": "x", "prompt": "a", "ignore_eos": "often"}, "ignore_eos", "valid boolean"),
 ])
 def test_invalid_rows_are_rejected_with_field_and_reason(fresh_db, tmp_path, row, field, words):
     counts = load_requests(fresh_db, "r", write_jsonl(tmp_path / "in.jsonl", GOOD + [row]))

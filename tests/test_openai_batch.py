@@ -36,6 +36,13 @@ def test_completion_line_becomes_a_prompt_request():
     assert request_from_batch_line(COMPLETION) == {"id": 2, "prompt": "Once upon a time", "max_tokens": 8, "stop": "\n"}
 
 
+def test_vllms_extra_parameters_for_a_fixed_length_pass_through():
+    line = {"custom_id": "L", "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40,
+                                       "min_tokens": 40, "ignore_eos": True}}
+    assert request_from_batch_line(line) == {"id": "L", "max_tokens": 40, "min_tokens": 40, "ignore_eos": True,
+                                             "messages": [{"role": "user", "content": "hi"}]}
+
+
 def test_endpoint_follows_the_body_without_url():
     line = {"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}]}}
     assert request_from_batch_line(line)["messages"] == [{"role": "user", "content": "hi"}]

@@ -389,3 +389,43 @@ def test_combined_cue_patterns_agree_with_the_single_cues(workload):
         seen_short += has_short_cue(text)
         seen_long += has_long_cue(text)
     assert seen_short and seen_long  # both kinds occur, so the comparison means something
+
+
+def test_a_requests_own_limits_bind_its_prediction():
+    from batchbin.predictors.predict import within_request_limits
+
+    requests = [{"max_tokens": 100, "min_tokens": 100},              # fixed by min_tokens = max_tokens
+                {"max_tokens": 300, "ignore_eos": True},             # fixed by ignore_eos
+                {"max_tokens": 300, "min_tokens": 50},               # floor above the prediction
+                {"max_tokens": 300, "min_tokens": None, "ignore_eos": None}]
+    assert within_request_limits(np.array([20.0, 20.0, 20.0, 20.0]), requests).tolist() == [100, 300, 50, 20]
+
+
+def test_predictions_from_a_file_are_used_as_given(fresh_db, tmp_path):
+    from batchbin.predictors.predict import choose_predictor
+
+    path = tmp_path / "lengths.jsonl"
+    path.write_text('{"id": "a", "predicted_tokens": 700}\n{"id": 7, "predicted_tokens": 0}\n')
+    name, predict = choose_predictor(fresh_db, "r", f"file:{path}")
+    values, names = predict([{"request_id": "a", "max_tokens": 64, "prompt": "x"},
+                             {"request_id": "7", "max_tokens": 64, "prompt": "x"},
+                             {"request_id": "b", "max_tokens": 64, "prompt": "x"}])
+    assert name == f"file:{path}"
+    assert values.tolist()[:2] == [700, 1]  # as given (at least one token), beyond max_tokens too
+    assert names == [name, name, "fallback"] and 1 <= values[2] <= 64
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "no such file"),
+    ('{"id": "a"}\n', "no column predicted_tokens"),
+    ('{"id": "a", "predicted_tokens": "many"}\n', "id 'a' is not a number"),
+    ('{"id": "a", "predicted_tokens": -3}\n', "id 'a' is not a number >= 0"),
+])
+def test_a_bad_predictions_file_is_a_clear_error(fresh_db, tmp_path, content, words):
+    from batchbin.predictors.predict import PredictorSpecError, choose_predictor
+
+    path = tmp_path / "lengths.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PredictorSpecError, match=words):
+        choose_predictor(fresh_db, "r", f"file:{path}")

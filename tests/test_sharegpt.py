@@ -149,3 +149,32 @@ def test_invalid_arguments():
         sharegpt_requests(5, max_turns=0)
     with pytest.raises(ValueError):
         load_conversations(limit=-1)
+
+
+def test_sharegpt_real_generates_exactly_the_datasets_answer_lengths():
+    from batchbin.bench.workloads import has_fixed_lengths, natural_lengths
+    from batchbin.predictors.sharegpt import is_training_conversation
+
+    def count_tokens(text):
+        return len(text.split())
+
+    def chat_tokens(messages):
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    rows = sharegpt.sharegpt_real_requests(60, seed=3, count_tokens=count_tokens, chat_tokens=chat_tokens,
+                                           max_answer_tokens=400, max_model_len=1200)
+    assert len(rows) == 60 and len({row["id"] for row in rows}) == 60
+    conversations = {str(c.get("id")): c for c in sharegpt.load_conversations()}
+    for row in rows:
+        conversation_id, turn = row["id"].removeprefix("sharegpt-").rsplit("-t", 1)
+        assert not is_training_conversation(conversation_id)
+        turns = sharegpt.turns_with_answers(conversations[conversation_id], 6, sharegpt.REAL_MAX_PROMPT_CHARS)
+        messages, answer = turns[int(turn) - 1]
+        assert row["messages"] == messages
+        expected = min(count_tokens(answer), 400, 1200 - chat_tokens(messages) - 1)
+        assert row["max_tokens"] == row["min_tokens"] == expected >= 1 and row["ignore_eos"] is True
+    assert len({row["max_tokens"] for row in rows}) > 20  # real answers: long and varied
+    assert has_fixed_lengths(rows)
+    natural = natural_lengths(rows, 1024)
+    assert not has_fixed_lengths(natural)
+    assert all(row["max_tokens"] == 1024 and "min_tokens" not in row and "ignore_eos" not in row for row in natural)
