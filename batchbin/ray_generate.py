@@ -42,6 +42,7 @@ PLACEMENT_TIMEOUT_S = 300.0   # how long engines may wait for the cluster to pla
 START_TIMEOUT_S = 1800.0      # building an engine (a large model's download and load included)
 FEED_AHEAD_SEQS = 2           # an engine holds up to this many times its max_num_seqs requests
 IDLE_POLL_S = 0.2             # an engine with nothing to do looks again for work given back
+UNSTARTED_GRACE_S = 120.0     # an engine still building keeps its share this long after the first is up
 
 
 class EngineLost(BatchBinError):
@@ -123,6 +124,7 @@ class Coordinator:
         self.lock = threading.Lock()
         self.last_log = time.perf_counter()
         self.tallies: dict[int, EngineTally] = {}
+        self.first_ready: float | None = None  # when the first engine was built: generation's clock starts
 
     def outstanding(self, engine: int) -> int:
         with self.lock:
@@ -136,7 +138,8 @@ class Coordinator:
         """Rows of the next chunk for `engine` (empty: none queued), and whether it was stolen."""
         with self.lock:
             before = self.pool.stolen[engine]
-            chunk = self.pool.take(engine)
+            waited = time.perf_counter() - (self.first_ready or time.perf_counter())
+            chunk = self.pool.take(engine, steal_from_unstarted=waited > UNSTARTED_GRACE_S)
             if chunk is None:
                 return [], False
             con = self.writer.held.get()
@@ -211,6 +214,8 @@ def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTall
     started = ask(actor.start.remote(model_path, options, coordinator.writer.total, engines_on_host, slot, defaults,
                                      tensor_parallel_size), "starting")
     tally.start_s, tally.threads = round(started["start_s"], 1), started["threads"]
+    with coordinator.lock:
+        coordinator.first_ready = coordinator.first_ready or time.perf_counter()
     logger.info("engine %s ready in %.1f s (%s, threads %s): share of %s requests", engine, started["start_s"],
                 started["device"], started["threads"], tally.planned_requests)
     while True:
@@ -302,7 +307,7 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
         tallies = [coordinator.tallies[engine].__dict__ if engine in coordinator.tallies
                    else {"engine": engine, "lost": "its task did not start"} for engine in range(engines)]
         writer.flush()
-        generate_s = time.perf_counter() - started
+        generate_s = time.perf_counter() - (coordinator.first_ready or started)
         if not pool.finished():
             raise EngineFailure(f"every engine was lost, {pool.queued() + sum(pool.outstanding(e) for e in pool.live_engines())} "
                                 "requests left; every finished result is stored: run the same command again to resume")

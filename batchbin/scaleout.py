@@ -151,20 +151,28 @@ class WorkPool:
         self.orphans: deque[Chunk] = deque()  # lost engines' unfinished work, in schedule order
         self.stolen = {share.engine: 0 for share in shares}  # chunks each engine took from others
         self.requeued = 0                     # requests given back by lost engines
+        self.started: set[int] = set()        # engines that have taken work (their engine is built)
 
-    def take(self, engine: int) -> Chunk | None:
+    def take(self, engine: int, steal_from_unstarted: bool = False) -> Chunk | None:
         """The next chunk for `engine`: a lost engine's work first, then its own share from the
         front, then the tail of the live share with the most predicted work left; None when
-        nothing is queued (other engines may still give work back: see `finished`)."""
+        nothing is queued (other engines may still give work back: see `finished`).
+
+        An engine still building (one that has taken nothing yet) keeps its share unless
+        `steal_from_unstarted`: engines start seconds apart, and the first one up must not
+        empty the others' shares before they begin (the driver allows it after a grace period,
+        for an engine whose start hangs)."""
         if engine in self.lost:
             raise ValueError(f"engine {engine} was lost and takes no more work")
+        self.started.add(engine)
         if self.orphans:
             chunk = self.orphans.popleft()
         elif self.shares[engine].chunks:
             chunk = self.shares[engine].chunks.popleft()
         else:
             victims = [share for other, share in self.shares.items()
-                       if other != engine and other not in self.lost and share.chunks]
+                       if other != engine and other not in self.lost and share.chunks
+                       and (other in self.started or steal_from_unstarted)]
             if not victims:
                 return None
             victim = max(victims, key=lambda share: (share.cost, -share.engine))

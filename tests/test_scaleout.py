@@ -59,9 +59,9 @@ def test_plan_covers_every_request_once():
     assert sorted(ids) == sorted(r["request_id"] for r in rows) and len(ids) == len(set(ids))
 
 
-def drain(pool: WorkPool, engine: int) -> list[str]:
+def drain(pool: WorkPool, engine: int, steal_from_unstarted: bool = False) -> list[str]:
     taken = []
-    while (chunk := pool.take(engine)) is not None:
+    while (chunk := pool.take(engine, steal_from_unstarted)) is not None:
         taken += chunk.request_ids
         pool.done(engine, chunk.request_ids)
     return taken
@@ -71,11 +71,21 @@ def test_an_engine_that_finishes_early_steals_from_the_tail_of_the_busiest_share
     rows = rows_of([(i, 2, 100, 20) for i in range(16)])
     pool = WorkPool(plan_shares(families_from_rows(rows), engines=2, chunks_per_engine=4))
     own_tail = pool.shares[1].chunks[-1].request_ids
-    first = pool.take(0).request_ids
-    pool.done(0, first)
-    taken_by_0 = first + drain(pool, 0)  # engine 1 never shows up: engine 0 does all of it
-    assert pool.stolen[0] == 4 and sorted(taken_by_0) == sorted(r["request_id"] for r in rows)
-    assert taken_by_0[len(first) * 4:][:len(own_tail)] == own_tail  # stealing starts at the tail
+    pool.take(1)  # engine 1 is up: it took its first chunk, and holds it
+    own = drain(pool, 0)
+    stolen = drain(pool, 0)
+    assert stolen == [] and pool.stolen[0] == 3  # it took engine 1's other three chunks, tail first
+    assert own[-len(own_tail) * 3:][:len(own_tail)] == own_tail
+    assert not pool.finished()  # engine 1 still holds its first chunk
+
+
+def test_a_share_waits_for_its_engine_while_it_builds_unless_the_driver_gives_up_waiting():
+    rows = rows_of([(i, 2, 100, 20) for i in range(16)])
+    pool = WorkPool(plan_shares(families_from_rows(rows), engines=2, chunks_per_engine=4))
+    own = drain(pool, 0)
+    assert pool.stolen[0] == 0 and len(own) == 16 and not pool.finished()
+    late = drain(pool, 0, steal_from_unstarted=True)  # engine 1's start hangs: its share is taken
+    assert pool.stolen[0] == 4 and sorted(own + late) == sorted(r["request_id"] for r in rows)
     assert pool.finished()
 
 
