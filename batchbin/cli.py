@@ -148,7 +148,8 @@ def print_summary(report: dict) -> None:
         f"  requests        {report['requests']} valid, {report['rejects']} rejected"
         + (" (see: batchbin sql \"select * from rejects\")" if report["rejects"] else ""),
         f"  completions     {report['completed']} ok, {report['errors']} errors ({report['generated_now']} generated now"
-        + (f", {report['retried_errors']} errors retried)" if report.get("retried_errors") else ")"),
+        + (f", {report['retried_errors']} errors retried" if report.get("retried_errors") else "")
+        + (f", {report['duplicates']} identical requests answered once" if report.get("duplicates") else "") + ")",
         f"  output tokens   {report['output_tokens'] or 0}"
         + (f", {tps:.0f} tokens/s over {report['generate_s']:.1f} s of generation" if tps else ""),
         f"  engine          {report['preemptions']} preemptions, KV cache at most {report['peak_kv_cache_usage']:.0%} full"

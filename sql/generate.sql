@@ -7,7 +7,7 @@ FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.position > $after
+WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.position > $after AND s.duplicate_of IS NULL
 ORDER BY s.position
 LIMIT $limit;
 
@@ -19,7 +19,7 @@ SELECT count(*),
                 (SELECT coalesce(max(attempt), 0) FROM results WHERE run_id = $run_id)) + 1
 FROM schedule s
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL;
+WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.duplicate_of IS NULL;
 
 -- name: insert_results
 -- Store a checkpoint of finished requests registered as `finished_batch`. A request that
@@ -29,6 +29,33 @@ INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_toke
 SELECT $run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
        finish_reason, error, batch, latency_s, current_timestamp, $attempt, finished_s
 FROM finished_batch
+ON CONFLICT DO NOTHING;
+
+-- name: copy_duplicates
+-- Give every request that duplicates another (schedule.duplicate_of) and has no result a copy
+-- of that one's result, once it has one: the same text and tokens, no prefill of its own (its
+-- prompt counts as cached). Generation runs it as it starts (a stop between a checkpoint and its
+-- copies leaves none behind); each checkpoint copies its own (copy_duplicates_of_checkpoint).
+-- Parameters: $run_id.
+INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
+                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
+SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, r.prompt_tokens,
+       r.finish_reason, r.error, s.batch, r.latency_s, r.finished_at, r.attempt, r.finished_s
+FROM schedule s
+JOIN results r ON r.run_id = s.run_id AND r.request_id = s.duplicate_of
+WHERE s.run_id = $run_id AND s.duplicate_of IS NOT NULL
+ON CONFLICT DO NOTHING;
+
+-- name: copy_duplicates_of_checkpoint
+-- copy_duplicates for the requests of one checkpoint (registered as `finished_batch`) only.
+-- Parameters: $run_id.
+INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
+                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
+SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, r.prompt_tokens,
+       r.finish_reason, r.error, s.batch, r.latency_s, r.finished_at, r.attempt, r.finished_s
+FROM schedule s
+JOIN results r ON r.run_id = s.run_id AND r.request_id = s.duplicate_of
+WHERE s.run_id = $run_id AND s.duplicate_of IN (SELECT request_id FROM finished_batch)
 ON CONFLICT DO NOTHING;
 
 -- name: insert_steps

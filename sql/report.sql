@@ -104,3 +104,7 @@ LEFT JOIN predictions pr USING (run_id, request_id)
 WHERE s.run_id = $run_id
 GROUP BY s.bin
 ORDER BY s.bin;
+
+-- name: duplicate_count
+-- Requests of the run answered with the result of an identical earlier one (schedule.duplicate_of).
+SELECT count(*) FROM schedule WHERE run_id = $run_id AND duplicate_of IS NOT NULL;

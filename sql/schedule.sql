@@ -62,6 +62,27 @@ SELECT $run_id, request_id, bin, bin AS batch,
        row_number() OVER (ORDER BY sort_key, request_id) - 1 AS position
 FROM keyed;
 
+-- name: mark_duplicates
+-- Identical greedy requests (same token ids, limits, stops and response format, temperature 0
+-- by their own or the run's default): every one but the first in schedule order names that
+-- first one in `duplicate_of`; generation runs the first only and copies its result.
+-- Parameters: $run_id.
+UPDATE schedule SET duplicate_of = d.leader
+FROM (
+    SELECT s.request_id,
+           first_value(s.request_id) OVER (
+               PARTITION BY t.token_ids, p.max_tokens, p.min_tokens, coalesce(p.ignore_eos, false), p.stop,
+                            p.response_format::VARCHAR
+               ORDER BY s.position) AS leader
+    FROM schedule s
+    JOIN tokens t USING (run_id, request_id)
+    JOIN prompts p USING (run_id, request_id)
+    LEFT JOIN runs ru USING (run_id)
+    WHERE s.run_id = $run_id
+      AND coalesce(p.temperature, try_cast(json_extract_string(ru.config, '$.temperature') AS DOUBLE), 0) = 0
+) d
+WHERE schedule.run_id = $run_id AND schedule.request_id = d.request_id AND d.leader <> d.request_id;
+
 -- name: count_scheduled
 SELECT count(*) FROM schedule WHERE run_id = $run_id;
 

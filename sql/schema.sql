@@ -138,6 +138,10 @@ CREATE TABLE IF NOT EXISTS schedule (
     PRIMARY KEY (run_id, request_id)
 );
 
+-- added after schema version 1 shipped: a greedy request identical to an earlier one (same token
+-- ids and output parameters) is generated once; its result is copied (generate.copy_duplicates)
+ALTER TABLE schedule ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
+
 CREATE TABLE IF NOT EXISTS schedule_choices (
     run_id VARCHAR PRIMARY KEY,
     requested VARCHAR,      -- the --order asked for (auto by default)

@@ -271,6 +271,7 @@ def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict],
     """Write one checkpoint of finished requests (of generation attempt `attempt`)."""
     with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
         run(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
+        run(con, "generate.copy_duplicates_of_checkpoint", {"run_id": run_id})
 
 
 def store_steps(con: duckdb.DuckDBPyConnection, run_id: str, attempt: int, rows: list[dict]) -> None:
@@ -329,6 +330,7 @@ def generate_run(
             held.used()
 
     try:
+        run(held.get(), "generate.copy_duplicates", {"run_id": run_id})
         total, attempt = one(held.get(), "generate.count_work", {"run_id": run_id})
         if not total:
             return GenerationStats()

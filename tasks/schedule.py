@@ -57,6 +57,7 @@ def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order
     with transaction(con):
         run(con, "schedule.replace_schedule",
             {"run_id": run_id, "k_bins": k_bins, "order": choice.order, "min_shared_tokens": min_shared_tokens})
+        run(con, "schedule.mark_duplicates", {"run_id": run_id})
         run(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
                                             "reason": choice.reason})
     return one(con, "schedule.count_scheduled", {"run_id": run_id})[0]

@@ -116,3 +116,30 @@ def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypa
         schedule_run(run_db, "r", 2, "sorted", BLOCK)
     monkeypatch.undo()
     assert [r[0] for r in run_db.execute("select request_id from schedule where run_id = 'r' order by position").fetchall()] == before
+
+
+def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db):
+    from batchbin.sqlfiles import one, run
+    from batchbin.tasks.generate import store_results
+
+    # "c" again under two more ids: one greedy (a duplicate), one sampled (its own answer)
+    for request_id, row, temperature in (("c-again", 8, None), ("c-sampled", 9, 0.7)):
+        run_db.execute("insert into prompts (run_id, request_id, row_number, prompt, temperature) "
+                       "values ('r', $i, $n, 'x', $t)", {"i": request_id, "n": row, "t": temperature})
+        run_db.execute("insert into tokens values ('r', $i, [3, 3], 2)", {"i": request_id})
+        run_db.execute("insert into predictions values ('r', $i, 50, 'test')", {"i": request_id})
+    assign_prefix_groups(run_db, "r", BLOCK)
+    schedule_run(run_db, "r", 2, "sorted", BLOCK)
+    marked = dict(run_db.execute("select request_id, duplicate_of from schedule where duplicate_of is not null").fetchall())
+    first = min(("c", "c-again"), key=lambda i: run_db.execute(
+        "select position from schedule where request_id = $i", {"i": i}).fetchone()[0])
+    assert marked == {({"c", "c-again"} - {first}).pop(): first}
+    work = [r[0] for r in run(run_db, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}).fetchall()]
+    assert len(work) == len(REQUESTS) + 1 and "c-sampled" in work and set(marked).isdisjoint(work)
+    assert one(run_db, "generate.count_work", {"run_id": "r"})[0] == len(REQUESTS) + 1
+
+    store_results(run_db, "r", [{"request_id": first, "output_text": "same answer", "output_tokens": 2,
+                                 "prompt_tokens": 2, "finish_reason": "stop", "batch": 0}], attempt=1)
+    [(text, reason, cached)] = run_db.execute("select output_text, finish_reason, cached_tokens from results "
+                                              "where request_id = $i", {"i": next(iter(marked))}).fetchall()
+    assert (text, reason, cached) == ("same answer", "stop", 2)
