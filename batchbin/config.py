@@ -56,7 +56,7 @@ class JobConfig(BaseModel):
     k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
     order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")
-    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:<run_id>', or a registered version.")
+    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:<run_id>', 'file:<path>' (your own predictions: id, predicted_tokens), or a registered version.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")
