@@ -72,6 +72,7 @@ class ResultWriter:
     run_id: str
     total: int
     checkpoint_every: int
+    attempt: int | None = None
     stored_ids: set[str] = field(default_factory=set)
     waiting: list[dict] = field(default_factory=list)
     duplicates: int = 0
@@ -103,7 +104,7 @@ class ResultWriter:
         if con is None:
             return
         began = time.perf_counter()
-        store_results(con, self.run_id, self.waiting)
+        store_results(con, self.run_id, self.waiting, self.attempt)
         self.store_s += time.perf_counter() - began
         self.checkpoints += 1
         self.waiting = []
@@ -288,9 +289,10 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
     connected = ray_engines.connect(ray_address)
     actors: list = []
     try:
-        total = one(held.get(), "generate.count_work", {"run_id": ref.run_id})[0]
+        run(held.get(), "generate.copy_duplicates", {"run_id": ref.run_id})  # as on one machine
+        total, attempt = one(held.get(), "generate.count_work", {"run_id": ref.run_id})
         pool = plan_run(held, ref.run_id, engines, min_shared_tokens)
-        writer = ResultWriter(held, ref.run_id, total, checkpoint_every)
+        writer = ResultWriter(held, ref.run_id, total, checkpoint_every, attempt)
         actors, placements = start_actors(ref.run_id, engines, tensor_parallel_size)
         coordinator = Coordinator(pool, writer, actors, FEED_AHEAD_SEQS * max_num_seqs, logger.info)
         _coordinators[ref.run_id] = coordinator

@@ -2,7 +2,8 @@
 -- prefix families with their predicted cost, for spreading over several engines.
 
 -- name: work_families
--- Every request of a run without a result, with its prefix family and predicted work, in
+-- Every request of a run without a result (but those that copy an identical earlier one's:
+-- generate.copy_duplicates gives them theirs), with its prefix family and predicted work, in
 -- schedule order. A family is what sql/schedule.sql keeps together: a maximal run of prompts,
 -- in token order, sharing at least $min_shared_tokens with their neighbour (the same rule, so
 -- a shard never splits what the schedule kept whole and vLLM's prefix cache keeps its reuse).
@@ -24,7 +25,7 @@ JOIN fam f USING (request_id)
 JOIN tokens t USING (run_id, request_id)
 LEFT JOIN predictions pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.request_id IS NULL
+WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.duplicate_of IS NULL
 ORDER BY s.position;
 
 -- name: work_rows
@@ -32,8 +33,8 @@ ORDER BY s.position;
 -- the rows of generate.work_in_order, in schedule order.
 SELECT s.request_id, s.batch, s.position, t.token_ids, p.max_tokens, p.temperature, p.top_p, p.seed, p.stop,
        p.response_format::VARCHAR AS response_format
-FROM wanted_ids w
-JOIN schedule s ON s.run_id = $run_id AND s.request_id = w.request_id
+FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
+WHERE s.run_id = $run_id AND s.request_id IN (SELECT request_id FROM wanted_ids)
 ORDER BY s.position;
