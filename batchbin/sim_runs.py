@@ -29,7 +29,7 @@ from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, Lin
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
 SIM_ORDERS = ("hybrid", "group", "bin", "sorted", "input")
 LENGTHS = ("real", "predicted")
-COPIED_TABLES = ("prompts", "tokens", "prompt_groups", "predictions", "results", "schedule", "schedule_choices")
+COPIED_TABLES = ("runs", "prompts", "tokens", "prompt_groups", "predictions", "results", "schedule", "schedule_choices")
 # vLLM's defaults for the offline LLM class on a GPU (its _set_default_args): a big GPU runs more at once
 GPU_LARGE_MEMORY_BYTES = 70 * GIB
 GPU_LIMITS_LARGE = (1024, 16384)

@@ -18,9 +18,15 @@ FROM run_reports WHERE run_id = $run_id;
 
 -- name: copy_prompts
 -- The columns of a run's rows the schedule and the simulator read, for a copy in memory (one
--- query per table: prompts, tokens, prompt_groups, predictions, results, schedule).
+-- query per table: runs, prompts, tokens, prompt_groups, predictions, results, schedule,
+-- schedule_choices; the prompts' sampling columns tell identical requests apart).
 -- Parameters: $run_id.
-SELECT run_id, request_id, row_number, max_tokens FROM prompts WHERE run_id = $run_id;
+SELECT run_id, request_id, row_number, max_tokens, min_tokens, ignore_eos, temperature, stop,
+       response_format::VARCHAR AS response_format
+FROM prompts WHERE run_id = $run_id;
+
+-- name: copy_runs
+SELECT run_id, model, config::VARCHAR AS config, engine::VARCHAR AS engine FROM runs WHERE run_id = $run_id;
 
 -- name: copy_tokens
 SELECT run_id, request_id, token_ids, prompt_tokens FROM tokens WHERE run_id = $run_id;
@@ -35,15 +41,21 @@ SELECT run_id, request_id, predicted_tokens, predictor FROM predictions WHERE ru
 SELECT run_id, request_id, output_tokens, cached_tokens, error FROM results WHERE run_id = $run_id;
 
 -- name: copy_schedule
-SELECT run_id, request_id, bin, batch, position FROM schedule WHERE run_id = $run_id;
+SELECT run_id, request_id, bin, batch, position, duplicate_of FROM schedule WHERE run_id = $run_id;
 
 -- name: copy_schedule_choices
 SELECT run_id, requested, used, reason FROM schedule_choices WHERE run_id = $run_id;
 
 -- name: paste_prompts
 -- The copied rows into the in-memory database (the registered Arrow table `incoming`).
-INSERT INTO prompts (run_id, request_id, row_number, max_tokens)
-SELECT run_id, request_id, row_number, max_tokens FROM incoming;
+INSERT INTO prompts (run_id, request_id, row_number, max_tokens, min_tokens, ignore_eos, temperature, stop,
+                     response_format)
+SELECT run_id, request_id, row_number, max_tokens, min_tokens, ignore_eos, temperature, stop,
+       response_format::JSON
+FROM incoming;
+
+-- name: paste_runs
+INSERT INTO runs (run_id, model, config, engine) SELECT run_id, model, config::JSON, engine::JSON FROM incoming;
 
 -- name: paste_tokens
 INSERT INTO tokens (run_id, request_id, token_ids, prompt_tokens)
@@ -62,8 +74,8 @@ INSERT INTO results (run_id, request_id, output_tokens, cached_tokens, error)
 SELECT run_id, request_id, output_tokens, cached_tokens, error FROM incoming;
 
 -- name: paste_schedule
-INSERT INTO schedule (run_id, request_id, bin, batch, position)
-SELECT run_id, request_id, bin, batch, position FROM incoming;
+INSERT INTO schedule (run_id, request_id, bin, batch, position, duplicate_of)
+SELECT run_id, request_id, bin, batch, position, duplicate_of FROM incoming;
 
 -- name: paste_schedule_choices
 INSERT INTO schedule_choices (run_id, requested, used, reason)
@@ -72,7 +84,8 @@ SELECT run_id, requested, used, reason FROM incoming;
 -- name: requests_in_order
 -- The run's requests in schedule order with what the simulator needs: the prompt's token ids,
 -- the real output length (NULL without a result; requests that failed are left out) and the
--- predicted one, capped by the request's max_tokens or the job's $max_tokens.
+-- predicted one, capped by the request's max_tokens or the job's $max_tokens. A request that
+-- repeats an earlier one (duplicate_of) is not generated, so it is left out.
 -- Parameters: $run_id, $max_tokens.
 SELECT t.request_id, t.token_ids, t.prompt_tokens,
        r.output_tokens AS real_tokens,
@@ -84,7 +97,7 @@ JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN predictions pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.error IS NULL
+WHERE s.run_id = $run_id AND r.error IS NULL AND s.duplicate_of IS NULL
 ORDER BY s.position;
 
 -- name: schedule_choice
