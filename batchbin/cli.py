@@ -361,8 +361,9 @@ def simulate_group() -> None:
 @click.option("--order", "orders", default="as-run", show_default=True,
               help="Orders to simulate, comma-separated: as-run (the run's own schedule), auto, hybrid, group, bin, "
                    "sorted, input; or all.")
-@click.option("--lengths", type=click.Choice(["real", "predicted"]), default="real", show_default=True,
-              help="Output lengths: the run's real ones (it has generated) or its predicted ones.")
+@click.option("--lengths", type=click.Choice(["real", "predicted", "max-tokens"]), default="real", show_default=True,
+              help="Output lengths: the run's real ones (it has generated), its predicted ones, or each request's "
+                   "max_tokens (exact where requests fix their length: ignore_eos, min_tokens = max_tokens).")
 @click.option("--k-bins", type=click.IntRange(min=1, max=64), default=None, help="Bins for the orders that bin "
                                                                                  "(default: the run's).")
 @click.option("--gpu", default=None, help="Also simulate on this GPU: h100, h200, a100 or l4.")

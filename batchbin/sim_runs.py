@@ -28,7 +28,7 @@ from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, Lin
 
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
 SIM_ORDERS = ("hybrid", "group", "bin", "sorted", "input")
-LENGTHS = ("real", "predicted")
+LENGTHS = ("real", "predicted", "max-tokens")
 COPIED_TABLES = ("runs", "prompts", "tokens", "prompt_groups", "predictions", "results", "schedule", "schedule_choices")
 # vLLM's defaults for the offline LLM class on a GPU (its _set_default_args): a big GPU runs more at once
 GPU_LARGE_MEMORY_BYTES = 70 * GIB
@@ -56,10 +56,13 @@ def block_hashes(token_ids, block_size: int) -> tuple:
 
 
 def output_length(row: dict, lengths: str) -> int | None:
-    """The output tokens the simulator gives a request: its real count, or its prediction
-    capped by max_tokens (at least 1)."""
+    """The output tokens the simulator gives a request: its real count, its prediction capped
+    by max_tokens (at least 1), or its max_tokens (its exact length where the request fixes it:
+    ignore_eos, or min_tokens = max_tokens)."""
     if lengths == "real":
         return None if row["real_tokens"] is None else max(1, int(row["real_tokens"]))
+    if lengths == "max-tokens":
+        return max(1, int(row["max_tokens"]))
     predicted = row["predicted_tokens"] if row["predicted_tokens"] is not None else row["max_tokens"]
     return max(1, min(int(round(predicted)), int(row["max_tokens"] or predicted)))
 

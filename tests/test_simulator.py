@@ -229,3 +229,14 @@ def test_multibin_rejects_bad_input():
         multibin.uniform_lengths(10, 5, 1)
     with pytest.raises(BatchBinError):
         multibin.batch_steps([1, 2], [1.0, 2.0], bins=0, batch_size=2)
+
+
+def test_output_lengths_real_predicted_or_the_requests_own_limit():
+    from batchbin.sim_runs import output_length
+
+    row = {"real_tokens": 37, "predicted_tokens": 812.4, "max_tokens": 500}
+    assert output_length(row, "real") == 37
+    assert output_length(row, "predicted") == 500  # capped by max_tokens
+    assert output_length({**row, "predicted_tokens": 0.2}, "predicted") == 1
+    assert output_length(row, "max-tokens") == 500
+    assert output_length({**row, "real_tokens": None}, "real") is None  # not generated: left out
