@@ -244,8 +244,9 @@ class StepShape:
     """What one engine step computed, from vLLM's statistics: the sequences it ran, prompt (or
     recomputed) tokens prefilled, tokens decoded, the requests left waiting, those preempted,
     the KV cache's use after it (0..1), and the tokens in the KV cache of the running sequences
-    (what attention reads; None where the engine core runs in a process of its own).
-    `engine_s` is the engine core's own time for the step (schedule to outputs, no messaging)."""
+    (what attention reads; None where the engine core runs in a process of its own). The step's
+    time is measured around it by the caller: vLLM's own iteration time covers only the wait
+    for a model run already done on the CPU executor."""
 
     running: int
     prefill_tokens: int
@@ -254,7 +255,6 @@ class StepShape:
     preempted: int
     kv_cache_usage: float
     context_tokens: int | None
-    engine_s: float
 
 
 class StepWatch:
@@ -281,8 +281,7 @@ class StepWatch:
                 prefill_tokens=details.num_ctx_tokens, decode_tokens=details.num_generation_tokens,
                 waiting=scheduler_stats.num_waiting_reqs,
                 preempted=getattr(iteration_stats, "num_preempted_reqs", 0) or 0,
-                kv_cache_usage=float(scheduler_stats.kv_cache_usage), context_tokens=context,
-                engine_s=details.elapsed_ms / 1000)
+                kv_cache_usage=float(scheduler_stats.kv_cache_usage), context_tokens=context)
         return self._record(*args, **kwargs)
 
 
@@ -518,8 +517,7 @@ def _check_sampling_api() -> None:
 def _check_step_watch() -> None:
     _field(_attribute("vllm.config", "ObservabilityConfig"), "enable_logging_iteration_details")
     details = _attribute("vllm.v1.metrics.stats", "SchedulerIterationDetails")
-    for name in ("num_ctx_requests", "num_ctx_tokens", "num_generation_requests", "num_generation_tokens",
-                 "elapsed_ms", "is_dummy"):
+    for name in ("num_ctx_requests", "num_ctx_tokens", "num_generation_requests", "num_generation_tokens", "is_dummy"):
         _field(details, name)
     stats = _attribute("vllm.v1.metrics.stats", "SchedulerStats")
     for name in ("iteration_details", "num_waiting_reqs", "kv_cache_usage"):

@@ -61,9 +61,10 @@ ON CONFLICT DO NOTHING;
 -- name: insert_steps
 -- Store the engine steps registered as `engine_step_rows` (tasks/generate.py STEP_SCHEMA) of
 -- generation attempt $attempt.
-INSERT INTO engine_steps
+INSERT INTO engine_steps (run_id, attempt, step, started_s, duration_s, running, waiting, prefill_tokens,
+                          decode_tokens, context_tokens, kv_cache_usage, preempted)
 SELECT $run_id, $attempt, step, started_s, duration_s, running, waiting, prefill_tokens, decode_tokens,
-       context_tokens, kv_cache_usage, preempted, engine_s
+       context_tokens, kv_cache_usage, preempted
 FROM engine_step_rows
 ON CONFLICT DO NOTHING;
 

@@ -184,7 +184,6 @@ CREATE TABLE IF NOT EXISTS engine_steps (
                               -- reads them); NULL where the engine core runs in its own process
     kv_cache_usage DOUBLE,    -- share of KV-cache blocks in use after it, 0..1
     preempted INTEGER,        -- sequences preempted (KV cache full) in it
-    engine_s DOUBLE,          -- the engine core's own time for it (duration_s less messaging)
     PRIMARY KEY (run_id, attempt, step)
 );
 

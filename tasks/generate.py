@@ -52,7 +52,6 @@ STEP_SCHEMA = pa.schema([
     ("step", pa.int32()), ("started_s", pa.float64()), ("duration_s", pa.float64()), ("running", pa.int32()),
     ("waiting", pa.int32()), ("prefill_tokens", pa.int32()), ("decode_tokens", pa.int32()),
     ("context_tokens", pa.int64()), ("kv_cache_usage", pa.float64()), ("preempted", pa.int32()),
-    ("engine_s", pa.float64()),
 ])
 
 
