@@ -23,7 +23,7 @@ def missing_bench_packages() -> list[str]:
 
 
 @click.command("bench")
-@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, or a JSONL file.")
+@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, or a JSONL file.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Number of requests (default: the workload's size).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default bench-out/WORKLOAD).")
 @click.option("--variants", default=",".join(("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")),
