@@ -435,20 +435,21 @@ def simulate_multibin_command(requests: int, batch_size: int, length_range: str,
 
 
 @simulate_group.command("fit")
-@click.option("--db", "db_path", default="batchbin.duckdb", show_default=True,
-              help="BatchBin database with measured runs (their engine_steps).")
+@click.option("--db", "db_paths", multiple=True, default=["batchbin.duckdb"], show_default=True,
+              help="BatchBin database with measured runs (their engine_steps); repeat the flag for several.")
 @click.option("--run-id", "run_ids", multiple=True, help="Fit on these runs only (repeat the flag; default: all).")
 @click.option("--out", default=None, help="Where to write the fit (default: the one the simulator uses).")
-def simulate_fit_command(db_path: str, run_ids: tuple[str, ...], out: str | None) -> None:
+def simulate_fit_command(db_paths: tuple[str, ...], run_ids: tuple[str, ...], out: str | None) -> None:
     """Fit this machine's step costs on the measured engine steps of runs (least squares:
-    time = a + b*prefill tokens + c*decoded sequences + d*context tokens).
+    time = a + b*prefill tokens + c*decoded sequences + d*context tokens). Runs that the fit
+    misses by more than 15% (slowed by another process) are left out and named.
 
     Example: batchbin simulate fit --db batchbin.duckdb
     """
     from batchbin.sim_runs import fit_from_db
 
     try:
-        cost = fit_from_db(db_path, list(run_ids) or None)
+        cost = fit_from_db(list(db_paths), list(run_ids) or None)
         path = cost.save(Path(out)) if out else cost.save()
     except (BatchBinError, FileNotFoundError) as error:
         fail(str(error))

@@ -24,7 +24,7 @@ from batchbin.machine import detect_machine
 from batchbin.simulator import EngineLimits, SimRequest, SimResult, simulate
 from batchbin.sqlfiles import arrow, one, run
 from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
-                                 fit_linear_step_cost, kv_blocks, named_gpu, named_model_size)
+                                 fit_linear_step_cost, kv_blocks, named_gpu, named_model_size, step_work)
 
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
 SIM_ORDERS = ("hybrid", "group", "bin", "sorted", "input")
@@ -129,8 +129,17 @@ class StoredRun:
 
 
 def open_run(db_path: str | Path, run_id: str | None = None) -> StoredRun:
-    """Copy run `run_id` (default: the newest with results) of the database into memory."""
-    source = db.connect(db_path, read_only=True)
+    """Copy run `run_id` (default: the newest with results) of the database into memory. A
+    database written by an older BatchBin, which lacks a column the copy reads, is opened for
+    writing once so that its schema is brought up to date (as `batchbin run` would)."""
+    try:
+        return _copy_run(db.connect(db_path, read_only=True), db_path, run_id)
+    except duckdb.BinderException:
+        return _copy_run(db.connect(db_path), db_path, run_id)
+
+
+def _copy_run(source: duckdb.DuckDBPyConnection, db_path: str | Path, run_id: str | None) -> StoredRun:
+    con = None
     try:
         if run_id is None:
             newest = one(source, "simulate.newest_run")
@@ -146,6 +155,10 @@ def open_run(db_path: str | Path, run_id: str | None = None) -> StoredRun:
             rows = arrow(source, f"simulate.copy_{table}", {"run_id": run_id})
             with registered(con, incoming=rows):
                 run(con, f"simulate.paste_{table}")
+    except BaseException:
+        if con is not None:
+            con.close()
+        raise
     finally:
         source.close()
     _, model, config, engine, status = settings
@@ -235,27 +248,53 @@ def simulate_run(stored: StoredRun, orders: list[str], lengths: str = "real", cp
 
 # --- fitting the CPU step costs -------------------------------------------------------------
 
-def fit_from_db(db_path: str | Path, run_ids: list[str] | None = None, dtype: str | None = None,
+# A run whose steps took this much longer (or shorter) than the fit on all runs says is left
+# out and the rest refitted: on a shared machine another process can slow a whole run down.
+OUTLIER_RUN_SHARE = 0.15
+
+
+def fit_from_db(db_paths: list[str | Path], run_ids: list[str] | None = None, dtype: str | None = None,
                 enforce_eager: bool | None = None) -> LinearStepCost:
-    """Fit the CPU step cost on the measured steps (engine_steps) of runs of one engine kind
-    (dtype, eager or compiled: default, those of the newest run with steps)."""
-    con = db.connect(db_path, read_only=True)
-    try:
-        if not one(con, "simulate.has_engine_steps")[0]:
-            raise BatchBinError(f"{db_path} has no step traces (engine_steps); run jobs with this BatchBin first")
-        runs = run(con, "simulate.runs_with_steps").fetchall()
-        if not runs:
-            raise BatchBinError(f"{db_path} has no measured engine steps yet; run a job first")
-        newest = json.loads(runs[-1][1] or "{}")
-        dtype = dtype or newest.get("dtype")
-        enforce_eager = newest.get("enforce_eager") if enforce_eager is None else enforce_eager
-        steps = arrow(con, "simulate.engine_steps", {"dtype": dtype, "enforce_eager": bool(enforce_eager),
-                                                     "run_ids": run_ids or []}).to_pylist()
-    finally:
-        con.close()
-    used_runs = sorted({step["run_id"] for step in steps})
-    return fit_linear_step_cost(steps, {"cpu": cpu_description(), "dtype": dtype, "enforce_eager": bool(enforce_eager),
-                                        "runs": used_runs})
+    """Fit the CPU step cost on the measured steps (engine_steps) of the runs in `db_paths` of
+    one engine kind (dtype, eager or torch.compile; default: the kind of the newest run with
+    steps), leaving out runs that the others' fit misses by more than OUTLIER_RUN_SHARE."""
+    steps: list[dict] = []
+    for db_path in db_paths:
+        con = db.connect(db_path, read_only=True)
+        try:
+            if not one(con, "simulate.has_engine_steps")[0]:
+                raise BatchBinError(f"{db_path} has no step traces (engine_steps); run jobs with this BatchBin first")
+            runs = run(con, "simulate.runs_with_steps").fetchall()
+            if not runs:
+                raise BatchBinError(f"{db_path} has no measured engine steps yet; run a job first")
+            newest = json.loads(runs[-1][1] or "{}")
+            dtype = dtype or newest.get("dtype")
+            enforce_eager = newest.get("enforce_eager") if enforce_eager is None else enforce_eager
+            steps += arrow(con, "simulate.engine_steps", {"dtype": dtype, "enforce_eager": bool(enforce_eager),
+                                                          "run_ids": run_ids or []}).to_pylist()
+        finally:
+            con.close()
+    kind = {"cpu": cpu_description(), "dtype": dtype, "enforce_eager": bool(enforce_eager)}
+    left_out: dict[str, float] = {}
+    while True:
+        cost = fit_linear_step_cost(steps, {**kind, "runs": sorted({s["run_id"] for s in steps}),
+                                            "left_out": left_out})
+        misses = run_misses(cost, steps)
+        worst = max(misses, key=lambda run_id: abs(misses[run_id]))
+        if abs(misses[worst]) <= OUTLIER_RUN_SHARE or len(misses) < 3:
+            return cost
+        left_out[worst] = round(misses[worst], 3)
+        steps = [step for step in steps if step["run_id"] != worst]
+
+
+def run_misses(cost: LinearStepCost, steps: list[dict]) -> dict[str, float]:
+    """Per run: its measured step seconds over the fitted ones, less 1."""
+    measured_s: dict[str, float] = {}
+    fitted_s: dict[str, float] = {}
+    for step in steps:
+        measured_s[step["run_id"]] = measured_s.get(step["run_id"], 0.0) + step["duration_s"]
+        fitted_s[step["run_id"]] = fitted_s.get(step["run_id"], 0.0) + cost.seconds(step_work(step))
+    return {run_id: measured_s[run_id] / fitted_s[run_id] - 1 for run_id in measured_s}
 
 
 def format_simulation(simulation: RunSimulation) -> str:
