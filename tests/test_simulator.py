@@ -240,3 +240,29 @@ def test_output_lengths_real_predicted_or_the_requests_own_limit():
     assert output_length({**row, "predicted_tokens": 0.2}, "predicted") == 1
     assert output_length(row, "max-tokens") == 500
     assert output_length({**row, "real_tokens": None}, "real") is None  # not generated: left out
+
+
+def test_fit_from_databases_leaves_out_a_run_slowed_down_by_another_process(db_path):
+    import json
+
+    from batchbin import db
+    from batchbin.sim_runs import fit_from_db
+
+    truth = LinearStepCost(0.03, 8e-4, 9e-4, 1.5e-6)
+    rng = random.Random(5)
+    con = db.connect(db_path)
+    engine = json.dumps({"dtype": "bfloat16", "enforce_eager": True})
+    for run_id, slowdown in (("a", 1.0), ("b", 1.0), ("c", 1.0), ("slowed", 1.4)):
+        con.execute("insert into runs (run_id, engine, status) values (?, ?, 'finished')", [run_id, engine])
+        for step in range(200):
+            work = StepWork(0, rng.choice([0, 0, 0, rng.randint(1, 4096)]), rng.randint(1, 256), rng.randint(0, 150_000))
+            con.execute("insert into engine_steps (run_id, attempt, step, duration_s, running, prefill_tokens, "
+                        "decode_tokens, context_tokens) values (?, 1, ?, ?, ?, ?, ?, ?)",
+                        [run_id, step, truth.seconds(work) * slowdown * rng.uniform(0.97, 1.03), work.decode_tokens,
+                         work.prefill_tokens, work.decode_tokens, work.context_tokens])
+    con.close()
+    fitted = fit_from_db([db_path])
+    assert list(fitted.fitted_on["left_out"]) == ["slowed"]
+    assert fitted.fitted_on["runs"] == ["a", "b", "c"]
+    assert fitted.per_decode_token_s == pytest.approx(9e-4, rel=0.05)
+    assert fitted.kind() == ("bfloat16", True)
