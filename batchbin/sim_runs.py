@@ -248,8 +248,8 @@ def simulate_run(stored: StoredRun, orders: list[str], lengths: str = "real", cp
 
 # --- fitting the CPU step costs -------------------------------------------------------------
 
-# A run whose steps took this much longer (or shorter) than the fit on all runs says is left
-# out and the rest refitted: on a shared machine another process can slow a whole run down.
+# A run whose steps took this much longer (or shorter) in all than the typical step of the runs
+# says (a robust fit) is left out: on a shared machine another process can slow a run down.
 OUTLIER_RUN_SHARE = 0.15
 
 
@@ -257,7 +257,8 @@ def fit_from_db(db_paths: list[str | Path], run_ids: list[str] | None = None, dt
                 enforce_eager: bool | None = None) -> LinearStepCost:
     """Fit the CPU step cost on the measured steps (engine_steps) of the runs in `db_paths` of
     one engine kind (dtype, eager or torch.compile; default: the kind of the newest run with
-    steps), leaving out runs that the others' fit misses by more than OUTLIER_RUN_SHARE."""
+    steps), by least squares on every step of the runs kept: a run that the typical step (a
+    robust fit) misses by more than OUTLIER_RUN_SHARE as a whole is left out, and named."""
     steps: list[dict] = []
     for db_path in db_paths:
         con = db.connect(db_path, read_only=True)
@@ -277,14 +278,16 @@ def fit_from_db(db_paths: list[str | Path], run_ids: list[str] | None = None, dt
     kind = {"cpu": cpu_description(), "dtype": dtype, "enforce_eager": bool(enforce_eager)}
     left_out: dict[str, float] = {}
     while True:
-        cost = fit_linear_step_cost(steps, {**kind, "runs": sorted({s["run_id"] for s in steps}),
-                                            "left_out": left_out})
-        misses = run_misses(cost, steps)
+        typical = fit_linear_step_cost(steps, robust=True)
+        misses = run_misses(typical, steps)
         worst = max(misses, key=lambda run_id: abs(misses[run_id]))
         if abs(misses[worst]) <= OUTLIER_RUN_SHARE or len(misses) < 3:
-            return cost
+            break
         left_out[worst] = round(misses[worst], 3)
         steps = [step for step in steps if step["run_id"] != worst]
+    return fit_linear_step_cost(steps, {**kind, "runs": sorted({s["run_id"] for s in steps}),
+                                        "runs_left_out": left_out,
+                                        "run_misses_of_typical": {k: round(v, 3) for k, v in misses.items()}})
 
 
 def run_misses(cost: LinearStepCost, steps: list[dict]) -> dict[str, float]:

@@ -99,11 +99,12 @@ def read_fits(path: Path = FITTED_PATH) -> list[LinearStepCost]:
     return fits
 
 
-def _solve(rows: list[list[float]], targets: list[float]) -> list[float]:
-    """Least squares by the normal equations (a handful of columns; Gaussian elimination)."""
+def _solve(rows: list[list[float]], targets: list[float], weights: list[float] | None = None) -> list[float]:
+    """(Weighted) least squares by the normal equations (a handful of columns; Gaussian elimination)."""
     n = len(rows[0])
-    a = [[sum(r[i] * r[j] for r in rows) for j in range(n)] for i in range(n)]
-    b = [sum(r[i] * t for r, t in zip(rows, targets)) for i in range(n)]
+    w = weights or [1.0] * len(rows)
+    a = [[sum(wk * r[i] * r[j] for r, wk in zip(rows, w)) for j in range(n)] for i in range(n)]
+    b = [sum(wk * r[i] * t for r, t, wk in zip(rows, targets, w)) for i in range(n)]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
         if abs(a[pivot][col]) < 1e-300:
@@ -117,28 +118,45 @@ def _solve(rows: list[list[float]], targets: list[float]) -> list[float]:
     return [b[i] / a[i][i] for i in range(n)]
 
 
-def fit_linear_step_cost(steps: Sequence[dict], fitted_on: dict | None = None) -> LinearStepCost:
+def _fit_nonnegative(rows: list[list[float]], targets: list[float], weights: list[float] | None) -> list[float]:
+    """Least squares in which no coefficient is negative (a cost cannot fall with more work): a
+    term the data makes negative is dropped and the rest refitted. A column that never varies
+    (no prefill in any step, say) is not fitted: its cost is 0."""
+    active = [0] + [i for i in range(1, len(rows[0])) if len({row[i] for row in rows}) > 1]
+    while True:
+        solution = _solve([[r[i] for i in active] for r in rows], targets, weights)
+        negative = [i for i, value in zip(active, solution) if value < 0]
+        if not negative or len(active) == 1:
+            break
+        active.remove(min(negative, key=lambda i: solution[active.index(i)]))
+    coefficients = [0.0] * len(rows[0])
+    for i, value in zip(active, solution):
+        coefficients[i] = max(0.0, value)
+    return coefficients
+
+
+ROBUST_ROUNDS = 30  # reweighting rounds of the least-absolute-deviations fit
+ROBUST_FLOOR_S = 0.001  # residuals below this count as this (the weights stay finite)
+
+
+def fit_linear_step_cost(steps: Sequence[dict], fitted_on: dict | None = None, robust: bool = False) -> LinearStepCost:
     """Fit time = a + b*prefill + c*decode + d*context on measured steps (dicts with the
-    engine_steps columns and `duration_s`). A coefficient the data makes negative (a cost cannot
-    fall with more work) is dropped and the rest refitted. Records the fit's error in
-    `fitted_on`: the median absolute error per step and the error of the summed time."""
+    engine_steps columns and `duration_s`), no coefficient negative: by least squares, so that
+    summed times come out right, or (`robust`) by least absolute deviations (reweighted least
+    squares), the typical step, which steps slowed down by another process cannot drag.
+    `fitted_on` records the median absolute error per step and the error of the summed time."""
     if len(steps) < 8:
         raise BatchBinError(f"{len(steps)} measured steps are too few to fit a step cost (at least 8)")
     # scale the columns so that the normal equations stay well conditioned
     scale = [1.0] + [max(1.0, max(float(s[name]) for s in steps)) for name in FEATURES]
     rows = [[1.0] + [float(s[name]) / scale[i + 1] for i, name in enumerate(FEATURES)] for s in steps]
     targets = [float(s["duration_s"]) for s in steps]
-    # a feature that never varies (no prefill in any step, say) cannot be fitted: its cost is 0
-    active = [0] + [i for i in range(1, len(scale)) if len({row[i] for row in rows}) > 1]
-    while True:
-        solution = _solve([[r[i] for i in active] for r in rows], targets)
-        negative = [i for i, value in zip(active, solution) if value < 0 and i != 0]
-        if not negative:
-            break
-        active.remove(min(negative, key=lambda i: solution[active.index(i)]))
-    coefficients = [0.0] * len(scale)
-    for i, value in zip(active, solution):
-        coefficients[i] = value / scale[i]
+    solution = _fit_nonnegative(rows, targets, None)
+    for _ in range(ROBUST_ROUNDS if robust else 0):
+        weights = [1.0 / max(ROBUST_FLOOR_S, abs(t - sum(c * x for c, x in zip(solution, r))))
+                   for r, t in zip(rows, targets)]
+        solution = _fit_nonnegative(rows, targets, weights)
+    coefficients = [value / scale[i] for i, value in enumerate(solution)]
     model = LinearStepCost(*coefficients)
     predicted = [model.seconds(step_work(s)) for s in steps]
     errors = sorted(abs(p - t) for p, t in zip(predicted, targets))

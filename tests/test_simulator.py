@@ -262,7 +262,7 @@ def test_fit_from_databases_leaves_out_a_run_slowed_down_by_another_process(db_p
                          work.prefill_tokens, work.decode_tokens, work.context_tokens])
     con.close()
     fitted = fit_from_db([db_path])
-    assert list(fitted.fitted_on["left_out"]) == ["slowed"]
+    assert list(fitted.fitted_on["runs_left_out"]) == ["slowed"]
     assert fitted.fitted_on["runs"] == ["a", "b", "c"]
     assert fitted.per_decode_token_s == pytest.approx(9e-4, rel=0.05)
     assert fitted.kind() == ("bfloat16", True)
