@@ -289,7 +289,7 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
     connected = ray_engines.connect(ray_address)
     actors: list = []
     try:
-        run(held.get(), "generate.copy_duplicates", {"run_id": ref.run_id})  # as on one machine
+        run(held.get(), "generate.copy_duplicates", {"run_id": ref.run_id, "leaders": None})  # as on one machine
         total, attempt = one(held.get(), "generate.count_work", {"run_id": ref.run_id})
         pool = plan_run(held, ref.run_id, engines, min_shared_tokens)
         writer = ResultWriter(held, ref.run_id, total, checkpoint_every, attempt)

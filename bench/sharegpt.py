@@ -20,6 +20,7 @@ import random
 import re
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from batchbin.predictors.sharegpt import DATA_FILENAME, data_path, is_training_conversation  # noqa: F401 (bench.sharegpt names them)
 
@@ -180,6 +181,19 @@ def turns_with_answers(conversation: dict, max_turns: int, max_prompt_chars: int
     return turns
 
 
+def sampled_conversations(key: str) -> Iterator[tuple[str, dict]]:
+    """(id, conversation) of the benchmark's side of the predictor's split (the shipped length
+    predictor never learnt from them), in an order shuffled by `key`."""
+    conversations = load_conversations()
+    order = list(range(len(conversations)))
+    random.Random(key).shuffle(order)
+    for index in order:
+        conversation = conversations[index]
+        conversation_id = str(conversation.get("id") or f"row{index}")
+        if not is_training_conversation(conversation_id):
+            yield conversation_id, conversation
+
+
 def sharegpt_requests(
     n_requests: int,
     seed: int = 0,
@@ -203,18 +217,11 @@ def sharegpt_requests(
         raise ValueError("max_turns and min_turns must be >= 1")
     if n_requests == 0:
         return []
-    conversations = load_conversations()
-    order = list(range(len(conversations)))
-    random.Random(f"sharegpt:{seed}").shuffle(order)
     rows: list[dict] = []
     seen_ids: set[str] = set()
-    for index in order:
-        conversation = conversations[index]
-        conversation_id = str(conversation.get("id") or f"row{index}")
+    for conversation_id, conversation in sampled_conversations(f"sharegpt:{seed}"):
         if conversation_id in seen_ids:
             continue  # a few ids appear twice in the file (the first copy is empty)
-        if is_training_conversation(conversation_id):
-            continue  # the shipped length predictor learnt from it
         turns = conversation_turns(conversation, max_turns, max_prompt_chars)
         if len(turns) < min_turns:
             continue
@@ -247,17 +254,12 @@ def sharegpt_real_requests(n_requests: int, seed: int, count_tokens, chat_tokens
     a prompt's, chat template included."""
     if n_requests < 0:
         raise ValueError(f"n_requests must be >= 0, got {n_requests}")
-    conversations = load_conversations()
-    order = list(range(len(conversations)))
-    random.Random(f"sharegpt-real:{seed}").shuffle(order)
     rows: list[dict] = []
     seen_ids: set[str] = set()
-    for index in order:
+    for conversation_id, conversation in sampled_conversations(f"sharegpt-real:{seed}"):
         if len(rows) >= n_requests:
             break
-        conversation = conversations[index]
-        conversation_id = str(conversation.get("id") or f"row{index}")
-        if conversation_id in seen_ids or is_training_conversation(conversation_id):
+        if conversation_id in seen_ids:
             continue
         seen_ids.add(conversation_id)
         for number, (messages, answer) in enumerate(turns_with_answers(conversation, max_turns, REAL_MAX_PROMPT_CHARS),

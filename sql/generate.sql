@@ -32,11 +32,11 @@ FROM finished_batch
 ON CONFLICT DO NOTHING;
 
 -- name: copy_duplicates
--- Give every request that duplicates another (schedule.duplicate_of) and has no result a copy
--- of that one's result, once it has one: the same text and tokens, no prefill of its own (its
--- prompt counts as cached). Generation runs it as it starts (a stop between a checkpoint and its
--- copies leaves none behind); each checkpoint copies its own (copy_duplicates_of_checkpoint).
--- Parameters: $run_id.
+-- Give every request that duplicates another (schedule.duplicate_of) a copy of that one's
+-- result, once it has one: the same text and tokens, no prefill of its own (its prompt counts
+-- as cached). $leaders: the ids of one checkpoint, to copy theirs only (each checkpoint does);
+-- NULL copies every one (generation starts so: a stop between a checkpoint and its copies leaves
+-- none behind). Parameters: $run_id, $leaders.
 INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
                      finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
 SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, r.prompt_tokens,
@@ -44,18 +44,7 @@ SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, 
 FROM schedule s
 JOIN results r ON r.run_id = s.run_id AND r.request_id = s.duplicate_of
 WHERE s.run_id = $run_id AND s.duplicate_of IS NOT NULL
-ON CONFLICT DO NOTHING;
-
--- name: copy_duplicates_of_checkpoint
--- copy_duplicates for the requests of one checkpoint (registered as `finished_batch`) only.
--- Parameters: $run_id.
-INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
-                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
-SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, r.prompt_tokens,
-       r.finish_reason, r.error, s.batch, r.latency_s, r.finished_at, r.attempt, r.finished_s
-FROM schedule s
-JOIN results r ON r.run_id = s.run_id AND r.request_id = s.duplicate_of
-WHERE s.run_id = $run_id AND s.duplicate_of IN (SELECT request_id FROM finished_batch)
+  AND ($leaders::VARCHAR[] IS NULL OR list_contains($leaders::VARCHAR[], s.duplicate_of))
 ON CONFLICT DO NOTHING;
 
 -- name: insert_steps

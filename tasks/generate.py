@@ -270,7 +270,7 @@ def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict],
     """Write one checkpoint of finished requests (of generation attempt `attempt`)."""
     with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
         run(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
-        run(con, "generate.copy_duplicates_of_checkpoint", {"run_id": run_id})
+    run(con, "generate.copy_duplicates", {"run_id": run_id, "leaders": [row["request_id"] for row in rows]})
 
 
 def store_steps(con: duckdb.DuckDBPyConnection, run_id: str, attempt: int, rows: list[dict]) -> None:
@@ -329,7 +329,7 @@ def generate_run(
             held.used()
 
     try:
-        run(held.get(), "generate.copy_duplicates", {"run_id": run_id})
+        run(held.get(), "generate.copy_duplicates", {"run_id": run_id, "leaders": None})
         total, attempt = one(held.get(), "generate.count_work", {"run_id": run_id})
         if not total:
             return GenerationStats()

@@ -143,3 +143,8 @@ def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db)
     [(text, reason, cached)] = run_db.execute("select output_text, finish_reason, cached_tokens from results "
                                               "where request_id = $i", {"i": next(iter(marked))}).fetchall()
     assert (text, reason, cached) == ("same answer", "stop", 2)
+    # a stop between a checkpoint and its copies: generation's start copies what is missing
+    run_db.execute("delete from results where request_id = $i", {"i": next(iter(marked))})
+    run(run_db, "generate.copy_duplicates", {"run_id": "r", "leaders": None})
+    assert run_db.execute("select count(*) from results where request_id = $i",
+                          {"i": next(iter(marked))}).fetchone()[0] == 1
