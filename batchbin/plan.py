@@ -88,7 +88,7 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
         with db.connect(ref.db_path, read_only=True) as source:
             prefix = one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
             predicted = one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
-        requests, prompt_tokens, _, ideal_cached, groups = prefix
+        requests, prompt_tokens, _, ideal_cached, groups = prefix or (len(stored.requests("predicted")), 0, 0, 0, 0)
         orders = [AS_RUN] + ([BASELINE_ORDER] if used != BASELINE_ORDER else [])
         simulation = simulate_run(stored, orders, lengths="predicted", cpu=cpu, gpu=gpu)
     finally:
@@ -143,7 +143,8 @@ def format_plan(plan: Plan) -> str:
         order = f"{estimate.used} (this plan)" if estimate.order == AS_RUN else f"{estimate.used} (token order)"
         lines.append(f"    {estimate.device:34} {order:22} {format_seconds(r.seconds):>9}  "
                      f"{r.output_tokens / r.seconds if r.seconds else 0:,.0f} tokens/s, {r.preemptions} preemptions, "
-                     f"{r.cached_tokens:,} cached prompt tokens")
+                     f"{r.cached_tokens:,} cached prompt tokens, {format_seconds(r.prefill_s)} in prefill steps, "
+                     f"{format_seconds(r.tail_s)} of tail")
     lines += [f"  note            {warning}" for warning in plan.warnings]
     if plan.db_path:
         lines.append(f"  database        {plan.db_path} (`batchbin run` of the same file with --db reuses these stages)")
