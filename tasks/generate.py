@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -209,9 +210,8 @@ def generate_in_order(
         with scheduler_held(engine):  # the first requests all queued before the first step
             top_up()
         last_report = time.perf_counter()
-        with vllm_adapter.steps_watched(llm) as watch:
-            if store_steps is None:
-                watch = None
+        # steps are watched only for someone who stores them (Ray's engines do not)
+        with vllm_adapter.steps_watched(llm) if store_steps else nullcontext() as watch:
             while vllm_adapter.has_unfinished_requests(llm):
                 step_started = time.perf_counter()
                 outputs = _step(llm, stats, total)
