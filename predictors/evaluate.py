@@ -120,22 +120,33 @@ def prediction_metrics(true_tokens, predicted_tokens, k_bins: int = 4) -> dict:
     }
 
 
+WITHOUT_PROBE_KEYS = ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")
+
+
 def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict | None:
     """Metrics of a run's predictions against its finished results, or None if nothing to compare.
 
     k_bins defaults to the run's own k_bins (runs.config), else 4. The result names the
-    predictor(s) that made the predictions.
+    predictor(s) that made the predictions. After an in-job probe, the scores are of the
+    calibrated predictions on the requests the probe did not run, and `without_probe` holds the
+    same scores of the predictor's own numbers for those requests.
     """
     if k_bins is None:
         rows = run(con, "predictors.run_k_bins", {"run_id": run_id}).fetchall()  # fetchall: DuckDB 2.0
         k_bins = int(rows[0][0]) if rows and rows[0][0] else 4  # refuses register() after a partial fetch
     rows = pl.from_arrow(arrow(con, "predictors.predictions_with_results", {"run_id": run_id}))
+    probed = bool(rows["in_probe"].any()) if not rows.is_empty() else False
+    if probed:  # scored on the requests the probe did not run, with and without its calibration
+        rows = rows.filter(~pl.col("in_probe"))
     if rows.is_empty():
         return None
-    true, pred, predictor = (rows.to_series(i) for i in range(3))  # the query's three columns, in order
-    metrics = prediction_metrics(true.to_numpy().astype(np.float64), pred.to_numpy().astype(np.float64), k_bins)
-    names = sorted(predictor.drop_nulls().unique().to_list())
-    metrics["predictor"] = ", ".join(names)
+    true = rows["output_tokens"].to_numpy().astype(np.float64)
+    metrics = prediction_metrics(true, rows["predicted_tokens"].to_numpy().astype(np.float64), k_bins)
+    if probed:
+        without = prediction_metrics(true, rows["uncalibrated_tokens"].to_numpy().astype(np.float64), k_bins)
+        metrics["without_probe"] = {key: without[key] for key in WITHOUT_PROBE_KEYS}
+    names = sorted(rows["predictor"].drop_nulls().unique().to_list())
+    metrics["predictor"] = ", ".join(names) + (" + probe" if probed else "")
     from batchbin.predictors.registry import train_rows_of
 
     trained = [train_rows_of(con, name) for name in names]

@@ -4,7 +4,9 @@
 CREATE OR REPLACE VIEW completions AS
 SELECT r.run_id, p.row_number, r.request_id AS id, coalesce(p.prompt, p.messages::VARCHAR) AS input,
        r.output_text, r.finish_reason, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.error,
-       r.latency_s, r.batch, pr.predicted_tokens, p.metadata
+       r.latency_s, r.batch,
+       coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens,  -- as scheduled (after a probe's calibration)
+       p.metadata
 FROM results r
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN predictions pr USING (run_id, request_id);
@@ -94,7 +96,7 @@ HAVING count(*) > 0;
 -- Parameters: $run_id.
 WITH newest AS (SELECT max(attempt) AS attempt FROM results WHERE run_id = $run_id)
 SELECT s.bin, count(*) AS requests,
-       round(sum(pr.predicted_tokens))::BIGINT AS predicted_tokens,
+       round(sum(coalesce(pr.calibrated_tokens, pr.predicted_tokens)))::BIGINT AS predicted_tokens,
        sum(r.output_tokens)::BIGINT AS output_tokens,
        round(min(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS first_finished_s,
        round(max(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS last_finished_s
@@ -108,3 +110,9 @@ ORDER BY s.bin;
 -- name: duplicate_count
 -- Requests of the run answered with the result of an identical earlier one (schedule.duplicate_of).
 SELECT count(*) FROM schedule WHERE run_id = $run_id AND duplicate_of IS NOT NULL;
+
+-- name: probe_of_run
+-- What the run's in-job probe did and taught (no row: no probe ran).
+-- Parameters: $run_id.
+SELECT requests, templates, round(scale, 4) AS scale, round(shift, 4) AS shift, generate_s
+FROM probes WHERE run_id = $run_id;

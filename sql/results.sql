@@ -6,7 +6,7 @@ SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, created_at DESC LIM
 -- Every result of a run with its input row and id, in input order (batchbin.results).
 SELECT r.run_id, p.row_number, r.request_id AS id, coalesce(p.prompt, p.messages::VARCHAR) AS input,
        r.output_text, r.finish_reason, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.error,
-       r.latency_s, pr.predicted_tokens, p.metadata::VARCHAR AS metadata
+       r.latency_s, coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens, p.metadata::VARCHAR AS metadata
 FROM results r
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN predictions pr USING (run_id, request_id)

@@ -19,7 +19,7 @@ WITH fam AS (
 SELECT s.request_id, s.position, f.family::BIGINT AS family, t.prompt_tokens,
        (t.prompt_tokens - CASE WHEN f.lcp_prev < $min_shared_tokens THEN 0 ELSE f.lcp_prev END)::BIGINT
            AS new_prompt_tokens,
-       coalesce(pr.predicted_tokens, 1)::DOUBLE AS predicted_tokens
+       coalesce(pr.calibrated_tokens, pr.predicted_tokens, 1)::DOUBLE AS predicted_tokens
 FROM schedule s
 JOIN fam f USING (request_id)
 JOIN tokens t USING (run_id, request_id)

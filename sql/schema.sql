@@ -103,6 +103,28 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (run_id, request_id)
 );
 
+-- the prediction after the in-job probe's calibration (predictors/probe.py); NULL without a probe.
+-- The schedule reads coalesce(calibrated_tokens, predicted_tokens).
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS calibrated_tokens DOUBLE;
+
+-- The in-job probe: the requests that ran first to calibrate the predictor, and what it taught.
+CREATE TABLE IF NOT EXISTS probe_requests (
+    run_id VARCHAR,
+    request_id VARCHAR,
+    template_group INTEGER,
+    PRIMARY KEY (run_id, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS probes (
+    run_id VARCHAR PRIMARY KEY,
+    requests INTEGER,       -- probe requests with a result
+    templates INTEGER,      -- template groups among them
+    scale DOUBLE,           -- log1p(real) ~ scale * log1p(predicted) + shift (+ a template's offset)
+    shift DOUBLE,
+    generate_s DOUBLE,      -- seconds the probe's generation took
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
 CREATE TABLE IF NOT EXISTS predictors (
     version VARCHAR PRIMARY KEY,
     kind VARCHAR,

@@ -106,6 +106,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         "schedule_order": order,
         "schedule_reason": order_reason,
         "predictor_quality": predictor_quality,
+        "length_probe": next(iter(arrow(con, "report.probe_of_run", {"run_id": run_id}).to_pylist()), None),
         "schedule_trace": schedule_trace(con, run_id, generation.get("max_num_seqs")),
         "bins": arrow(con, "report.bins_of_run", {"run_id": run_id}).to_pylist(),
     }
@@ -132,6 +133,7 @@ def report_markdown(report: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, (dict, list)))
     quality = report.get("predictor_quality") or {}
     quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items())
+    probe_rows = "\n".join(f"| {key} | {value} |" for key, value in (report.get("length_probe") or {}).items())
     stage_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in (report.get("stage_seconds") or {}).items())
     trace_rows = "\n".join(f"| {key} | {value} |" for key, value in (report.get("schedule_trace") or {}).items())
     bin_rows = "\n".join(f"| {b['bin']} | {b['requests']} | {b['predicted_tokens']} | {b['output_tokens']} | "
@@ -141,6 +143,7 @@ def report_markdown(report: dict) -> str:
             + (f"## Bins (0 = longest predicted)\n\n| bin | requests | predicted tokens | output tokens | first finished s "
                f"| last finished s |\n|---|---|---|---|---|---|\n{bin_rows}\n\n" if bin_rows else "")
             + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n\n" if quality_rows else "")
+            + (f"## In-job probe\n\n| metric | value |\n|---|---|\n{probe_rows}\n\n" if probe_rows else "")
             + (f"## Time by stage\n\n| stage | seconds |\n|---|---|\n{stage_rows}\n" if stage_rows else ""))
 
 

@@ -17,6 +17,7 @@ STAGES = {
     "tokenize": ("tokenize", "tokenize"),
     "prefixes": ("group_prefixes", "prefixes"),
     "predict": ("predict_lengths", "predictors"),
+    "probe": ("probe", "probe"),
     "schedule": ("schedule", "schedule"),
     "generate": ("generate", "generate"),
     "report": ("report", "report"),

@@ -22,7 +22,7 @@ def run_db(fresh_db):
         fresh_db.execute("insert into prompts (run_id, request_id, row_number, prompt) values ('r', $i, $n, 'x')",
                          {"i": request_id, "n": row})
         fresh_db.execute("insert into tokens values ('r', $i, $t, $l)", {"i": request_id, "t": ids, "l": len(ids)})
-        fresh_db.execute("insert into predictions values ('r', $i, $p, 'test')", {"i": request_id, "p": predicted})
+        fresh_db.execute("insert into predictions (run_id, request_id, predicted_tokens, predictor) values ('r', $i, $p, 'test')", {"i": request_id, "p": predicted})
     assign_prefix_groups(fresh_db, "r", BLOCK)
     return fresh_db
 
@@ -127,7 +127,7 @@ def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db)
         run_db.execute("insert into prompts (run_id, request_id, row_number, prompt, temperature) "
                        "values ('r', $i, $n, 'x', $t)", {"i": request_id, "n": row, "t": temperature})
         run_db.execute("insert into tokens values ('r', $i, [3, 3], 2)", {"i": request_id})
-        run_db.execute("insert into predictions values ('r', $i, 50, 'test')", {"i": request_id})
+        run_db.execute("insert into predictions (run_id, request_id, predicted_tokens, predictor) values ('r', $i, 50, 'test')", {"i": request_id})
     assign_prefix_groups(run_db, "r", BLOCK)
     schedule_run(run_db, "r", 2, "sorted", BLOCK)
     marked = dict(run_db.execute("select request_id, duplicate_of from schedule where duplicate_of is not null").fetchall())

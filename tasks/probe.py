@@ -1,0 +1,143 @@
+"""Stage 4b, probe: a few of the job's own requests run first, in the engine that will run the
+rest, and their real lengths calibrate the predicted lengths of the rest
+(batchbin/predictors/probe.py) before the schedule is made. The logic is there and in
+sql/probe.sql; this module runs it in two tasks, around the generate stage that the flow runs
+between them (a stage does not know another): `start_probe` picks the probe and makes it the
+run's schedule, `finish_probe` calibrates on its results and marks the stage done.
+
+The probe runs only where lengths decide something: an order that uses them (not `sorted` or
+`input`), more requests than the engine runs at once (so they queue), a predictor that guesses
+(not `oracle:` or `file:`, whose lengths are taken as given), and a job large enough that
+`fraction` of it is at least a few requests. Its results are the job's own: they are stored as
+any other and the generate stage does not run them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from batchbin.db import registered, scan_once, transaction
+from batchbin.predictors.predict import within_request_limits
+from batchbin.predictors.probe import TEMPLATE_TOKENS, ProbeCalibration, fit_probe, probe_size
+from batchbin.sqlfiles import arrow, run
+from batchbin.tasks.common import RunRef, Stage, open_run_db, stage_task_options
+
+CALIBRATED_SCHEMA = pa.schema([("request_id", pa.string()), ("calibrated_tokens", pa.float64())])
+PAGE_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    size: int
+    reason: str
+
+
+def plan_probe(fraction: float, requests: int, order: str, spec: str, max_num_seqs: int, templates: int = 0) -> ProbePlan:
+    """How many requests probe the job (0: none) and why (module doc)."""
+    if fraction <= 0:
+        return ProbePlan(0, "off (probe fraction 0)")
+    if order in ("sorted", "input"):
+        return ProbePlan(0, f"not needed: order '{order}' does not use lengths")
+    if spec.startswith(("oracle", "file:")):
+        return ProbePlan(0, f"not needed: predictor '{spec}' is used as given")
+    if requests <= max_num_seqs:
+        return ProbePlan(0, f"not needed: all {requests} requests run at once (max_num_seqs {max_num_seqs})")
+    size = probe_size(requests, fraction, templates)
+    if size == 0:
+        return ProbePlan(0, f"job too small: {fraction:g} of {requests} requests is too few to calibrate on")
+    return ProbePlan(size, f"{size} of {requests} requests ({size / requests:.1%}; {templates} prompt templates) run "
+                           "first to calibrate the predictor")
+
+
+def template_table(con, run_id: str) -> pa.Table:
+    return arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": TEMPLATE_TOKENS})
+
+
+def choose_probe(con, run_id: str, size: int, default_max_tokens: int) -> int:
+    """Pick the probe and make it the run's whole schedule (for now); returns its size."""
+    with transaction(con):
+        with registered(con, probe_templates=template_table(con, run_id)):
+            run(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})
+        run(con, "probe.schedule_probe", {"run_id": run_id})
+    return run(con, "probe.count_probe", {"run_id": run_id}).fetchall()[0][0]
+
+
+def calibrate_rest(con, run_id: str, default_max_tokens: int, generate_s: float) -> ProbeCalibration:
+    """Fit the calibration on the probe's outcomes and write the calibrated predictions of
+    every other request (one transaction)."""
+    outcomes = arrow(con, "probe.probe_outcomes", {"run_id": run_id}).to_pydict()
+    calibration = fit_probe(outcomes["predicted_tokens"], outcomes["output_tokens"], outcomes["template_group"])
+    with transaction(con), registered(con, probe_templates=template_table(con, run_id)):
+        after = ""
+        while True:
+            page = arrow(con, "probe.rest_of_job", {"run_id": run_id, "default_max_tokens": default_max_tokens,
+                                                   "after": after, "limit": PAGE_ROWS}).to_pylist()
+            if not page:
+                break
+            values = calibration.apply([r["predicted_tokens"] for r in page], [r["template_group"] for r in page],
+                                       [r["max_tokens"] for r in page])
+            values = within_request_limits(values, page)
+            table = pa.Table.from_pydict({"request_id": [r["request_id"] for r in page],
+                                          "calibrated_tokens": np.asarray(values, dtype=np.float64)},
+                                         schema=CALIBRATED_SCHEMA)
+            with registered(con, calibrated_rows=scan_once(table)):
+                run(con, "probe.write_calibration", {"run_id": run_id})
+            after = page[-1]["request_id"]
+        run(con, "probe.record_probe", {"run_id": run_id, "requests": calibration.probe_rows,
+                                        "templates": len(calibration.offsets), "scale": calibration.scale,
+                                        "shift": calibration.shift, "generate_s": round(generate_s, 3)})
+    return calibration
+
+
+STAGE = Stage("probe", sql_file="probe", modules=(__name__, "batchbin.predictors.probe", "batchbin.predictors.calibrate"))
+
+
+def probe_params(fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+                 after: str) -> dict:
+    return {"fraction": fraction, "order": order, "spec": spec, "default_max_tokens": default_max_tokens,
+            "max_num_seqs": max_num_seqs, "template_tokens": TEMPLATE_TOKENS, "after": after}
+
+
+# The stage's own stamp (`stages`) says whether it is done; nothing is cached by Prefect.
+@task(**{**stage_task_options("probe"), "cache_policy": NO_CACHE})
+def start_probe(ref: RunRef, fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+                after: str = "") -> int:
+    """Choose the job's probe and make it the run's schedule; return its size, for the flow to
+    generate it and then `finish_probe`. 0: no probe to run (none wanted, or done before)."""
+    logger = get_run_logger()
+    params = probe_params(fraction, order, spec, default_max_tokens, max_num_seqs, after)
+    with open_run_db(ref) as con:
+        if STAGE.is_done(con, ref.run_id, params):
+            return 0
+        requests = run(con, "probe.count_predictions", {"run_id": ref.run_id}).fetchall()[0][0]
+        templates = 0
+        if requests:
+            with registered(con, probe_templates=template_table(con, ref.run_id)):
+                templates = run(con, "probe.count_templates", {}).fetchall()[0][0]
+        plan = plan_probe(fraction, requests, order, spec, max_num_seqs, templates)
+        logger.info("probe: %s", plan.reason)
+        run(con, "probe.clear_calibration", {"run_id": ref.run_id})
+        if plan.size == 0:
+            run(con, "probe.clear_probe", {"run_id": ref.run_id})
+            STAGE.mark_done(con, ref.run_id, params, 0)
+            return 0
+        return choose_probe(con, ref.run_id, plan.size, default_max_tokens)
+
+
+@task(**{**stage_task_options("probe-calibrate"), "cache_policy": NO_CACHE})
+def finish_probe(ref: RunRef, fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+                 generate_s: float, after: str = "") -> dict:
+    """Calibrate the rest of the job's predictions on the probe's results, and mark the stage done."""
+    params = probe_params(fraction, order, spec, default_max_tokens, max_num_seqs, after)
+    with open_run_db(ref) as con:
+        calibration = calibrate_rest(con, ref.run_id, default_max_tokens, generate_s)
+        STAGE.mark_done(con, ref.run_id, params, calibration.probe_rows)
+    get_run_logger().info("probe: %s requests in %.1f s; log1p(tokens) ~ %.3f * log1p(predicted) + %.3f, "
+                          "offsets for %s templates", calibration.probe_rows, generate_s, calibration.scale,
+                          calibration.shift, len(calibration.offsets))
+    return {**calibration.summary(), "generate_s": round(generate_s, 1)}

@@ -1,0 +1,153 @@
+"""The in-job probe: its calibration (pure), when it runs, and a whole run with one (real
+engine, real Prefect, real DuckDB)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from batchbin.config import EngineOptions, JobConfig
+from batchbin.predictors.calibrate import MIN_PROBE
+from batchbin.predictors.probe import MAX_PROBE, fit_probe, probe_size
+from batchbin.tasks.probe import plan_probe
+from tests.conftest import TEST_ENGINE
+
+
+def test_probe_size_is_the_fraction_within_its_limits():
+    assert probe_size(10_000, 0.02) == 200
+    assert probe_size(100, 0.02) == 0                   # 2 requests: too few to fit anything
+    assert probe_size(400, 0.02) == MIN_PROBE
+    assert probe_size(10_000_000, 0.02) == MAX_PROBE
+    assert probe_size(10, 0.9) == 9
+    assert probe_size(8, 1.0) == 0                      # the probe would be the whole job
+    assert probe_size(10_000, 0.0) == 0
+    assert probe_size(1_200, 0.02, templates=54) == 54   # one request a template ...
+    assert probe_size(1_200, 0.02, templates=500) == 120  # ... within a tenth of the job
+    assert probe_size(100_000, 0.02, templates=54) == 2_000
+
+
+def test_a_scale_the_predictor_missed_is_learnt_and_the_ranking_kept():
+    rng = np.random.default_rng(0)
+    predicted = rng.uniform(20, 500, 60)
+    real = predicted / 4  # the served model answers in a quarter of the tokens
+    calibration = fit_probe(predicted, real, np.zeros(60, dtype=int))
+    others = np.array([40.0, 400.0])
+    out = calibration.apply(others, [0, 0], [1024, 1024])
+    assert out == pytest.approx(others / 4, rel=0.05)
+    assert out[0] < out[1]
+
+
+def test_a_templates_offset_moves_its_own_requests_and_is_shrunk_when_it_has_few():
+    predicted = np.full(20, 100.0)
+    groups = np.array([1] * 10 + [2] * 10)
+    real = np.array([20.0] * 10 + [300.0] * 10)  # same prediction, two templates answering apart
+    calibration = fit_probe(predicted, real, groups)
+    short, long, unseen = calibration.apply([100.0, 100.0, 100.0], [1, 2, 3], [1024] * 3)
+    assert short < unseen < long
+    assert 20 < short < 40 and 200 < long < 300   # pulled towards the template's real lengths, not all the way
+    one_each = fit_probe(np.array([100.0, 100.0] + [100.0] * 10), np.array([20.0, 300.0] + [100.0] * 10),
+                         np.array([1, 2] + [3] * 10))
+    few_short, few_long = one_each.apply([100.0, 100.0], [1, 2], [1024, 1024])
+    assert abs(np.log(few_long / few_short)) < abs(np.log(long / short))  # one row moves a template less
+
+
+def test_calibrated_lengths_stay_within_each_requests_limit():
+    calibration = fit_probe(np.full(10, 10.0), np.full(10, 1000.0), np.zeros(10, dtype=int))
+    assert calibration.apply([10.0, 10.0], [0, 0], [64, 2048]).tolist() == pytest.approx([64.0, 1000.0], rel=0.05)
+
+
+@pytest.mark.parametrize("fraction,order,spec,requests,expected", [
+    (0.02, "auto", "auto", 10_000, 200),
+    (0.0, "auto", "auto", 10_000, 0),
+    (0.02, "sorted", "auto", 10_000, 0),
+    (0.02, "input", "auto", 10_000, 0),
+    (0.02, "hybrid", "file:lengths.jsonl", 10_000, 0),
+    (0.02, "hybrid", "oracle:abc", 10_000, 0),
+    (0.5, "hybrid", "auto", 200, 0),    # every request runs at once: nothing to order
+    (0.02, "hybrid", "auto", 300, 0),   # 6 requests: too few
+])
+def test_the_probe_runs_only_where_lengths_decide_something(fraction, order, spec, requests, expected):
+    plan = plan_probe(fraction, requests, order, spec, max_num_seqs=256)
+    assert plan.size == expected
+    assert plan.reason
+
+
+SHORT_SYSTEM = ("You label fruit. Reply with exactly one word, the colour of the fruit named by the user, "
+                "and nothing else: no sentence, no punctuation, no explanation, no greeting.")
+LONG_SYSTEM = ("You are a storyteller. Whatever the user names, write a long, detailed story about it, with many "
+               "characters, places and events, several paragraphs long, and never stop early.")
+FRUITS = ["apple", "banana", "cherry", "lemon", "lime", "plum", "grape", "kiwi", "mango", "peach",
+          "pear", "fig", "melon", "orange", "papaya", "apricot", "date", "guava", "olive", "quince"]
+
+
+@pytest.fixture(scope="module")
+def probed_job(tmp_path_factory, prefect_api, default_model_path):
+    from batchbin.flows.batch import batch_inference
+
+    folder = tmp_path_factory.mktemp("probe")
+    rows = []
+    for i, fruit in enumerate(FRUITS):
+        # a stop string ends these early: the predictor cannot know, the probe sees it
+        rows.append({"id": f"short-{i}", "messages": [{"role": "system", "content": SHORT_SYSTEM},
+                                                      {"role": "user", "content": fruit}], "stop": [" ", ".", "\n"]})
+        rows.append({"id": f"long-{i}", "messages": [{"role": "system", "content": LONG_SYSTEM},
+                                                     {"role": "user", "content": fruit}]})
+    path = folder / "requests.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 40 requests queue for 16 sequences; a quarter of them (10) probe
+    config = JobConfig(input_path=str(path), db_path=str(folder / "bb.duckdb"), max_tokens=24, probe=0.25,
+                       order="hybrid", output_path=str(folder / "out.jsonl"), engine=EngineOptions(**TEST_ENGINE))
+    return config, batch_inference(config)
+
+
+@pytest.mark.engine
+def test_a_probed_run_generates_every_request_once_and_calibrates_the_rest(probed_job):
+    config, report = probed_job
+    con = duckdb.connect(config.db_path, read_only=True)
+    try:
+        assert con.execute("select count(*), count(distinct request_id) from results").fetchone() == (40, 40)
+        probe_rows, templates, generate_s = con.execute("select requests, templates, generate_s from probes").fetchone()
+        assert probe_rows == 10 and templates == 2 and generate_s > 0
+        probed = {r[0] for r in con.execute("select request_id from probe_requests").fetchall()}
+        assert {p.split("-")[0] for p in probed} == {"short", "long"}  # spread over both templates
+        calibrated = dict(con.execute("select request_id, calibrated_tokens from predictions").fetchall())
+        assert all(calibrated[r] is None for r in probed)
+        assert all(calibrated[r] is not None for r in calibrated if r not in probed)
+        short = np.mean([v for r, v in calibrated.items() if r.startswith("short") and v is not None])
+        long = np.mean([v for r, v in calibrated.items() if r.startswith("long") and v is not None])
+        real_short, real_long = con.execute(
+            "select avg(output_tokens) filter (where request_id like 'short%'), "
+            "avg(output_tokens) filter (where request_id like 'long%') from results").fetchone()
+        assert real_short < real_long and short < long  # the probe learnt which template answers longer
+        # the schedule was made on the calibrated lengths: the long template's requests go first
+        first = con.execute("select request_id from schedule s join predictions p using (run_id, request_id) "
+                            "where p.calibrated_tokens is not null order by position limit 10").fetchall()
+        assert sum(r[0].startswith("long") for r in first) >= 8
+    finally:
+        con.close()
+    quality = report["predictor_quality"]
+    assert quality["n"] == 30 and quality["predictor"].endswith("+ probe")
+    assert set(quality["without_probe"]) == {"kendall_tau", "spearman", "bin_accuracy_k4", "mae"}
+
+
+@pytest.mark.engine
+def test_a_resumed_probed_run_runs_no_probe_again(probed_job):
+    from batchbin.flows.batch import batch_inference
+
+    config, _ = probed_job
+    con = duckdb.connect(config.db_path, read_only=True)
+    try:
+        before = con.execute("select created_at from probes").fetchone()
+    finally:
+        con.close()
+    again = batch_inference(config)
+    assert again["generated_now"] == 0
+    con = duckdb.connect(config.db_path, read_only=True)
+    try:
+        assert con.execute("select created_at from probes").fetchone() == before
+        assert con.execute("select count(*) from results").fetchone()[0] == 40
+    finally:
+        con.close()
