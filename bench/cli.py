@@ -23,7 +23,7 @@ def missing_bench_packages() -> list[str]:
 
 
 @click.command("bench")
-@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, or a JSONL file.")
+@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, evals-mix, or a JSONL file.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Number of requests (default: the workload's size).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default bench-out/WORKLOAD).")
 @click.option("--variants", default=",".join(("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")),
@@ -33,9 +33,11 @@ def missing_bench_packages() -> list[str]:
 @click.option("--max-tokens", type=int, default=None, help="Override every request's output limit (default: the workload's own).")
 @click.option("--order", default="auto", show_default=True, help="BatchBin's schedule order.")
 @click.option("--k-bins", default=4, show_default=True, help="BatchBin's number of length bins.")
+@click.option("--probe", type=float, default=None, help="BatchBin's in-job probe fraction (default: auto).")
 @click.option("--db", "db_path", default="bench-out/bench.duckdb", show_default=True, help="Where bench results are stored.")
 @engine_options
-def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_tokens, order, k_bins, db_path, **options):
+def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_tokens, order, k_bins, probe, db_path,
+                  **options):
     """Benchmark BatchBin against plain vLLM on one workload, side by side in one run.
 
     Example: batchbin bench --workload prefix-heavy --requests 120 --repeats 3
@@ -54,7 +56,7 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
     out = Path(out_dir or f"bench-out/{Path(workload).stem}")
     summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
                             repeats, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins,
-                            max_tokens_override=max_tokens)
+                            max_tokens_override=max_tokens, probe=probe)
     click.echo(report.table(summary))
     path = report.write(summary, out)
     if len(summary["variants"]) > 0:

@@ -8,6 +8,7 @@ Variants (bench.json keys):
   vllm-sorted     BatchBin's engine settings, prompts sorted by token ids (the capable user)
   vllm-run-batch  vLLM's own OpenAI batch runner on a batch file, BatchBin's engine settings
   batchbin        the whole pipeline, input file to stored results
+  batchbin-no-probe  the same without the in-job probe (--probe 0): what the probe buys
   oracle          the same with the real output lengths of a baseline run as "predictions"
 
 Engines are built outside the timed regions and warmed up first. Every variant is timed from
@@ -37,7 +38,7 @@ from batchbin.machine import MachineInfo, detect_machine
 from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
 
-VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")
+VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "batchbin-no-probe", "oracle")
 ORACLE_SOURCE_RUN = "bench-oracle-lengths"
 
 
@@ -214,7 +215,8 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
 
 def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_options: EngineOptions,
                       default_max_tokens: int, max_model_len: int, order: str, k_bins: int,
-                      oracle_lengths: dict[str, int] | None, predictor: str = "auto") -> tuple[VariantRun, dict]:
+                      oracle_lengths: dict[str, int] | None, predictor: str = "auto",
+                      probe: float | None = None) -> tuple[VariantRun, dict]:
     """The whole flow, timed from the input file to the stored results (fresh database).
 
     Call it inside `in_process_flow_runs()`, entered once per process as `batchbin run` does."""
@@ -231,7 +233,8 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
         reset_prefix_cache(engine)
     config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(db_path.with_suffix(".jsonl")),
                        max_tokens=default_max_tokens, max_model_len=max_model_len, temperature=0.0,
-                       order=order, k_bins=k_bins, predictor=predictor, engine=engine_options)
+                       order=order, k_bins=k_bins, predictor=predictor, engine=engine_options,
+                       **({} if probe is None else {"probe": probe}))
     started = time.perf_counter()
     report = batch_inference(config)
     wall = time.perf_counter() - started
@@ -322,6 +325,7 @@ def summarize(workload: str, runs: dict[str, list[VariantRun]], ideal_cached_tok
         "oracle_speedup": ratio("oracle", "vllm"),
         "speedup_vs_tuned": ratio("batchbin", "vllm-tuned"),
         "speedup_vs_sorted": ratio("batchbin", "vllm-sorted"),
+        "speedup_vs_sorted_without_probe": ratio("batchbin-no-probe", "vllm-sorted"),
         "speedup_vs_run_batch": ratio("batchbin", "vllm-run-batch"),
         "reuse_ratio": reuse,
         "output_tokens_agree": agree,
@@ -333,7 +337,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                   variants: tuple[str, ...] = VARIANTS, repeats: int = 1, default_max_tokens: int = 64,
                   max_model_len: int = 2048, engine_options: EngineOptions | None = None,
                   baseline_options: EngineOptions | None = None, order: str = "auto", k_bins: int = 4,
-                  max_tokens_override: int | None = None, log=print) -> dict:
+                  max_tokens_override: int | None = None, probe: float | None = None, log=print) -> dict:
     """Run the variants and return bench.json's content (also written to out_dir)."""
     from batchbin.models import resolve_model
 
@@ -376,7 +380,8 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                                                              max_model_len, Path(workdir)))
                 log(_line(runs["vllm-run-batch"][-1]))
 
-    tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", "batchbin", "oracle")]
+    tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", "batchbin", "batchbin-no-probe", "oracle")]
+    quality = {}
     report = None
     if tuned_variants:
         with in_process_flow_runs():  # once per process, as `batchbin run` does
@@ -387,7 +392,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                               order, k_bins, None)  # starts Prefect's API and loads the tokenizer
             oracle_lengths = None
             predictor = "auto"
-            if "batchbin" in tuned_variants and has_fixed_lengths(rows):
+            if {"batchbin", "batchbin-no-probe"} & set(tuned_variants) and has_fixed_lengths(rows):
                 predictor = natural_predictions(rows, out_dir, engine_options, max_model_len, k_bins)
                 log(f"  lengths are fixed by the requests: batchbin schedules on {predictor}")
             for _ in range(repeats):  # interleaved: A B C D A B C D ...
@@ -406,13 +411,16 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                         result, report = batchbin_pipeline(name, input_path, out_dir / f"{name}.duckdb", engine_options,
                                                            default_max_tokens, max_model_len, order, k_bins,
                                                            oracle_lengths if name == "oracle" else None,
-                                                           predictor=predictor)
+                                                           predictor=predictor,
+                                                           probe=0.0 if name == "batchbin-no-probe" else probe)
+                        quality[name] = report.get("predictor_quality")
                     runs[name].append(result)
                     log(_line(result))
     ideal = report.get("ideal_cached_tokens") if report else None
     summary = summarize(workload, runs, ideal, machine_record(machine), repeats)
+    summary["predictor_quality"] = quality  # per BatchBin variant, of its last run
     summary["settings"] = {"requests": len(rows), "seed": seed, "default_max_tokens": default_max_tokens,
-                           "order": order, "k_bins": k_bins}
+                           "order": order, "k_bins": k_bins, "probe": probe}
     return summary
 
 

@@ -10,7 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
-RATIOS = ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_run_batch", "reuse_ratio")
+RATIOS = ("speedup", "oracle_speedup", "speedup_vs_tuned", "speedup_vs_sorted", "speedup_vs_sorted_without_probe",
+          "speedup_vs_run_batch", "reuse_ratio")
 
 
 def table(summary: dict) -> str:

@@ -1,25 +1,17 @@
-"""Calibrate a length predictor to the model being served, from a probe: a few requests run first.
+"""The scale-and-shift part of calibrating a length predictor on a probe's real lengths.
 
-    from batchbin.predictors.calibrate import calibrate
-    calibrated = calibrate(predictor, probe_predicted, probe_real)   # tokens of the probe
-    calibrated.predict(requests)        # the rest of the job
+    scale, shift = fit_log_linear(probe_predicted, probe_real)   # tokens of the probe's requests
 
-A predictor trained elsewhere (the shipped ShareGPT one, or another model's) ranks a model's
-requests better than it sizes them: the model may answer in half the tokens, or run to its
-limit. A linear map on log1p tokens, fitted by least squares on the probe (real against
+A predictor trained elsewhere (the shipped ShareGPT one, or another model's) may rank a
+model's requests and yet size them wrongly: the model may answer in half the tokens, or run to
+its limit. A linear map on log1p tokens, fitted by least squares on the probe (real against
 predicted), fixes the scale and keeps the ranking when its slope is positive; with fewer than
 MIN_PROBE rows, or a slope that would invert the order, only the shift is fitted (the median
-log ratio), which moves every prediction by the same factor.
-
-How a flow should use it (not wired in: tasks/generate.py and flows/ belong to the pipeline):
-generate the probe's 1-2% of requests first (a random sample, whole prefix groups), read their
-real output tokens from `results`, call calibrate() with the predictions the run made for them,
-write the calibrated predictions of the remaining requests, then schedule and generate those.
+log ratio), which moves every prediction by the same factor. The in-job probe
+(predictors/probe.py) adds an offset per prompt template on top.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,24 +32,3 @@ def fit_log_linear(predicted, real) -> tuple[float, float]:
         if scale >= MIN_SLOPE:
             return float(scale), float(shift)
     return 1.0, float(np.median(r - p))
-
-
-@dataclass
-class CalibratedPredictor:
-    """A predictor whose log1p output is mapped by scale * x + shift, clipped to [1, max_tokens]."""
-
-    base: object          # anything with .predict(requests) -> tokens
-    scale: float
-    shift: float
-
-    def predict(self, requests: list[dict]) -> np.ndarray:
-        tokens = np.asarray(self.base.predict(requests), dtype=np.float64)
-        out = np.expm1(self.scale * np.log1p(tokens) + self.shift)
-        limits = np.array([max(1, r["max_tokens"]) for r in requests], dtype=np.float64)
-        return np.clip(out, 1.0, limits)
-
-
-def calibrate(predictor, probe_predicted, probe_real) -> CalibratedPredictor:
-    """The predictor, calibrated on a probe's predicted and real output tokens."""
-    scale, shift = fit_log_linear(probe_predicted, probe_real)
-    return CalibratedPredictor(predictor, scale, shift)

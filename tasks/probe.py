@@ -8,7 +8,8 @@ run's schedule, `finish_probe` calibrates on its results and marks the stage don
 The probe runs only where lengths decide something: an order that uses them (not `sorted` or
 `input`), more requests than the engine runs at once (so they queue), a predictor that guesses
 (not `oracle:` or `file:`, whose lengths are taken as given), and a job large enough that
-`fraction` of it is at least a few requests. Its results are the job's own: they are stored as
+`fraction` of it is at least a few requests. With the fraction left to "auto" (None), only in a
+job of PROBE_MIN_WAVES engine waves or more: the probe runs as a wave of its own. Its results are the job's own: they are stored as
 any other and the generate stage does not run them again.
 """
 
@@ -23,7 +24,8 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.db import registered, scan_once, transaction
 from batchbin.predictors.predict import within_request_limits
-from batchbin.predictors.probe import TEMPLATE_TOKENS, ProbeCalibration, fit_probe, probe_size
+from batchbin.predictors.probe import (PROBE_FRACTION, PROBE_MIN_WAVES, TEMPLATE_TOKENS, ProbeCalibration, fit_probe,
+                                       probe_size)
 from batchbin.sqlfiles import arrow, run
 from batchbin.tasks.common import RunRef, Stage, open_run_db, stage_task_options
 
@@ -37,9 +39,11 @@ class ProbePlan:
     reason: str
 
 
-def plan_probe(fraction: float, requests: int, order: str, spec: str, max_num_seqs: int, templates: int = 0) -> ProbePlan:
-    """How many requests probe the job (0: none) and why (module doc)."""
-    if fraction <= 0:
+def plan_probe(fraction: float | None, requests: int, order: str, spec: str, max_num_seqs: int,
+               templates: int = 0) -> ProbePlan:
+    """How many requests probe the job (0: none) and why (module doc). `fraction` None is
+    "auto": PROBE_FRACTION, in a job of at least PROBE_MIN_WAVES engine waves."""
+    if fraction is not None and fraction <= 0:
         return ProbePlan(0, "off (probe fraction 0)")
     if order in ("sorted", "input"):
         return ProbePlan(0, f"not needed: order '{order}' does not use lengths")
@@ -47,6 +51,12 @@ def plan_probe(fraction: float, requests: int, order: str, spec: str, max_num_se
         return ProbePlan(0, f"not needed: predictor '{spec}' is used as given")
     if requests <= max_num_seqs:
         return ProbePlan(0, f"not needed: all {requests} requests run at once (max_num_seqs {max_num_seqs})")
+    if fraction is None:
+        if requests < PROBE_MIN_WAVES * max_num_seqs:
+            return ProbePlan(0, f"auto: not worth it: {requests} requests are {requests / max_num_seqs:.1f} waves of "
+                                f"{max_num_seqs} sequences, and the probe, a wave of its own, pays from "
+                                f"{PROBE_MIN_WAVES} (--probe FRACTION runs one anyway)")
+        fraction = PROBE_FRACTION
     size = probe_size(requests, fraction, templates)
     if size == 0:
         return ProbePlan(0, f"job too small: {fraction:g} of {requests} requests is too few to calibrate on")
@@ -97,7 +107,7 @@ def calibrate_rest(con, run_id: str, default_max_tokens: int, generate_s: float)
 STAGE = Stage("probe", sql_file="probe", modules=(__name__, "batchbin.predictors.probe", "batchbin.predictors.calibrate"))
 
 
-def probe_params(fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+def probe_params(fraction: float | None, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
                  after: str) -> dict:
     return {"fraction": fraction, "order": order, "spec": spec, "default_max_tokens": default_max_tokens,
             "max_num_seqs": max_num_seqs, "template_tokens": TEMPLATE_TOKENS, "after": after}
@@ -105,7 +115,7 @@ def probe_params(fraction: float, order: str, spec: str, default_max_tokens: int
 
 # The stage's own stamp (`stages`) says whether it is done; nothing is cached by Prefect.
 @task(**{**stage_task_options("probe"), "cache_policy": NO_CACHE})
-def start_probe(ref: RunRef, fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+def start_probe(ref: RunRef, fraction: float | None, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
                 after: str = "") -> int:
     """Choose the job's probe and make it the run's schedule; return its size, for the flow to
     generate it and then `finish_probe`. 0: no probe to run (none wanted, or done before)."""
@@ -130,7 +140,7 @@ def start_probe(ref: RunRef, fraction: float, order: str, spec: str, default_max
 
 
 @task(**{**stage_task_options("probe-calibrate"), "cache_policy": NO_CACHE})
-def finish_probe(ref: RunRef, fraction: float, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
+def finish_probe(ref: RunRef, fraction: float | None, order: str, spec: str, default_max_tokens: int, max_num_seqs: int,
                  generate_s: float, after: str = "") -> dict:
     """Calibrate the rest of the job's predictions on the probe's results, and mark the stage done."""
     params = probe_params(fraction, order, spec, default_max_tokens, max_num_seqs, after)
