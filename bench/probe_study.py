@@ -1,7 +1,8 @@
 """What an in-job probe buys, measured on a finished run with natural output lengths.
 
-For each probe fraction and draw: pick the probe as the probe stage would (spread over template
-groups and predicted quartiles, but drawn with a seed so draws differ), calibrate on its real
+For each probe fraction and draw: pick ceil(fraction * requests) requests (not raised to one per
+template as the probe stage does, so sizes compare), spread as the probe stage spreads them (over
+template groups and predicted quartiles, but drawn with a seed so draws differ), calibrate on its real
 lengths (predictors/probe.py), and score the calibrated predictions of the other requests
 against their real lengths, beside the uncalibrated predictions of the same requests.
 

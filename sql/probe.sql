@@ -106,12 +106,14 @@ VALUES ($run_id, $requests, $templates, $scale, $shift, $generate_s);
 -- A finished run's requests, for bench/probe_study.py: predicted and real tokens, limits and
 -- token order (the run must have its results; errors left out).
 -- Parameters: $run_id.
-SELECT pr.request_id, pr.predicted_tokens, r.output_tokens, coalesce(p.max_tokens, 256) AS max_tokens,
+SELECT pr.request_id, pr.predicted_tokens, r.output_tokens,
+       coalesce(p.max_tokens, try_cast(json_extract_string(runs.config, '$.max_tokens') AS INTEGER)) AS max_tokens,
        g.sort_rank, g.lcp_prev
 FROM predictions pr
 JOIN results r USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
 JOIN prompt_groups g USING (run_id, request_id)
+JOIN runs USING (run_id)
 WHERE pr.run_id = $run_id AND r.error IS NULL AND r.output_tokens IS NOT NULL
 ORDER BY pr.request_id;
 

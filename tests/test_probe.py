@@ -59,6 +59,19 @@ def test_calibrated_lengths_stay_within_each_requests_limit():
     assert calibration.apply([10.0, 10.0], [0, 0], [64, 2048]).tolist() == pytest.approx([64.0, 1000.0], rel=0.05)
 
 
+def test_the_study_groups_templates_by_shared_tokens_and_spreads_its_probe():
+    from batchbin.bench.probe_study import draw_probe, template_groups
+
+    # token order: two templates sharing 30 tokens inside, 4 tokens (the common prefix) across
+    sort_rank = np.arange(8)
+    lcp_prev = np.array([0, 30, 30, 30, 4, 30, 30, 30])
+    groups = template_groups(sort_rank, lcp_prev, 8)
+    assert groups.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    predicted = np.array([10, 20, 30, 40, 50, 60, 70, 80], dtype=float)
+    probe = draw_probe(np.random.default_rng(0), predicted, groups, 4)
+    assert len(probe) == 4 and set(groups[probe]) == {1, 2}
+
+
 @pytest.mark.parametrize("fraction,order,spec,requests,expected", [
     (0.02, "auto", "auto", 10_000, 200),
     (0.0, "auto", "auto", 10_000, 0),
