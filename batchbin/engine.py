@@ -34,6 +34,9 @@ class Engine:
     key: tuple
     settings: EngineSettings
     start_s: float
+    # requests a generation phase left running in vLLM for the next phase of the same run:
+    # (run_id, {vLLM request id: request row}); see tasks/generate.py generate_run
+    left_running: tuple[str, dict] | None = None
 
 
 _lock = threading.Lock()

@@ -150,7 +150,9 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
                       max_num_seqs)
         after = stamp_before(ref, "probe")
         if start_probe(ref, *probe_args, after=after):
-            probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every)
+            # the engine kept full with the rest of the job in token order until the probe has finished
+            probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
+                              until_probe_done=True)
             finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
     with clock.stage("schedule"):
         ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,

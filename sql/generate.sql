@@ -64,3 +64,12 @@ SELECT count(*) AS results, count(*) FILTER (WHERE error IS NULL) AS ok FROM res
 -- Forget the results of a run that ended in an error, so they are generated again
 -- (--retry-errors); returns how many.
 DELETE FROM results WHERE run_id = $run_id AND error IS NOT NULL RETURNING request_id;
+
+-- name: probe_without_result
+-- The run's probe requests (probe_requests) that have no result yet: what the first phase of a
+-- probed generation waits for.
+-- Parameters: $run_id.
+SELECT q.request_id
+FROM probe_requests q
+LEFT JOIN results r USING (run_id, request_id)
+WHERE q.run_id = $run_id AND r.request_id IS NULL;

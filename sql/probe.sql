@@ -50,14 +50,16 @@ SELECT $run_id, request_id, template_group FROM interleaved
 WHERE place <= $size;
 
 -- name: schedule_probe
--- The probe alone as the run's schedule (in token order, so its shared prefixes meet), for the
--- generate stage's machinery to run it; the schedule stage replaces it with the whole job.
+-- The run's schedule while the probe runs: the probe's requests first, then the rest of the
+-- job, each part in token order (so shared prefixes meet). The generate stage runs it only
+-- until the probe has finished, the engine kept full meanwhile with the first of the rest;
+-- then the schedule stage replaces it with the whole job in its calibrated order.
 -- Parameters: $run_id.
 DELETE FROM schedule WHERE run_id = $run_id;
 INSERT INTO schedule (run_id, request_id, bin, batch, position)
-SELECT $run_id, q.request_id, -1, -1, row_number() OVER (ORDER BY g.sort_rank) - 1
-FROM probe_requests q JOIN prompt_groups g USING (run_id, request_id)
-WHERE q.run_id = $run_id;
+SELECT $run_id, g.request_id, -1, -1, row_number() OVER (ORDER BY q.request_id IS NULL, g.sort_rank) - 1
+FROM prompt_groups g LEFT JOIN probe_requests q USING (run_id, request_id)
+WHERE g.run_id = $run_id;
 
 -- name: probe_outcomes
 -- The probe's predicted and real output tokens, with their template groups (finished without error).

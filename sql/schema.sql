@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS probes (
     templates INTEGER,      -- template groups among them
     scale DOUBLE,           -- log1p(real) ~ scale * log1p(predicted) + shift (+ a template's offset)
     shift DOUBLE,
-    generate_s DOUBLE,      -- seconds the probe's generation took
+    generate_s DOUBLE,      -- seconds until the probe had finished (the engine kept full with the job meanwhile)
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 

@@ -77,6 +77,7 @@ class GenerationStats:
     finish_reasons: dict[str, int] = field(default_factory=dict)
     preemptions: int = 0               # vLLM's, during this generation (when its counters are on)
     peak_kv_cache_usage: float = 0.0   # the highest KV-cache use seen at a progress report, 0..1
+    left_running: dict = field(default_factory=dict)  # requests still in vLLM when a phase ended
 
 
 def structured_outputs_for(response_format: str | None):
@@ -132,6 +133,8 @@ class EngineFailure(BatchBinError):
 PUBLISH_EVERY_S = 1.0  # how often generation reports its progress (the log and artifact: PROGRESS_EVERY_S)
 
 MIN_IN_FLIGHT = 1024
+# vLLM request ids, unique in the process: a phase's requests may still run in the next one
+_REQUEST_KEYS = itertools.count()
 
 
 def in_flight_limit(engine: Engine) -> int:
@@ -153,20 +156,27 @@ def generate_in_order(
     total: int | None = None,
     in_flight: int | None = None,
     store_steps: Callable[[list[dict]], None] | None = None,
+    running: dict[str, dict] | None = None,
+    until_done: set[str] | None = None,
 ) -> GenerationStats:
     """Run `work` (rows of generate.work_in_order, in order) through vLLM; `store` every checkpoint.
 
     At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
     (default len(work)) is only for progress reports. `store_steps` (optional) gets the rows of
     STEP_SCHEMA of the steps since the last checkpoint, just before `store` gets its results
-    (from vLLM's statistics: vllm_adapter.steps_watched)."""
+    (from vLLM's statistics: vllm_adapter.steps_watched).
+
+    A generation in phases: `running` holds requests already inside vLLM (an earlier phase's,
+    keyed by their vLLM request id), finished here as if added here; with `until_done`, the
+    generation ends as soon as every one of those request ids has finished, adding nothing more
+    and leaving what still runs in vLLM in `stats.left_running` for the next phase."""
     llm = engine.llm
     stats = GenerationStats()
-    pending: dict[str, dict] = {}
+    pending: dict[str, dict] = dict(running or {})
+    waiting_for = set(until_done) if until_done is not None else None
     finished: list[dict] = []
     steps: list[dict] = []
     step_numbers = itertools.count()
-    counter = itertools.count()
     rows = iter(work)
     total = len(work) if total is None and hasattr(work, "__len__") else (total or 0)
     in_flight = in_flight or in_flight_limit(engine)
@@ -184,6 +194,8 @@ def generate_in_order(
         finished.append({"request_id": row["request_id"], "batch": row["batch"],
                          "finished_s": time.perf_counter() - started, **result})
         stats.requests += 1
+        if waiting_for is not None:
+            waiting_for.discard(row["request_id"])
         if len(finished) >= checkpoint_every:
             flush()
 
@@ -193,7 +205,7 @@ def generate_in_order(
             row = next(rows, None)
             if row is None:
                 return
-            key = f"bb-{next(counter)}"
+            key = f"bb-{next(_REQUEST_KEYS)}"
             try:
                 params = sampling_params_for(row, defaults)
                 vllm_adapter.add_request(llm, key, row["token_ids"], params)
@@ -234,6 +246,8 @@ def generate_in_order(
                     record(row, output_text=completion.text, prompt_tokens=len(row["token_ids"]),
                            output_tokens=len(completion.token_ids), cached_tokens=output.num_cached_tokens or 0,
                            finish_reason=reason, error=None, latency_s=time.perf_counter() - row["added_at"])
+                if waiting_for is not None and not waiting_for:
+                    break  # the phase is over: what still runs goes on in the next one
                 top_up()
                 if progress and time.perf_counter() - last_report > PUBLISH_EVERY_S:
                     progress(stats, total)
@@ -248,6 +262,7 @@ def generate_in_order(
         raise
     flush()
     stats.generate_s = time.perf_counter() - started
+    stats.left_running = pending
     if progress:
         progress(stats, total)
     return stats
@@ -294,6 +309,18 @@ def work_pages(held: BriefConnection, run_id: str, page_rows: int = WORK_PAGE_RO
         after = rows[-1]["position"]
 
 
+def take_left_running(engine: Engine, run_id: str) -> dict[str, dict]:
+    """The requests an earlier phase of this run left running in vLLM; another run's leftovers
+    (a run that stopped between its phases) are aborted."""
+    left, engine.left_running = engine.left_running, None
+    if left is None:
+        return {}
+    if left[0] == run_id:
+        return left[1]
+    vllm_adapter.abort_requests(engine.llm, list(left[1]))
+    return {}
+
+
 def generate_run(
     db_path: str,
     run_id: str,
@@ -302,12 +329,20 @@ def generate_run(
     checkpoint_every: int = 32,
     progress: Callable[[GenerationStats, int], None] | None = None,
     say: Callable[[str], None] | None = None,
+    until_probe_done: bool = False,
 ) -> GenerationStats:
     """Generate every scheduled request of the run that has no result yet.
 
     The database is held only while work is read or a checkpoint written (BriefConnection). A
     checkpoint that finds the file in a reader's hands waits in memory for the next one; the
-    last is written whatever happens, waiting for the file if it must."""
+    last is written whatever happens, waiting for the file if it must.
+
+    `until_probe_done`: the first phase of a probed run. Only as many requests as vLLM runs at
+    once are handed over (so the rest can still be reordered), and the phase ends as soon as the
+    run's probe requests (`probe_requests`) have all finished; what still runs in vLLM then is
+    left on the engine (`Engine.left_running`) and finished by the run's next generation, which
+    hands over the rest of the job behind it in the new schedule's order."""
+    running = take_left_running(engine, run_id)
     held = BriefConnection(db_path, say)
     waiting: list[dict] = []
     waiting_steps: list[dict] = []
@@ -331,10 +366,31 @@ def generate_run(
     try:
         run(held.get(), "generate.copy_duplicates", {"run_id": run_id, "leaders": None})
         total, attempt = one(held.get(), "generate.count_work", {"run_id": run_id})
-        if not total:
+        until_done, in_flight = None, None
+        if until_probe_done:
+            until_done = {row[0] for row in run(held.get(), "generate.probe_without_result",
+                                                {"run_id": run_id}).fetchall()}
+            in_flight = vllm_adapter.max_num_seqs(engine.llm) or engine.settings.max_num_seqs or 256
+            if not until_done:  # the probe has its results (a resumed run): nothing to wait for
+                engine.left_running = (run_id, running) if running else None
+                return GenerationStats()
+        if not total and not running:
             return GenerationStats()
-        return generate_in_order(engine, work_pages(held, run_id), defaults, store, checkpoint_every, progress,
-                                 total=total, store_steps=waiting_steps.extend)
+        in_vllm = {row["request_id"] for row in running.values()}
+        work = (row for row in work_pages(held, run_id) if row["request_id"] not in in_vllm)
+        stats = generate_in_order(engine, work, defaults, store, checkpoint_every, progress, total=total,
+                                  in_flight=in_flight, store_steps=waiting_steps.extend, running=running,
+                                  until_done=until_done)
+        if stats.left_running:
+            engine.left_running = (run_id, stats.left_running)
+        return stats
+    except BaseException:
+        if running:  # not finished by this phase: nobody would collect them
+            try:
+                vllm_adapter.abort_requests(engine.llm, list(running))
+            except Exception:
+                pass
+        raise
     finally:
         if waiting or waiting_steps:
             write(held.get())
@@ -385,9 +441,10 @@ def progress_reporter(engine: Engine, logger: logging.Logger | logging.LoggerAda
 # so a re-run reports honestly what it generated and a deleted result is generated again.
 @task(**{**stage_task_options("generate"), "cache_policy": NO_CACHE, "persist_result": False})
 def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: SamplingDefaults,
-             checkpoint_every: int, retry_errors: bool = False) -> dict:
+             checkpoint_every: int, retry_errors: bool = False, until_probe_done: bool = False) -> dict:
     """Generate the missing results of the run with vLLM, in schedule order (`retry_errors`:
-    and those that ended in an error)."""
+    and those that ended in an error; `until_probe_done`: only until the run's probe requests
+    have finished, see generate_run)."""
     engine = get_engine(model_path, settings, defaults.max_model_len)
     logger = get_run_logger()
     retried = 0
@@ -396,7 +453,7 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
             retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     try:
         stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
-                             progress_reporter(engine, logger), say=logger.warning)
+                             progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done)
     except EngineFailure:
         shutdown_engine()  # a dead engine is not kept for the next run
         raise

@@ -2,8 +2,11 @@
 rest, and their real lengths calibrate the predicted lengths of the rest
 (batchbin/predictors/probe.py) before the schedule is made. The logic is there and in
 sql/probe.sql; this module runs it in two tasks, around the generate stage that the flow runs
-between them (a stage does not know another): `start_probe` picks the probe and makes it the
-run's schedule, `finish_probe` calibrates on its results and marks the stage done.
+between them (a stage does not know another): `start_probe` picks the probe and makes the
+run's schedule the probe first, then the rest in token order; the generate stage runs that
+only until the probe has finished, the engine kept full with the first of the rest meanwhile
+(what still runs then goes on into the next phase); `finish_probe` calibrates on the probe's
+results and marks the stage done, and the schedule stage orders what is left.
 
 The probe runs only where lengths decide something: an order that uses them (not `sorted` or
 `input`), more requests than the engine runs at once (so they queue), a predictor that guesses
@@ -69,7 +72,8 @@ def template_table(con, run_id: str) -> pa.Table:
 
 
 def choose_probe(con, run_id: str, size: int, default_max_tokens: int) -> int:
-    """Pick the probe and make it the run's whole schedule (for now); returns its size."""
+    """Pick the probe and make the run's schedule (for now) the probe first, then the rest in
+    token order; returns the probe's size."""
     with transaction(con):
         with registered(con, probe_templates=template_table(con, run_id)):
             run(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})

@@ -125,6 +125,12 @@ def test_a_probed_run_generates_every_request_once_and_calibrates_the_rest(probe
     con = duckdb.connect(config.db_path, read_only=True)
     try:
         assert con.execute("select count(*), count(distinct request_id) from results").fetchone() == (40, 40)
+        # the engine was kept full while the probe ran: more than the probe finished in that phase
+        in_phase, after = con.execute("select count(*) filter (where attempt = 1), count(*) filter (where attempt = 2) "
+                                      "from results").fetchone()
+        assert in_phase > 10 and in_phase + after == 40
+        # what still ran when the probe had finished was finished once, not handed to vLLM again
+        assert report["generated_now"] == after
         probe_rows, templates, generate_s = con.execute("select requests, templates, generate_s from probes").fetchone()
         assert probe_rows == 10 and templates == 2 and generate_s > 0
         probed = {r[0] for r in con.execute("select request_id from probe_requests").fetchall()}
