@@ -62,7 +62,7 @@ class JobConfig(BaseModel):
                                 "(raised to one request per prompt template, within 10% of the job; at most 4,096) "
                                 "runs first, and their real lengths calibrate the predicted lengths of the rest before "
                                 "they are scheduled; only where lengths decide the order and requests queue. None "
-                                "(auto): 0.02, in jobs of at least 40 engine waves. 0: no probe.")
+                                "(auto): 0.02, in jobs of at least 4 engine waves. 0: no probe.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")

@@ -31,11 +31,13 @@ import numpy as np
 from batchbin.predictors.calibrate import MIN_PROBE, fit_log_linear
 
 PROBE_FRACTION = 0.02     # of the job's requests
-# The probe runs as a wave of its own, the engine mostly idle while its longest request finishes:
-# measured on evals-mix (600 requests, max_num_seqs 64, AMD EPYC Zen 4) it took 23.4 s, 0.75 of
-# one of the job's 9.4 waves of 31 s. "auto" probes only jobs of PROBE_MIN_WAVES waves or more,
-# where that costs under 2%.
-PROBE_MIN_WAVES = 40
+# The probe runs inside the job's first wave, the engine kept full with the job in token order
+# until the probe's longest request has finished: on evals-mix (600 requests, max_num_seqs 64,
+# AMD EPYC Zen 4) that was 512 of the job's 2,084 steps, with 63.9 sequences running on average,
+# and the job took no more steps than without a probe (2,103). What the calibration can reorder
+# is what has not been handed to vLLM by then, so "auto" probes jobs of PROBE_MIN_WAVES engine
+# waves or more.
+PROBE_MIN_WAVES = 4
 MAX_PROBE_FRACTION = 0.1  # one request of every template, but never more than this of the job
 MAX_PROBE = 4096          # no probe is larger: by then the calibration has all it needs
 # Chosen on evals-mix (1,200 requests of 54 tasks, docs/predictor.md): a template offset counts its

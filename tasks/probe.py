@@ -12,7 +12,7 @@ The probe runs only where lengths decide something: an order that uses them (not
 `input`), more requests than the engine runs at once (so they queue), a predictor that guesses
 (not `oracle:` or `file:`, whose lengths are taken as given), and a job large enough that
 `fraction` of it is at least a few requests. With the fraction left to "auto" (None), only in a
-job of PROBE_MIN_WAVES engine waves or more: the probe runs as a wave of its own. Its results are the job's own: they are stored as
+job of PROBE_MIN_WAVES engine waves or more. Its results are the job's own: they are stored as
 any other and the generate stage does not run them again.
 """
 
@@ -57,8 +57,8 @@ def plan_probe(fraction: float | None, requests: int, order: str, spec: str, max
     if fraction is None:
         if requests < PROBE_MIN_WAVES * max_num_seqs:
             return ProbePlan(0, f"auto: not worth it: {requests} requests are {requests / max_num_seqs:.1f} waves of "
-                                f"{max_num_seqs} sequences, and the probe, a wave of its own, pays from "
-                                f"{PROBE_MIN_WAVES} (--probe FRACTION runs one anyway)")
+                                f"{max_num_seqs} sequences, and little is left to reorder once the probe has run "
+                                f"in the first; it pays from {PROBE_MIN_WAVES} (--probe FRACTION runs one anyway)")
         fraction = PROBE_FRACTION
     size = probe_size(requests, fraction, templates)
     if size == 0:

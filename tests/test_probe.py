@@ -81,9 +81,9 @@ def test_the_study_groups_templates_by_shared_tokens_and_spreads_its_probe():
     (0.02, "hybrid", "oracle:abc", 10_000, 0),
     (0.5, "hybrid", "auto", 200, 0),    # every request runs at once: nothing to order
     (0.02, "hybrid", "auto", 300, 0),   # 6 requests: too few
-    (None, "auto", "auto", 40 * 256, 205),  # auto: 2% of a job of 40 waves
-    (None, "auto", "auto", 40 * 256 - 1, 0),  # auto: a shorter job pays more for the probe's wave than it gains
-    (0.02, "auto", "auto", 2_000, 40),      # asked for: runs in a job of 8 waves too
+    (None, "auto", "auto", 4 * 256, 21),    # auto: 2% of a job of 4 waves
+    (None, "auto", "auto", 4 * 256 - 1, 0),  # auto: a shorter job has little left to reorder after the probe
+    (0.02, "auto", "auto", 600, 12),        # asked for: runs in a job of 2.3 waves too
 ])
 def test_the_probe_runs_only_where_lengths_decide_something(fraction, order, spec, requests, expected):
     plan = plan_probe(fraction, requests, order, spec, max_num_seqs=256)
