@@ -133,18 +133,21 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
 
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
-                 clock: StageClock | None = None, with_probe: bool = True) -> RunRef:
+                 clock: StageClock | None = None, with_probe: bool = True,
+                 say: Callable[[str], None] | None = None) -> RunRef:
     """The stages between load and generate, each handed the stamp of the one before it.
-    `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none."""
+    `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
+    share one open of the database, but for the probe's generation, which lets readers in."""
     clock = clock or StageClock()
     block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
     max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
-    with clock.stage("tokenize"):
-        ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
-    with clock.stage("group_prefixes"):
-        ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
-    with clock.stage("predict_lengths"):
-        ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
+    with db.session(ref.db_path, say=say):
+        with clock.stage("tokenize"):
+            ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
+        with clock.stage("group_prefixes"):
+            ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
+        with clock.stage("predict_lengths"):
+            ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
     with clock.stage("probe"):  # a few requests run first: their real lengths calibrate the rest's
         probe_args = (config.probe if with_probe else 0.0, config.order, config.predictor, config.max_tokens,
                       max_num_seqs)
@@ -179,7 +182,7 @@ def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, setting
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
                output_format: str, say: Callable[[str], None]) -> dict:
     clock = StageClock()
-    with db.session(ref.db_path, say=say):  # the stages up to the schedule share one open of the file
+    with db.session(ref.db_path, say=say):  # the first stages share one open of the file
         with clock.stage("start"):
             start_run(ref, config, fingerprint, model_path)
         try:
@@ -195,11 +198,15 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
                 finish_run(ref, "failed")
                 return Failed(message=str(error))
             record_engine(ref, settings)
-            # the probe runs in this process's engine: not with the engines of a Ray cluster
-            ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address)
         except BaseException:
             finish_run(ref, "failed")
             raise
+    try:
+        # the probe runs in this process's engine: not with the engines of a Ray cluster
+        ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
+    except BaseException:
+        finish_run(ref, "failed")
+        raise
     defaults = sampling_defaults(config)
     try:
         # generation holds the file only while it reads work or writes a checkpoint: readers get in
