@@ -26,19 +26,6 @@ from batchbin.sqlfiles import arrow, one
 METRICS = ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")
 
 
-def template_groups(sort_rank: np.ndarray, lcp_prev: np.ndarray, template_tokens: int) -> np.ndarray:
-    """Group numbers: runs in token order whose neighbours share `template_tokens` beyond the
-    job's common prefix (the smallest neighbour LCP)."""
-    order = np.argsort(sort_rank)
-    lcp = lcp_prev[order]
-    common = lcp[1:].min() if len(lcp) > 1 else 0
-    starts = (lcp < common + template_tokens).astype(np.int64)
-    starts[0] = 1
-    groups = np.empty_like(starts)
-    groups[order] = np.cumsum(starts)
-    return groups
-
-
 def draw_probe(rng: np.random.Generator, predicted: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
     """`size` row indices: one per template group before a second from any, groups and rows in
     random order, taken evenly from the predicted quartiles."""
@@ -61,16 +48,15 @@ def draw_probe(rng: np.random.Generator, predicted: np.ndarray, groups: np.ndarr
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def study(rows: dict, fractions: list[float], draws: int, template_tokens: list[int]) -> list[dict]:
+def study(rows: dict, groupings: dict[int, np.ndarray], fractions: list[float], draws: int) -> list[dict]:
+    """The table: `rows` (probe.study_rows), `groupings` each row's template group by the shared
+    tokens that define a template (0: one group, a global fit alone)."""
     predicted = np.asarray(rows["predicted_tokens"], dtype=np.float64)
     real = np.asarray(rows["output_tokens"], dtype=np.float64)
     limits = np.asarray(rows["max_tokens"], dtype=np.float64)
-    sort_rank = np.asarray(rows["sort_rank"])
-    lcp_prev = np.asarray(rows["lcp_prev"])
     out = [{"probe": "none", "template_tokens": None, "groups": None,
             **{m: prediction_metrics(real, predicted)[m] for m in METRICS}}]
-    for tokens in template_tokens:
-        groups = template_groups(sort_rank, lcp_prev, tokens) if tokens else np.zeros(len(real), dtype=np.int64)
+    for tokens, groups in groupings.items():
         for fraction in fractions:
             size = probe_size(len(real), fraction)
             if not size:
@@ -94,11 +80,22 @@ def study(rows: dict, fractions: list[float], draws: int, template_tokens: list[
     return out
 
 
-def run_rows(db_path: str, run_id: str | None) -> dict:
+def run_rows(db_path: str, run_id: str | None, template_tokens: list[int]) -> tuple[dict, dict[int, np.ndarray]]:
+    """A finished run's rows (probe.study_rows) and, per template rule, each row's template
+    group as the probe stage computes it (probe.template_groups)."""
     with db.connect(db_path, read_only=True) as con:
         if run_id is None:
             run_id = one(con, "probe.latest_finished_run", {})[0]
-        return arrow(con, "probe.study_rows", {"run_id": run_id}).to_pydict()
+        rows = arrow(con, "probe.study_rows", {"run_id": run_id}).to_pydict()
+        groupings = {}
+        for tokens in template_tokens:
+            if tokens == 0:
+                groupings[0] = np.zeros(len(rows["request_id"]), dtype=np.int64)
+                continue
+            table = arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": tokens}).to_pydict()
+            group_of = dict(zip(table["request_id"], table["template_group"]))
+            groupings[tokens] = np.array([group_of[r] for r in rows["request_id"]], dtype=np.int64)
+    return rows, groupings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,9 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--template-tokens", default="0,8,16,24,32,64")
     args = parser.parse_args(argv)
-    rows = run_rows(args.db, args.run_id)
-    table = study(rows, [float(f) for f in args.fractions.split(",")], args.draws,
-                  [int(t) for t in args.template_tokens.split(",")])
+    rows, groupings = run_rows(args.db, args.run_id, [int(t) for t in args.template_tokens.split(",")])
+    table = study(rows, groupings, [float(f) for f in args.fractions.split(",")], args.draws)
     for row in table:
         print(json.dumps(row))
 

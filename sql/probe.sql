@@ -105,16 +105,14 @@ INSERT OR REPLACE INTO probes (run_id, requests, templates, scale, shift, genera
 VALUES ($run_id, $requests, $templates, $scale, $shift, $generate_s);
 
 -- name: study_rows
--- A finished run's requests, for bench/probe_study.py: predicted and real tokens, limits and
--- token order (the run must have its results; errors left out).
+-- A finished run's requests, for bench/probe_study.py: predicted and real tokens and limits
+-- (the run must have its results; errors left out).
 -- Parameters: $run_id.
 SELECT pr.request_id, pr.predicted_tokens, r.output_tokens,
-       coalesce(p.max_tokens, try_cast(json_extract_string(runs.config, '$.max_tokens') AS INTEGER)) AS max_tokens,
-       g.sort_rank, g.lcp_prev
+       coalesce(p.max_tokens, try_cast(json_extract_string(runs.config, '$.max_tokens') AS INTEGER)) AS max_tokens
 FROM predictions pr
 JOIN results r USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
-JOIN prompt_groups g USING (run_id, request_id)
 JOIN runs USING (run_id)
 WHERE pr.run_id = $run_id AND r.error IS NULL AND r.output_tokens IS NOT NULL
 ORDER BY pr.request_id;
@@ -137,7 +135,3 @@ SELECT count(*) FROM probe_requests WHERE run_id = $run_id;
 -- A run without a probe.
 -- Parameters: $run_id.
 DELETE FROM probe_requests WHERE run_id = $run_id;
-
--- name: count_templates
--- How many template groups the requests registered as `probe_templates` fall in.
-SELECT count(DISTINCT template_group) FROM probe_templates;

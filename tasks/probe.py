@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -71,11 +72,11 @@ def template_table(con, run_id: str) -> pa.Table:
     return arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": TEMPLATE_TOKENS})
 
 
-def choose_probe(con, run_id: str, size: int, default_max_tokens: int) -> int:
-    """Pick the probe and make the run's schedule (for now) the probe first, then the rest in
-    token order; returns the probe's size."""
+def choose_probe(con, run_id: str, size: int, default_max_tokens: int, templates: pa.Table) -> int:
+    """Pick the probe among the requests of `templates` (template_table) and make the run's
+    schedule (for now) the probe first, then the rest in token order; returns the probe's size."""
     with transaction(con):
-        with registered(con, probe_templates=template_table(con, run_id)):
+        with registered(con, probe_templates=templates):
             run(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})
         run(con, "probe.schedule_probe", {"run_id": run_id})
     return run(con, "probe.count_probe", {"run_id": run_id}).fetchall()[0][0]
@@ -129,18 +130,16 @@ def start_probe(ref: RunRef, fraction: float | None, order: str, spec: str, defa
         if STAGE.is_done(con, ref.run_id, params):
             return 0
         requests = run(con, "probe.count_predictions", {"run_id": ref.run_id}).fetchall()[0][0]
-        templates = 0
-        if requests:
-            with registered(con, probe_templates=template_table(con, ref.run_id)):
-                templates = run(con, "probe.count_templates", {}).fetchall()[0][0]
-        plan = plan_probe(fraction, requests, order, spec, max_num_seqs, templates)
+        templates = template_table(con, ref.run_id)
+        plan = plan_probe(fraction, requests, order, spec, max_num_seqs,
+                          pc.count_distinct(templates["template_group"]).as_py())
         logger.info("probe: %s", plan.reason)
         run(con, "probe.clear_calibration", {"run_id": ref.run_id})
         if plan.size == 0:
             run(con, "probe.clear_probe", {"run_id": ref.run_id})
             STAGE.mark_done(con, ref.run_id, params, 0)
             return 0
-        return choose_probe(con, ref.run_id, plan.size, default_max_tokens)
+        return choose_probe(con, ref.run_id, plan.size, default_max_tokens, templates)
 
 
 @task(**{**stage_task_options("probe-calibrate"), "cache_policy": NO_CACHE})

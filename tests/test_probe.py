@@ -59,13 +59,17 @@ def test_calibrated_lengths_stay_within_each_requests_limit():
     assert calibration.apply([10.0, 10.0], [0, 0], [64, 2048]).tolist() == pytest.approx([64.0, 1000.0], rel=0.05)
 
 
-def test_the_study_groups_templates_by_shared_tokens_and_spreads_its_probe():
-    from batchbin.bench.probe_study import draw_probe, template_groups
+def test_templates_are_runs_sharing_tokens_beyond_the_jobs_common_prefix_and_the_study_spreads_its_probe(fresh_db):
+    from batchbin.bench.probe_study import draw_probe
+    from batchbin.sqlfiles import arrow
 
     # token order: two templates sharing 30 tokens inside, 4 tokens (the common prefix) across
-    sort_rank = np.arange(8)
-    lcp_prev = np.array([0, 30, 30, 30, 4, 30, 30, 30])
-    groups = template_groups(sort_rank, lcp_prev, 8)
+    for rank, lcp in enumerate([0, 30, 30, 30, 4, 30, 30, 30]):
+        fresh_db.execute("insert into prompt_groups (run_id, request_id, group_id, sort_rank, lcp_prev) "
+                         "values ('r', $id, 0, $rank, $lcp)", {"id": f"q{rank}", "rank": rank, "lcp": lcp})
+    table = arrow(fresh_db, "probe.template_groups", {"run_id": "r", "template_tokens": 8}).to_pydict()
+    group_of = dict(zip(table["request_id"], table["template_group"]))
+    groups = np.array([group_of[f"q{rank}"] for rank in range(8)])
     assert groups.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
     predicted = np.array([10, 20, 30, 40, 50, 60, 70, 80], dtype=float)
     probe = draw_probe(np.random.default_rng(0), predicted, groups, 4)
