@@ -368,8 +368,11 @@ def simulate_group() -> None:
                                                                                  "(default: the run's).")
 @click.option("--gpu", default=None, help="Also simulate on this GPU: h100, h200, a100 or l4.")
 @click.option("--model-size", default=None, help="The model size for --gpu: 135m, 1b, 3b, 8b or 70b.")
+@click.option("--kv-admission/--no-kv-admission", default=None,
+              help="Hand requests to the engine by their predicted memory, or as vLLM admits them "
+                   "(default: as the run did).")
 def simulate_run_command(db_path: str, run_id: str | None, orders: str, lengths: str, k_bins: int | None,
-                         gpu: str | None, model_size: str | None) -> None:
+                         gpu: str | None, model_size: str | None, kv_admission: bool | None) -> None:
     """Simulate a stored run in any order BatchBin implements, beside what it measured.
 
     Example: batchbin simulate run --db batchbin.duckdb --order all --gpu h100 --model-size 8b
@@ -384,7 +387,8 @@ def simulate_run_command(db_path: str, run_id: str | None, orders: str, lengths:
         fail(f"unknown order {', '.join(unknown)}; choose from {AS_RUN}, auto, {', '.join(SIM_ORDERS)} or all")
     try:
         stored = open_run(db_path, run_id)
-        simulation = simulate_run(stored, names, lengths, gpu=(gpu, model_size) if gpu else None, k_bins=k_bins)
+        simulation = simulate_run(stored, names, lengths, gpu=(gpu, model_size) if gpu else None, k_bins=k_bins,
+                                  kv_admission=kv_admission)
         simulation.measured = measured(db_path, stored.run_id)
     except (BatchBinError, FileNotFoundError) as error:
         fail(str(error))

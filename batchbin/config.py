@@ -63,6 +63,10 @@ class JobConfig(BaseModel):
                                 "runs first, and their real lengths calibrate the predicted lengths of the rest before "
                                 "they are scheduled; only where lengths decide the order and requests queue. None "
                                 "(auto): 0.02, in jobs of at least 4 engine waves. 0: no probe.")
+    kv_admission: bool = Field(True, description="Memory-centric admission (BatchLLM): hand a request to vLLM only "
+                               "while its KV cache can hold every request inside at its predicted peak length, so "
+                               "none is preempted and computed again; off: vLLM takes whatever fits its prompt now. "
+                               "Not with ray_address.")
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")

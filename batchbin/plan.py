@@ -8,9 +8,10 @@ of the same file reuses them), builds no engine, and reports:
 
 - the requests, their prompt tokens and the predicted output tokens;
 - the prefix reuse the prompts allow (what perfect prefix caching would skip);
-- the order the schedule chose and why;
+- the order the schedule chose and why, and how requests would be handed to vLLM;
 - the generation time the simulator predicts on this machine with the fitted step costs
-  (batchbin/simulator.py, batchbin/step_costs.py), in that order and in token order;
+  (batchbin/simulator.py, batchbin/step_costs.py): as planned, and as a capable user's run
+  (token order, handed over as vLLM admits them);
 - the same on a GPU for a model size named on the command line.
 """
 
@@ -47,6 +48,7 @@ class Plan:
     requested_order: str
     reason: str
     engine: dict
+    kv_admission: bool = False  # requests handed to vLLM by their predicted memory
     estimates: list[OrderEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     db_path: str | None = None  # kept database, if any
@@ -89,15 +91,18 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
             prefix = one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
             predicted = one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
         requests, prompt_tokens, _, ideal_cached, groups = prefix or (len(stored.requests("predicted")), 0, 0, 0, 0)
-        orders = [AS_RUN] + ([BASELINE_ORDER] if used != BASELINE_ORDER else [])
-        simulation = simulate_run(stored, orders, lengths="predicted", cpu=cpu, gpu=gpu)
+        simulation = simulate_run(stored, [AS_RUN], lengths="predicted", cpu=cpu, gpu=gpu)
+        if used != BASELINE_ORDER or stored.kv_admission:  # the capable user's run, to compare with
+            simulation.estimates += simulate_run(stored, [BASELINE_ORDER], lengths="predicted", cpu=cpu, gpu=gpu,
+                                                 kv_admission=False).estimates
     finally:
         stored.con.close()
     names = ("requests", "total", "mean", "median", "p90", "predictor")
     return Plan(run_id=ref.run_id, requests=requests, rejects=rejects, prompt_tokens=int(prompt_tokens or 0),
                 ideal_cached_tokens=int(ideal_cached or 0), prefix_groups=int(groups or 0),
                 predicted=dict(zip(names, predicted)), order=used, requested_order=requested, reason=reason,
-                engine=stored.engine, estimates=simulation.estimates, warnings=simulation.warnings)
+                engine=stored.engine, kv_admission=stored.kv_admission, estimates=simulation.estimates,
+                warnings=simulation.warnings)
 
 
 @contextmanager
@@ -132,6 +137,7 @@ def format_plan(plan: Plan) -> str:
         f"  prefix reuse    {plan.ideal_cached_tokens:,} prompt tokens shared ({reuse:.0%} of the prompt tokens, "
         f"{plan.prefix_groups} prefix groups)",
         f"  order           {plan.order} ({plan.reason})",
+        f"  admission       {'by predicted memory (while the KV cache holds every request inside at its predicted peak)' if plan.kv_admission else 'as vLLM admits them (--no-kv-admission)'}",
         f"  engine          max_num_seqs {engine.get('max_num_seqs')}, max_num_batched_tokens "
         f"{engine.get('max_num_batched_tokens')}, block {engine.get('block_size')}, KV cache "
         f"{engine.get('kv_cache_gib')} GiB, {engine.get('dtype')}, "
@@ -140,8 +146,8 @@ def format_plan(plan: Plan) -> str:
     ]
     for estimate in plan.estimates:
         r = estimate.result
-        order = f"{estimate.used} (this plan)" if estimate.order == AS_RUN else f"{estimate.used} (token order)"
-        lines.append(f"    {estimate.device:34} {order:22} {format_seconds(r.seconds):>9}  "
+        order = f"{estimate.used} (this plan)" if estimate.order == AS_RUN else f"{estimate.used} (token order, vLLM admits)"
+        lines.append(f"    {estimate.device:34} {order:34} {format_seconds(r.seconds):>9}  "
                      f"{r.output_tokens / r.seconds if r.seconds else 0:,.0f} tokens/s, {r.preemptions} preemptions, "
                      f"{r.cached_tokens:,} cached prompt tokens, {format_seconds(r.prefill_s)} in prefill steps, "
                      f"{format_seconds(r.tail_s)} of tail")

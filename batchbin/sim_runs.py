@@ -21,7 +21,8 @@ from batchbin import db
 from batchbin.db import registered
 from batchbin.errors import BatchBinError
 from batchbin.machine import detect_machine
-from batchbin.simulator import EngineLimits, SimRequest, SimResult, simulate
+from batchbin.admission import planned_tokens
+from batchbin.simulator import Admission, EngineLimits, SimRequest, SimResult, simulate
 from batchbin.sqlfiles import arrow, one, run
 from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
                                  fit_linear_step_cost, kv_blocks, named_gpu, named_model_size, step_work)
@@ -109,23 +110,35 @@ class StoredRun:
         choice = one(self.con, "simulate.schedule_choice", {"run_id": self.run_id})
         return choice[1] if choice else order
 
+    @property
+    def kv_admission(self) -> bool:
+        """Whether the run handed requests to vLLM by memory (runs before it existed: no)."""
+        return bool(self.config.get("kv_admission", False))
+
     def requests(self, lengths: str, block_size: int | None = None) -> list[SimRequest]:
         """The requests in the copy's schedule order (`lengths`: real or predicted outputs;
         requests without a real length are left out of a "real" simulation)."""
+        return self.requests_and_plans(lengths, block_size)[0]
+
+    def requests_and_plans(self, lengths: str, block_size: int | None = None) -> tuple[list[SimRequest], list[int]]:
+        """`requests`, and the output tokens admission plans for each (admission.planned_tokens)."""
         if lengths not in LENGTHS:
             raise BatchBinError(f"unknown lengths '{lengths}'; choose one of {', '.join(LENGTHS)}")
         rows = arrow(self.con, "simulate.requests_in_order",
                      {"run_id": self.run_id, "max_tokens": int(self.config.get("max_tokens") or 256)}).to_pylist()
         size = block_size or self.block_size
-        chosen = []
+        max_model_len = int(self.config.get("max_model_len") or 2048)
+        chosen, plans = [], []
         for row in rows:
             out = output_length(row, lengths)
             if out is not None:
                 chosen.append(SimRequest(int(row["prompt_tokens"]), out, block_hashes(row["token_ids"], size)))
+                plans.append(planned_tokens(row["predicted_tokens"], int(row["max_tokens"]), int(row["prompt_tokens"]),
+                                            max_model_len))
         if not chosen:
             raise BatchBinError(f"run {self.run_id} has no request with {lengths} output lengths to simulate"
                                 + ("; has it generated? (try --lengths predicted)" if lengths == "real" else ""))
-        return chosen
+        return chosen, plans
 
 
 def open_run(db_path: str | Path, run_id: str | None = None) -> StoredRun:
@@ -220,13 +233,17 @@ class RunSimulation:
     measured: dict = field(default_factory=dict)
     estimates: list[OrderEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kv_admission: bool = False
 
 
 def simulate_run(stored: StoredRun, orders: list[str], lengths: str = "real", cpu: bool = True,
-                 gpu: tuple[str, str] | None = None, k_bins: int | None = None) -> RunSimulation:
+                 gpu: tuple[str, str] | None = None, k_bins: int | None = None,
+                 kv_admission: bool | None = None) -> RunSimulation:
     """Each order of `orders` on the run's requests: on this machine (fitted step costs) and,
-    with `gpu` = (GPU, model size), on that GPU."""
-    simulation = RunSimulation(stored.run_id, lengths)
+    with `gpu` = (GPU, model size), on that GPU. `kv_admission`: hand requests to the engine by
+    their predicted memory, as generation does (default: as the run did)."""
+    kv_admission = stored.kv_admission if kv_admission is None else kv_admission
+    simulation = RunSimulation(stored.run_id, lengths, kv_admission=kv_admission)
     devices: list[tuple[str, StepCost, EngineLimits, int]] = []
     if cpu:
         cost, warning = cpu_cost(stored.engine)
@@ -238,11 +255,14 @@ def simulate_run(stored: StoredRun, orders: list[str], lengths: str = "real", cp
         devices.append((f"{gpu_cost.gpu.name}, {gpu_cost.model.name}", gpu_cost, gpu_limits, gpu_limits.block_size))
     for order in sorted(orders, key=lambda name: name != AS_RUN):  # the run's own schedule before any other
         used = stored.reschedule(order, k_bins)
-        by_block: dict[int, list[SimRequest]] = {}
+        by_block: dict[int, tuple[list[SimRequest], list[int]]] = {}
         for device, cost, limits, block in devices:
             if block not in by_block:
-                by_block[block] = stored.requests(lengths, block)
-            simulation.estimates.append(OrderEstimate(order, used, device, simulate(by_block[block], limits, cost)))
+                by_block[block] = stored.requests_and_plans(lengths, block)
+            requests, plans = by_block[block]
+            admission = Admission(limits.kv_blocks * limits.block_size, plans) if kv_admission else None
+            simulation.estimates.append(OrderEstimate(order, used, device, simulate(requests, limits, cost,
+                                                                                    admission=admission)))
     return simulation
 
 
@@ -302,7 +322,9 @@ def run_misses(cost: LinearStepCost, steps: list[dict]) -> dict[str, float]:
 
 def format_simulation(simulation: RunSimulation) -> str:
     """A table of the simulated orders (and the run's measured time) for the terminal."""
-    lines = [f"run {simulation.run_id}, simulated on its {simulation.lengths} output lengths"]
+    admission = "by predicted memory" if simulation.kv_admission else "as vLLM admits them"
+    lines = [f"run {simulation.run_id}, simulated on its {simulation.lengths} output lengths, requests handed over "
+             f"{admission}"]
     generate_s = simulation.measured.get("generate_s")
     if generate_s:
         lines.append(f"  measured        {generate_s:.1f} s of generation, {simulation.measured.get('preemptions') or 0} "

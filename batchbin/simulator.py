@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from batchbin.admission import KvAdmission
 from batchbin.errors import BatchBinError
 from batchbin.step_costs import StepCost, StepWork
 
@@ -195,8 +196,9 @@ class _BlockPool:
 
 
 def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCost,
-             keep_trace: bool = False) -> SimResult:
-    """Run `requests`, handed over in this order, through the simulated engine."""
+             keep_trace: bool = False, admission: "Admission | None" = None) -> SimResult:
+    """Run `requests`, handed over in this order, through the simulated engine (`admission`:
+    handed over only while the KV budget holds them at their predicted peak)."""
     for i, request in enumerate(requests):
         if request.output_tokens < 1 or request.prompt_tokens < 1:
             raise BatchBinError(f"request {i}: prompt and output need at least one token "
@@ -207,12 +209,16 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
                                 f"{limits.kv_blocks}: it could never run")
     bs = limits.block_size
     pool = _BlockPool(limits.kv_blocks, limits.prefix_caching)
-    waiting: deque[_Running] = deque(_Running(i, r) for i, r in enumerate(requests))
+    states = deque(_Running(i, r) for i, r in enumerate(requests))
+    outside: deque[_Running] = states if admission else deque()
+    waiting: deque[_Running] = deque() if admission else states
     running: list[_Running] = []
     result = SimResult(finish_s=[0.0] * len(requests), trace=[] if keep_trace else None)
     half = limits.max_num_seqs / 2
 
     def record(work: StepWork) -> float:
+        if admission:
+            admission.gate.stepped()
         seconds = cost.seconds(work)
         result.seconds += seconds
         result.steps += 1
@@ -224,7 +230,9 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
             result.trace.append((work, seconds))
         return seconds
 
-    while waiting or running:
+    while waiting or running or outside:
+        if outside:
+            admission.hand_over(outside, waiting)
         budget = limits.max_num_batched_tokens
         scheduled: list[tuple[_Running, int]] = []
         preempted = False
@@ -322,6 +330,8 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
                 if state.generated >= state.output:
                     pool.release(state)
                     result.finish_s[state.index] = now_s
+                    if admission:
+                        admission.gate.finished(state.index)
                 else:
                     still.append(state)
             running = still
@@ -331,6 +341,27 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
                 and running):
             _fast_forward(running, pool, bs, record, result, half)
     return result
+
+
+@dataclass
+class Admission:
+    """Memory-centric admission in the simulator, the gate tasks/generate.py puts in front of
+    vLLM (batchbin/admission.py): a request is handed to the engine only while `budget_tokens`
+    of KV cache hold the engine's requests at their predicted peak (`predicted`: output tokens
+    per request, in input order)."""
+
+    budget_tokens: int
+    predicted: Sequence[int]
+    gate: KvAdmission | None = None
+
+    def __post_init__(self) -> None:
+        self.gate = KvAdmission(self.budget_tokens)
+
+    def hand_over(self, outside: deque, waiting: deque) -> None:
+        while outside and self.gate.admits(outside[0].prompt, self.predicted[outside[0].index]):
+            state = outside.popleft()
+            self.gate.handed_over(state.index, state.prompt, self.predicted[state.index])
+            waiting.append(state)
 
 
 def _fast_forward(running: list[_Running], pool: _BlockPool, bs: int, record, result: SimResult, half: float) -> None:

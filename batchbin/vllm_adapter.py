@@ -195,6 +195,15 @@ def max_num_seqs(llm) -> int | None:
         return None
 
 
+def kv_cache_tokens(llm) -> int | None:
+    """How many tokens the engine's KV cache holds (its blocks times their size; None: unknown)."""
+    try:
+        cache = llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks) * int(cache.block_size) if cache.num_gpu_blocks else None
+    except (AttributeError, TypeError):  # a vLLM that keeps them elsewhere
+        return None
+
+
 def stats_enabled(llm) -> bool:
     """Whether the engine keeps statistics: only then are `engine_counters` available.
 
@@ -262,10 +271,11 @@ class StepWatch:
     each step (its logger manager's `record`, wrapped): `last` is the newest step's StepShape
     (None before the first, or when the step reported nothing)."""
 
-    def __init__(self, manager, scheduler) -> None:
+    def __init__(self, manager, scheduler, keep: bool = False) -> None:
         self.manager = manager
         self.scheduler = scheduler  # the engine core's, where it runs in this process; else None
         self.last: StepShape | None = None
+        self.history: list[StepShape] | None = [] if keep else None  # every step's, when kept
         self._record = manager.record
 
     def _watched_record(self, *args, **kwargs):
@@ -282,20 +292,23 @@ class StepWatch:
                 waiting=scheduler_stats.num_waiting_reqs,
                 preempted=getattr(iteration_stats, "num_preempted_reqs", 0) or 0,
                 kv_cache_usage=float(scheduler_stats.kv_cache_usage), context_tokens=context)
+            if self.history is not None:
+                self.history.append(self.last)
         return self._record(*args, **kwargs)
 
 
 @contextmanager
-def steps_watched(llm) -> Iterator[StepWatch | None]:
-    """Watch the shape of the engine's steps inside the block (a StepWatch); None for an engine
-    built without `iteration_details_kwargs` (no statistics to read)."""
+def steps_watched(llm, keep: bool = False) -> Iterator[StepWatch | None]:
+    """Watch the shape of the engine's steps inside the block (a StepWatch; `keep`: with every
+    step's shape in its `history`, for a loop that is not ours, such as `LLM.generate`); None
+    for an engine built without `iteration_details_kwargs` (no statistics to read)."""
     engine = llm.llm_engine
     manager = getattr(engine, "logger_manager", None)
     if manager is None or not engine.vllm_config.observability_config.enable_logging_iteration_details:
         yield None
         return
     core = getattr(engine.engine_core, "engine_core", None)  # an engine core in this process
-    watch = StepWatch(manager, getattr(core, "scheduler", None))
+    watch = StepWatch(manager, getattr(core, "scheduler", None), keep)
     manager.record = watch._watched_record
     try:
         yield watch

@@ -9,6 +9,8 @@ Variants (bench.json keys):
   vllm-run-batch  vLLM's own OpenAI batch runner on a batch file, BatchBin's engine settings
   batchbin        the whole pipeline, input file to stored results
   batchbin-no-probe  the same without the in-job probe (--probe 0): what the probe buys
+  batchbin-no-admission  the same with vLLM's own admission (--no-kv-admission): what
+                  memory-centric admission buys
   oracle          the same with the real output lengths of a baseline run as "predictions"
 
 Engines are built outside the timed regions and warmed up first. Every variant is timed from
@@ -37,8 +39,10 @@ from batchbin.engine_settings import EngineSettings, choose_engine_settings
 from batchbin.machine import MachineInfo, detect_machine
 from batchbin.prefect_runtime import in_process_flow_runs
 from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
+from batchbin.vllm_adapter import steps_watched
 
-VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "batchbin-no-probe", "oracle")
+BATCHBIN_VARIANTS = ("batchbin", "batchbin-no-probe", "batchbin-no-admission")  # BatchBin's predictions
+VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", *BATCHBIN_VARIANTS, "oracle")
 ORACLE_SOURCE_RUN = "bench-oracle-lengths"
 
 
@@ -55,6 +59,7 @@ class VariantRun:
     output_lengths: dict[str, int] = field(default_factory=dict, repr=False)
     notes: str = ""
     stage_seconds: dict[str, float] | None = None  # BatchBin variants: wall seconds per flow stage
+    engine_trace: dict | None = None  # what vLLM's steps did (engine_trace): stable where wall times are not
 
     @property
     def output_tps(self) -> float:
@@ -109,7 +114,8 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
     params = [fixed_length_params(SamplingParams, rows[i], min(rows[i].get("max_tokens") or default_max_tokens,
                                                                 max_model_len - len(prompts[i])))
               for i in indices]
-    outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
+    with steps_watched(engine.llm, keep=True) as watch:
+        outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
     if output_path is not None:
         with open(output_path, "w", encoding="utf-8") as handle:
             for i, out in zip(indices, outputs):
@@ -119,7 +125,18 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
     return VariantRun(
         variant, wall, wall, len(rows), sum(len(p) for p in prompts), sum(lengths.values()),
         sum(out.num_cached_tokens or 0 for out in outputs), engine.settings.as_dict(), lengths,
+        engine_trace=engine_trace(watch.history) if watch is not None else None,
     )
+
+
+def engine_trace(steps: list) -> dict | None:
+    """The totals of a generation's engine steps (vllm_adapter.StepShape): steps, preemptions,
+    prompt (or recomputed) tokens prefilled, tokens decoded, sequences per step on average."""
+    if not steps:
+        return None
+    return {"steps": len(steps), "preempted": sum(s.preempted for s in steps),
+            "prefill_tokens": sum(s.prefill_tokens for s in steps), "decode_tokens": sum(s.decode_tokens for s in steps),
+            "mean_running": round(sum(s.running for s in steps) / len(steps), 1)}
 
 
 def fixed_length_params(SamplingParams, row: dict, max_tokens: int):
@@ -216,7 +233,7 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
 def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_options: EngineOptions,
                       default_max_tokens: int, max_model_len: int, order: str, k_bins: int,
                       oracle_lengths: dict[str, int] | None, predictor: str = "auto",
-                      probe: float | None = None) -> tuple[VariantRun, dict]:
+                      probe: float | None = None, kv_admission: bool = True) -> tuple[VariantRun, dict]:
     """The whole flow, timed from the input file to the stored results (fresh database).
 
     Call it inside `in_process_flow_runs()`, entered once per process as `batchbin run` does."""
@@ -233,16 +250,16 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
         reset_prefix_cache(engine)
     config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(db_path.with_suffix(".jsonl")),
                        max_tokens=default_max_tokens, max_model_len=max_model_len, temperature=0.0,
-                       order=order, k_bins=k_bins, predictor=predictor, engine=engine_options,
+                       order=order, k_bins=k_bins, predictor=predictor, engine=engine_options, kv_admission=kv_admission,
                        **({} if probe is None else {"probe": probe}))
     started = time.perf_counter()
     report = batch_inference(config)
     wall = time.perf_counter() - started
-    lengths, engine = _read_finished_run(str(db_path), report["run_id"])
+    lengths, engine, trace = _read_finished_run(str(db_path), report["run_id"])
     return VariantRun(variant, wall, report["generate_s"], report["completed"], report["prompt_tokens"] or 0,
                       report["output_tokens"] or 0, report["cached_tokens"] or 0, engine, lengths,
                       notes=f"order {report.get('schedule_order')} ({report.get('schedule_reason')})",
-                      stage_seconds=report.get("stage_seconds")), report
+                      stage_seconds=report.get("stage_seconds"), engine_trace=trace), report
 
 
 # A job whose requests fix their lengths (sharegpt-real) as a user would send it: one limit for all
@@ -275,15 +292,17 @@ def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineO
     return f"file:{path}"
 
 
-def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict]:
-    """A finished run's output length per request and its engine settings (one read-only open)."""
+def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict, dict | None]:
+    """A finished run's output length per request, its engine settings and its engine trace (the
+    totals of its engine steps; one read-only open)."""
     from batchbin import db
-    from batchbin.sqlfiles import one, run
+    from batchbin.sqlfiles import arrow, one, run
 
     con = db.connect(db_path, read_only=True)
     try:
         lengths = dict(run(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
-        return lengths, json.loads(one(con, "bench.run_engine", {"run_id": run_id})[0])
+        trace = arrow(con, "bench.engine_trace", {"run_id": run_id}).to_pylist()
+        return lengths, json.loads(one(con, "bench.run_engine", {"run_id": run_id})[0]), (trace[0] if trace else None)
     finally:
         con.close()
 
@@ -326,6 +345,7 @@ def summarize(workload: str, runs: dict[str, list[VariantRun]], ideal_cached_tok
         "speedup_vs_tuned": ratio("batchbin", "vllm-tuned"),
         "speedup_vs_sorted": ratio("batchbin", "vllm-sorted"),
         "speedup_vs_sorted_without_probe": ratio("batchbin-no-probe", "vllm-sorted"),
+        "speedup_vs_sorted_without_admission": ratio("batchbin-no-admission", "vllm-sorted"),
         "speedup_vs_run_batch": ratio("batchbin", "vllm-run-batch"),
         "reuse_ratio": reuse,
         "output_tokens_agree": agree,
@@ -380,7 +400,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                                                              max_model_len, Path(workdir)))
                 log(_line(runs["vllm-run-batch"][-1]))
 
-    tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", "batchbin", "batchbin-no-probe", "oracle")]
+    tuned_variants = [v for v in variants if v in ("vllm-tuned", "vllm-sorted", *BATCHBIN_VARIANTS, "oracle")]
     quality = {}
     report = None
     if tuned_variants:
@@ -392,7 +412,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                               order, k_bins, None)  # starts Prefect's API and loads the tokenizer
             oracle_lengths = None
             predictor = "auto"
-            if {"batchbin", "batchbin-no-probe"} & set(tuned_variants) and has_fixed_lengths(rows):
+            if set(BATCHBIN_VARIANTS) & set(tuned_variants) and has_fixed_lengths(rows):
                 predictor = natural_predictions(rows, out_dir, engine_options, max_model_len, k_bins)
                 log(f"  lengths are fixed by the requests: batchbin schedules on {predictor}")
             for _ in range(repeats):  # interleaved: A B C D A B C D ...
@@ -412,7 +432,8 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                                                            default_max_tokens, max_model_len, order, k_bins,
                                                            oracle_lengths if name == "oracle" else None,
                                                            predictor=predictor,
-                                                           probe=0.0 if name == "batchbin-no-probe" else probe)
+                                                           probe=0.0 if name == "batchbin-no-probe" else probe,
+                                                           kv_admission=name != "batchbin-no-admission")
                         quality[name] = report.get("predictor_quality")
                     runs[name].append(result)
                     log(_line(result))
@@ -425,5 +446,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
 
 
 def _line(run: VariantRun) -> str:
+    trace = run.engine_trace
+    steps = f"  {trace['steps']} steps, {trace['preempted']} preempted" if trace else ""
     return (f"  {run.variant:15} {run.wall_s:8.1f} s  {run.output_tokens:7d} out tok  {run.output_tps:7.1f} tok/s"
-            f"  cached {run.cached_prompt_tokens}")
+            f"  cached {run.cached_prompt_tokens}{steps}")

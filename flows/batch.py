@@ -155,7 +155,7 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
         if start_probe(ref, *probe_args, after=after):
             # the engine kept full with the rest of the job in token order until the probe has finished
             probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
-                              until_probe_done=True)
+                              until_probe_done=True, kv_admission=config.kv_admission)
             finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
     with clock.stage("schedule"):
         ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
@@ -214,7 +214,8 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             if config.ray_address:  # many engines on a Ray cluster (batchbin/ray_generate.py)
                 generation = generate_scaled_out(ref, config, model_path, settings, defaults)
             else:
-                generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors)
+                generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors,
+                                      kv_admission=config.kv_admission)
         with db.session(ref.db_path, say=say):
             summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
             if "scale_out" in generation:

@@ -27,3 +27,12 @@ INSERT INTO bench_runs (bench_id, workload, variant, metrics) VALUES ($bench_id,
 -- name: predictions_of_run
 -- A run's predicted output lengths, as a `--predictor file:` file takes them (id, predicted_tokens).
 SELECT request_id AS id, predicted_tokens FROM predictions WHERE run_id = $run_id ORDER BY request_id;
+
+-- name: engine_trace
+-- The totals of a run's engine steps, every generation attempt (the probe's phase included), as
+-- bench.harness.engine_trace counts them for the plain vLLM variants. Parameters: $run_id.
+SELECT count(*) AS steps, sum(preempted) AS preempted, sum(prefill_tokens) AS prefill_tokens,
+       sum(decode_tokens) AS decode_tokens, round(avg(running), 1) AS mean_running
+FROM engine_steps
+WHERE run_id = $run_id
+HAVING count(*) > 0;

@@ -35,7 +35,7 @@ SELECT run_id, request_id, token_ids, prompt_tokens FROM tokens WHERE run_id = $
 SELECT run_id, request_id, group_id, sort_rank, lcp_prev FROM prompt_groups WHERE run_id = $run_id;
 
 -- name: copy_predictions
-SELECT run_id, request_id, predicted_tokens, predictor FROM predictions WHERE run_id = $run_id;
+SELECT run_id, request_id, predicted_tokens, predictor, calibrated_tokens FROM predictions WHERE run_id = $run_id;
 
 -- name: copy_results
 SELECT run_id, request_id, output_tokens, cached_tokens, error FROM results WHERE run_id = $run_id;
@@ -66,8 +66,8 @@ INSERT INTO prompt_groups (run_id, request_id, group_id, sort_rank, lcp_prev)
 SELECT run_id, request_id, group_id, sort_rank, lcp_prev FROM incoming;
 
 -- name: paste_predictions
-INSERT INTO predictions (run_id, request_id, predicted_tokens, predictor)
-SELECT run_id, request_id, predicted_tokens, predictor FROM incoming;
+INSERT INTO predictions (run_id, request_id, predicted_tokens, predictor, calibrated_tokens)
+SELECT run_id, request_id, predicted_tokens, predictor, calibrated_tokens FROM incoming;
 
 -- name: paste_results
 INSERT INTO results (run_id, request_id, output_tokens, cached_tokens, error)
@@ -83,13 +83,14 @@ SELECT run_id, requested, used, reason FROM incoming;
 
 -- name: requests_in_order
 -- The run's requests in schedule order with what the simulator needs: the prompt's token ids,
--- the real output length (NULL without a result; requests that failed are left out) and the
--- predicted one, capped by the request's max_tokens or the job's $max_tokens. A request that
+-- the real output length (NULL without a result; requests that failed are left out), the
+-- predicted one (calibrated by the probe where one ran) and the request's max_tokens (or the
+-- job's $max_tokens). A request that
 -- repeats an earlier one (duplicate_of) is not generated, so it is left out.
 -- Parameters: $run_id, $max_tokens.
 SELECT t.request_id, t.token_ids, t.prompt_tokens,
        r.output_tokens AS real_tokens,
-       pr.predicted_tokens,
+       coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens,
        coalesce(p.max_tokens, $max_tokens) AS max_tokens,
        s.position
 FROM schedule s

@@ -34,6 +34,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from batchbin import vllm_adapter
+from batchbin.admission import KvAdmission, planned_tokens
 from batchbin.db import BriefConnection, registered
 from batchbin.engine import Engine, get_engine, scheduler_held, shutdown_engine
 from batchbin.engine_settings import EngineSettings
@@ -78,6 +79,7 @@ class GenerationStats:
     preemptions: int = 0               # vLLM's, during this generation (when its counters are on)
     peak_kv_cache_usage: float = 0.0   # the highest KV-cache use seen at a progress report, 0..1
     left_running: dict = field(default_factory=dict)  # requests still in vLLM when a phase ended
+    held_back: int = 0                 # times memory-centric admission kept a request waiting for room
 
 
 def structured_outputs_for(response_format: str | None):
@@ -158,6 +160,7 @@ def generate_in_order(
     store_steps: Callable[[list[dict]], None] | None = None,
     running: dict[str, dict] | None = None,
     until_done: set[str] | None = None,
+    admission: KvAdmission | None = None,
 ) -> GenerationStats:
     """Run `work` (rows of generate.work_in_order, in order) through vLLM; `store` every checkpoint.
 
@@ -169,7 +172,11 @@ def generate_in_order(
     A generation in phases: `running` holds requests already inside vLLM (an earlier phase's,
     keyed by their vLLM request id), finished here as if added here; with `until_done`, the
     generation ends as soon as every one of those request ids has finished, adding nothing more
-    and leaving what still runs in vLLM in `stats.left_running` for the next phase."""
+    and leaving what still runs in vLLM in `stats.left_running` for the next phase.
+
+    `admission` (memory-centric admission, batchbin/admission.py): a row is handed over only
+    while the KV cache holds every request inside vLLM at its predicted peak; the rows behind it
+    wait for requests to finish."""
     llm = engine.llm
     stats = GenerationStats()
     pending: dict[str, dict] = dict(running or {})
@@ -178,6 +185,7 @@ def generate_in_order(
     steps: list[dict] = []
     step_numbers = itertools.count()
     rows = iter(work)
+    held: list[dict] = []  # a row the admission gate sent back, first in line
     total = len(work) if total is None and hasattr(work, "__len__") else (total or 0)
     in_flight = in_flight or in_flight_limit(engine)
 
@@ -200,11 +208,17 @@ def generate_in_order(
             flush()
 
     def top_up() -> None:
-        """Add rows, in order, until `in_flight` requests are in vLLM or no row is left."""
+        """Add rows, in order, until `in_flight` requests are in vLLM (or admission finds no
+        room for the next one) or no row is left."""
         while len(pending) < in_flight:
-            row = next(rows, None)
+            row = held.pop() if held else next(rows, None)
             if row is None:
                 return
+            if admission is not None:
+                expected = expected_tokens(row, defaults)
+                if not admission.admits(len(row["token_ids"]), expected):
+                    held.append(row)
+                    return
             key = f"bb-{next(_REQUEST_KEYS)}"
             try:
                 params = sampling_params_for(row, defaults)
@@ -216,7 +230,12 @@ def generate_in_order(
                 continue
             row["added_at"] = time.perf_counter()
             pending[key] = row  # outputs come back under this (external) id
+            if admission is not None:
+                admission.handed_over(key, len(row["token_ids"]), expected)
 
+    if admission is not None:
+        for key, row in pending.items():  # an earlier phase's, still running: as if just handed over
+            admission.handed_over(key, len(row["token_ids"]), expected_tokens(row, defaults))
     started = time.perf_counter()
     try:
         with scheduler_held(engine):  # the first requests all queued before the first step
@@ -227,6 +246,8 @@ def generate_in_order(
             while vllm_adapter.has_unfinished_requests(llm):
                 step_started = time.perf_counter()
                 outputs = _step(llm, stats, total)
+                if admission is not None:
+                    admission.stepped()
                 if watch is not None and watch.last is not None:
                     steps.append({"step": next(step_numbers), "started_s": step_started - started,
                                   "duration_s": time.perf_counter() - step_started, **asdict(watch.last)})
@@ -237,6 +258,8 @@ def generate_in_order(
                     row = pending.pop(output.request_id, None)
                     if row is None:
                         continue
+                    if admission is not None:
+                        admission.finished(output.request_id)
                     completion = output.outputs[0]
                     reason = completion.finish_reason or "unknown"
                     stats.prompt_tokens += len(output.prompt_token_ids or row["token_ids"])
@@ -263,9 +286,22 @@ def generate_in_order(
     flush()
     stats.generate_s = time.perf_counter() - started
     stats.left_running = pending
+    stats.held_back = admission.held_back if admission is not None else 0
     if progress:
         progress(stats, total)
     return stats
+
+
+def expected_tokens(row: dict, defaults: SamplingDefaults) -> int:
+    """The output tokens admission plans for a row (the length the schedule assumed)."""
+    return planned_tokens(row.get("predicted_tokens"), row["max_tokens"] or defaults.max_tokens,
+                          len(row["token_ids"]), defaults.max_model_len)
+
+
+def kv_admission_for(engine: Engine) -> KvAdmission | None:
+    """The admission gate for this engine's KV cache (None where vLLM does not say its size)."""
+    tokens = vllm_adapter.kv_cache_tokens(engine.llm)
+    return KvAdmission(tokens) if tokens else None
 
 
 def _step(llm, stats: GenerationStats, total: int) -> list:
@@ -330,6 +366,7 @@ def generate_run(
     progress: Callable[[GenerationStats, int], None] | None = None,
     say: Callable[[str], None] | None = None,
     until_probe_done: bool = False,
+    kv_admission: bool = False,
 ) -> GenerationStats:
     """Generate every scheduled request of the run that has no result yet.
 
@@ -341,7 +378,9 @@ def generate_run(
     once are handed over (so the rest can still be reordered), and the phase ends as soon as the
     run's probe requests (`probe_requests`) have all finished; what still runs in vLLM then is
     left on the engine (`Engine.left_running`) and finished by the run's next generation, which
-    hands over the rest of the job behind it in the new schedule's order."""
+    hands over the rest of the job behind it in the new schedule's order.
+
+    `kv_admission`: hand requests over by memory (see generate_in_order), not by count alone."""
     running = take_left_running(engine, run_id)
     held = BriefConnection(db_path, say)
     waiting: list[dict] = []
@@ -380,7 +419,7 @@ def generate_run(
         work = (row for row in work_pages(held, run_id) if row["request_id"] not in in_vllm)
         stats = generate_in_order(engine, work, defaults, store, checkpoint_every, progress, total=total,
                                   in_flight=in_flight, store_steps=waiting_steps.extend, running=running,
-                                  until_done=until_done)
+                                  until_done=until_done, admission=kv_admission_for(engine) if kv_admission else None)
         if stats.left_running:
             engine.left_running = (run_id, stats.left_running)
         return stats
@@ -441,10 +480,11 @@ def progress_reporter(engine: Engine, logger: logging.Logger | logging.LoggerAda
 # so a re-run reports honestly what it generated and a deleted result is generated again.
 @task(**{**stage_task_options("generate"), "cache_policy": NO_CACHE, "persist_result": False})
 def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: SamplingDefaults,
-             checkpoint_every: int, retry_errors: bool = False, until_probe_done: bool = False) -> dict:
+             checkpoint_every: int, retry_errors: bool = False, until_probe_done: bool = False,
+             kv_admission: bool = False) -> dict:
     """Generate the missing results of the run with vLLM, in schedule order (`retry_errors`:
     and those that ended in an error; `until_probe_done`: only until the run's probe requests
-    have finished, see generate_run)."""
+    have finished, see generate_run; `kv_admission`: hand requests to vLLM by predicted memory)."""
     engine = get_engine(model_path, settings, defaults.max_model_len)
     logger = get_run_logger()
     retried = 0
@@ -453,7 +493,8 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
             retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     try:
         stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
-                             progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done)
+                             progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done,
+                             kv_admission=kv_admission)
     except EngineFailure:
         shutdown_engine()  # a dead engine is not kept for the next run
         raise
@@ -462,4 +503,6 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
             "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried,
             "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3),
+            "kv_admission": ({"budget_tokens": vllm_adapter.kv_cache_tokens(engine.llm), "held_back": stats.held_back}
+                             if kv_admission else None),
             "max_num_seqs": vllm_adapter.max_num_seqs(engine.llm)}

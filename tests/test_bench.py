@@ -55,6 +55,19 @@ def test_ratios_and_machine_are_recorded(summary):
 
 
 @pytest.mark.engine
+def test_the_engine_steps_of_plain_vllm_and_batchbin_are_counted_alike(summary):
+    """Step counts and preemptions: the measure that does not move run to run as wall times do."""
+    _, result = summary
+    for name in ("vllm-sorted", "batchbin", "batchbin-no-admission"):
+        variant = result["variants"][name]
+        trace = variant["engine_trace"]
+        assert trace["steps"] > 0 and trace["preempted"] == 0 and 1 <= trace["mean_running"] <= 6, name
+        # every output token but each request's first (sampled at the end of its prefill) is one decode
+        assert trace["decode_tokens"] == variant["output_tokens"] - variant["requests"], name
+    assert result["variants"]["vllm-run-batch"]["engine_trace"] is None  # its engine is in another process
+
+
+@pytest.mark.engine
 def test_greedy_variants_generate_the_same_work(summary):
     _, result = summary
     totals = [v["output_tokens"] for v in result["variants"].values()]

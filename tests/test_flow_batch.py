@@ -149,6 +149,8 @@ def test_progress_and_report_are_prefect_artifacts_with_vllms_counters(job):
     assert table.type == "table" and "preemptions" in str(table.data)
     # a job this small may finish between two samples of the KV cache: its peak can read 0
     assert report["preemptions"] >= 0 and 0 <= report["peak_kv_cache_usage"] <= 1
+    # memory-centric admission is on by default, sized by the engine's own KV cache
+    assert report["kv_admission"]["budget_tokens"] > 0 and report["kv_admission"]["held_back"] >= 0
 
 
 @pytest.mark.engine
@@ -332,6 +334,39 @@ def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine,
     assert stats.requests == 7 and stats.errors == 0 and all(row["output_tokens"] >= 1 for row in stored)
     assert len(in_vllm_at_each_add) == 7 and max(in_vllm_at_each_add) <= 2  # never a 4th while 3 are in
     assert in_vllm_at_each_add[:3] == [0, 1, 2]  # the first three go in before the first step
+
+
+@pytest.mark.engine
+def test_admission_hands_over_only_what_the_kv_budget_holds_at_its_predicted_peak(flow_engine, monkeypatch):
+    """With a budget that holds two of these requests at their peak, never more than two are
+    inside vLLM; the rest wait their turn, in order, and every request gets its result."""
+    from batchbin import vllm_adapter
+    from batchbin.admission import KvAdmission
+    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+
+    in_vllm_at_each_add: list[int] = []
+    added: list[str] = []
+    add_request = vllm_adapter.add_request
+
+    def counted_add(llm, request_id, token_ids, params):
+        in_vllm_at_each_add.append(vllm_adapter.unfinished_requests(llm))
+        added.append(token_ids[2])
+        return add_request(llm, request_id, token_ids, params)
+
+    monkeypatch.setattr(vllm_adapter, "add_request", counted_add)
+    # 4-token prompts, 4 tokens each (min_tokens = max_tokens): a peak of 7 KV tokens apiece
+    work = [{"request_id": f"m{i}", "batch": 0, "token_ids": [1, 422, 1012 + i, 30], "max_tokens": 4, "min_tokens": 4,
+             "ignore_eos": True, "temperature": 0.0, "top_p": None, "seed": None, "stop": None,
+             "predicted_tokens": 4.0} for i in range(6)]
+    gate = KvAdmission(budget_tokens=14)
+    stored: list[dict] = []
+    stats = generate_in_order(flow_engine, iter(work), SamplingDefaults(max_tokens=4), stored.extend,
+                              total=len(work), admission=gate)
+    assert sorted(row["request_id"] for row in stored) == [row["request_id"] for row in work]
+    assert all(row["output_tokens"] == 4 for row in stored)
+    assert max(in_vllm_at_each_add) <= 1  # never a third while two are in
+    assert added == [1012 + i for i in range(6)]  # in order
+    assert stats.held_back > 0 and gate.inside == {}
 
 
 @pytest.mark.engine

@@ -40,6 +40,9 @@ def test_plan_prints_tokens_reuse_order_and_estimates_here_and_on_the_gpu(planne
     assert "order           sorted (auto: all 50 requests run at once" in output
     assert "this CPU" in output and "H100 SXM, Llama-3.1-8B" in output
     assert "tokens/s" in output
+    # admission by memory is the default; the comparison is the capable user's run
+    assert "admission       by predicted memory" in output
+    assert "(this plan)" in output and "sorted (token order, vLLM admits)" in output
 
 
 def test_plan_generates_nothing_and_keeps_the_stages_for_a_run(planned):
