@@ -31,8 +31,8 @@ SELECT request_id AS id, predicted_tokens FROM predictions WHERE run_id = $run_i
 -- name: engine_trace
 -- The totals of a run's engine steps, every generation attempt (the probe's phase included), as
 -- bench.harness.engine_trace counts them for the plain vLLM variants. Parameters: $run_id.
-SELECT count(*) AS steps, sum(preempted) AS preempted, sum(prefill_tokens) AS prefill_tokens,
-       sum(decode_tokens) AS decode_tokens, round(avg(running), 1) AS mean_running
+SELECT count(*) AS steps, sum(preempted)::BIGINT AS preempted, sum(prefill_tokens)::BIGINT AS prefill_tokens,
+       sum(decode_tokens)::BIGINT AS decode_tokens, round(avg(running), 1)::DOUBLE AS mean_running
 FROM engine_steps
 WHERE run_id = $run_id
 HAVING count(*) > 0;

@@ -43,11 +43,12 @@ def test_the_peak_matches_walking_the_steps(requests):
 def test_the_gate_admits_while_the_peak_fits_and_counts_what_it_held_back():
     gate = KvAdmission(budget_tokens=300)
     assert gate.admits(200, 100)  # an empty engine takes any request
-    gate.handed_over("a", 200, 100)  # peaks at 299
-    assert not gate.admits(10, 5)  # 299 + 14 > 300 at the start
+    gate.handed_over("a", 200, 100)  # peaks at 299, just before its last token
+    assert gate.admits(10, 5)  # a short one is gone before that: the peak stays 299
+    assert not gate.admits(10, 200)  # a long one is still there then: 299 + 109 > 300
     assert gate.held_back == 1
     gate.finished("a")
-    assert gate.admits(10, 5)
+    assert gate.admits(10, 200)
 
 
 def test_steps_move_tokens_from_left_to_now():
