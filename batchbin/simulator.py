@@ -210,6 +210,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
     bs = limits.block_size
     pool = _BlockPool(limits.kv_blocks, limits.prefix_caching)
     states = deque(_Running(i, r) for i, r in enumerate(requests))
+    gate = KvAdmission(admission.budget_tokens) if admission else None
     outside: deque[_Running] = states if admission else deque()
     waiting: deque[_Running] = deque() if admission else states
     running: list[_Running] = []
@@ -217,8 +218,8 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
     half = limits.max_num_seqs / 2
 
     def record(work: StepWork) -> float:
-        if admission:
-            admission.gate.stepped()
+        if gate:
+            gate.stepped()
         seconds = cost.seconds(work)
         result.seconds += seconds
         result.steps += 1
@@ -232,7 +233,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
 
     while waiting or running or outside:
         if outside:
-            admission.hand_over(outside, waiting)
+            admission.hand_over(gate, outside, waiting)
         budget = limits.max_num_batched_tokens
         scheduled: list[tuple[_Running, int]] = []
         preempted = False
@@ -330,8 +331,8 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
                 if state.generated >= state.output:
                     pool.release(state)
                     result.finish_s[state.index] = now_s
-                    if admission:
-                        admission.gate.finished(state.index)
+                    if gate:
+                        gate.finished(state.index)
                 else:
                     still.append(state)
             running = still
@@ -343,24 +344,21 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
     return result
 
 
-@dataclass
+@dataclass(frozen=True)
 class Admission:
     """Memory-centric admission in the simulator, the gate tasks/generate.py puts in front of
     vLLM (batchbin/admission.py): a request is handed to the engine only while `budget_tokens`
     of KV cache hold the engine's requests at their predicted peak (`predicted`: output tokens
-    per request, in input order)."""
+    per request, in input order). Each simulation keeps its own gate (KvAdmission)."""
 
     budget_tokens: int
     predicted: Sequence[int]
-    gate: KvAdmission | None = None
 
-    def __post_init__(self) -> None:
-        self.gate = KvAdmission(self.budget_tokens)
-
-    def hand_over(self, outside: deque, waiting: deque) -> None:
-        while outside and self.gate.admits(outside[0].prompt, self.predicted[outside[0].index]):
+    def hand_over(self, gate: KvAdmission, outside: deque, waiting: deque) -> None:
+        """Move requests from `outside` to the engine's queue while the gate admits them."""
+        while outside and gate.admits(outside[0].prompt, self.predicted[outside[0].index]):
             state = outside.popleft()
-            self.gate.handed_over(state.index, state.prompt, self.predicted[state.index])
+            gate.handed_over(state.index, state.prompt, self.predicted[state.index])
             waiting.append(state)
 
 
