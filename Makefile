@@ -11,10 +11,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.batchbin-$(EXTRA)-installed
 OUT ?= out
 PYTEST_ARGS ?=
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup run test bench doctor clean
+.PHONY: setup browser run test bench doctor clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml
 	@echo "== set-up: virtual environment in $(VENV) ($(EXTRA) build of vLLM)"
@@ -34,11 +35,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/batchbin prepare-model
 	touch $@
 
+# the browser test (tests/test_ui_browser.py) drives Debian's chromium with Playwright (the dev
+# extra); Playwright's own browser download is not used. Installed where it is missing and apt-get
+# and root are at hand; elsewhere the browser test is skipped and says how to get it.
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "== set-up: Debian's chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no $(CHROMIUM): the browser test is skipped (as root: apt-get install chromium)"; fi
+
 run: $(STAMP)
 	@mkdir -p $(OUT)
 	$(BIN)/batchbin run examples/sample_prompts.jsonl --db $(OUT)/batchbin.duckdb --output $(OUT)/sample_results.jsonl
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: nothing was checked" >&2; exit 1; fi; exit $$rc
 
