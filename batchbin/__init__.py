@@ -17,5 +17,5 @@ def __getattr__(name: str):
     if name in ("results", "rejects", "runs"):
         import importlib
 
-        return getattr(importlib.import_module("batchbin.frames"), name)
+        return getattr(importlib.import_module("batchbin.store.frames"), name)
     raise AttributeError(f"module 'batchbin' has no attribute {name!r}")

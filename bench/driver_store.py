@@ -1,5 +1,5 @@
 """How many results per second the driver of a scaled-out run can store: the run's single
-writer (batchbin/ray_generate.py) inserting checkpoints into a database file through
+writer (tasks/generate_ray.py) inserting checkpoints into a database file through
 `store_results`, as engines send them back.
 
     python -m batchbin.bench.driver_store --results 20000 --output-chars 800
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.tasks.generate import store_results
 
 RUN_ID = "bench-driver-store"

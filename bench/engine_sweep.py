@@ -20,7 +20,7 @@ import json
 import sys
 
 from batchbin.bench.processes import run_command
-from batchbin.preload import restart_with_preload
+from batchbin.engine.preload import restart_with_preload
 
 SWEEP = {
     "max_num_seqs": [16, 32, 64, 128, 256],
@@ -37,10 +37,10 @@ def measure_point(workload: str, requests: int, options: dict) -> dict:
     """One point in this process: engine with `options`, warm-up, the workload sorted."""
     from batchbin.bench.harness import load_rows, plain_vllm
     from batchbin.config import EngineOptions
-    from batchbin.engine import get_engine, shutdown_engine
-    from batchbin.engine_settings import choose_engine_settings
-    from batchbin.machine import detect_machine
-    from batchbin.models import resolve_model
+    from batchbin.engine.pool import get_engine, shutdown_engine
+    from batchbin.engine.settings import choose_engine_settings
+    from batchbin.engine.machine import detect_machine
+    from batchbin.engine.models import resolve_model
 
     rows = load_rows(workload, requests, 0)
     settings = choose_engine_settings(detect_machine(), EngineOptions(**options))  # a large job's; 0/1 -> bool

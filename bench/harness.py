@@ -34,12 +34,12 @@ from batchbin.bench.baseline import vllm_default_settings
 from batchbin.bench.processes import run_command
 from batchbin.bench.workloads import WORKLOADS, has_fixed_lengths, make_workload, natural_lengths, write_jsonl
 from batchbin.config import EngineOptions, JobConfig
-from batchbin.engine import get_engine, reset_prefix_cache, shutdown_engine
-from batchbin.engine_settings import EngineSettings, choose_engine_settings
-from batchbin.machine import MachineInfo, detect_machine
-from batchbin.prefect_runtime import in_process_flow_runs
+from batchbin.engine.pool import get_engine, reset_prefix_cache, shutdown_engine
+from batchbin.engine.settings import EngineSettings, choose_engine_settings
+from batchbin.engine.machine import MachineInfo, detect_machine
+from batchbin.flows.runtime import in_process_flow_runs
 from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
-from batchbin.vllm_adapter import steps_watched
+from batchbin.engine.vllm_adapter import steps_watched
 
 BATCHBIN_VARIANTS = ("batchbin", "batchbin-no-probe", "batchbin-no-admission")  # BatchBin's predictions
 VARIANTS = ("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", *BATCHBIN_VARIANTS, "oracle")
@@ -81,8 +81,8 @@ def load_rows(workload: str, n_requests: int | None, seed: int, max_tokens: int 
     path = Path(workload)
     if not path.exists():
         raise FileNotFoundError(f"'{workload}' is neither a built-in workload ({', '.join(WORKLOADS)}) nor a file")
-    from batchbin.readers import read_rows
-    from batchbin.request_schema import validate_rows
+    from batchbin.io.readers import read_rows
+    from batchbin.io.request_schema import validate_rows
 
     valid, _ = validate_rows(read_rows(path))
     rows = [{"id": v["request_id"], "prompt": v["prompt"], "messages": json.loads(v["messages"]) if v["messages"] else None,
@@ -219,8 +219,8 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
     """Put a baseline's real output lengths into the database as results of a source run."""
     import pyarrow as pa
 
-    from batchbin import db
-    from batchbin.sqlfiles import run
+    from batchbin.store import db
+    from batchbin.store.queries import run
 
     con = db.connect(db_path)
     try:
@@ -237,7 +237,7 @@ def batchbin_pipeline(variant: str, input_path: Path, db_path: Path, engine_opti
     """The whole flow, timed from the input file to the stored results (fresh database).
 
     Call it inside `in_process_flow_runs()`, entered once per process as `batchbin run` does."""
-    from batchbin.engine import current_engine
+    from batchbin.engine.pool import current_engine
     from batchbin.flows.batch import batch_inference
 
     if db_path.exists():
@@ -270,12 +270,12 @@ def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineO
                         k_bins: int) -> str:
     """The `--predictor file:` spec of BatchBin's own predictions for `rows` sent as a real job
     (bench.workloads.natural_lengths: no fixed length, one limit), made by the stages before
-    generation (batchbin.plan.prepare: the predictor `auto` picks, no engine). Rows that fix their
+    generation (batchbin.flows.plan.prepare: the predictor `auto` picks, no engine). Rows that fix their
     lengths would otherwise hand the answer to the predictor: a fixed length is known, not
     predicted. Not timed: the timed run reads the file instead of predicting (~1 s here)."""
-    from batchbin import db
-    from batchbin.plan import prepare
-    from batchbin.sqlfiles import arrow
+    from batchbin.store import db
+    from batchbin.flows.plan import prepare
+    from batchbin.store.queries import arrow
 
     natural = write_jsonl(natural_lengths(rows, NATURAL_MAX_TOKENS), out_dir / "natural.jsonl")
     scratch = out_dir / "natural.duckdb"
@@ -295,8 +295,8 @@ def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineO
 def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict, dict | None]:
     """A finished run's output length per request, its engine settings and its engine trace (the
     totals of its engine steps; one read-only open)."""
-    from batchbin import db
-    from batchbin.sqlfiles import arrow, one, run
+    from batchbin.store import db
+    from batchbin.store.queries import arrow, one, run
 
     con = db.connect(db_path, read_only=True)
     try:
@@ -359,7 +359,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
                   baseline_options: EngineOptions | None = None, order: str = "auto", k_bins: int = 4,
                   max_tokens_override: int | None = None, probe: float | None = None, log=print) -> dict:
     """Run the variants and return bench.json's content (also written to out_dir)."""
-    from batchbin.models import resolve_model
+    from batchbin.engine.models import resolve_model
 
     unknown = set(variants) - set(VARIANTS)
     if unknown:

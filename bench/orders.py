@@ -15,12 +15,12 @@ from pathlib import Path
 from batchbin.bench.harness import batchbin_pipeline, load_rows, plain_vllm
 from batchbin.bench.workloads import write_jsonl
 from batchbin.config import EngineOptions
-from batchbin.engine import get_engine
-from batchbin.engine_settings import choose_engine_settings
-from batchbin.machine import detect_machine
-from batchbin.models import resolve_model
-from batchbin.prefect_runtime import in_process_flow_runs
-from batchbin.tasks.schedule import ORDERS
+from batchbin.engine.pool import get_engine
+from batchbin.engine.settings import choose_engine_settings
+from batchbin.engine.machine import detect_machine
+from batchbin.engine.models import resolve_model
+from batchbin.flows.runtime import in_process_flow_runs
+from batchbin.scheduling import ORDERS
 
 
 def main() -> None:

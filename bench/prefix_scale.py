@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.tasks.prefixes import DEFAULT_MIN_SHARED_TOKENS, assign_prefix_groups
 
 RUN_ID = "bench-prefix-scale"

@@ -18,10 +18,10 @@ import statistics
 
 import numpy as np
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.predictors.evaluate import prediction_metrics
 from batchbin.predictors.probe import fit_probe, probe_size
-from batchbin.sqlfiles import arrow, one
+from batchbin.store.queries import arrow, one
 
 METRICS = ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")
 

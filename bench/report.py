@@ -56,8 +56,8 @@ def chart(summary: dict, path: Path) -> Path:
 
 def store(summary: dict, db_path: str) -> str:
     """Keep the run in DuckDB (table bench_runs, created here), one row per variant; return the bench id."""
-    from batchbin import db
-    from batchbin.sqlfiles import run
+    from batchbin.store import db
+    from batchbin.store.queries import run
 
     bench_id = uuid.uuid4().hex[:12]
     con = db.connect(db_path)

@@ -104,7 +104,7 @@ def natural_lengths(rows: list[dict], max_tokens: int) -> list[dict]:
 
 def _sharegpt_real(n: int, seed: int) -> list[dict]:
     """sharegpt-real rows; answer and prompt tokens counted with the default model's tokenizer."""
-    from batchbin.models import resolve_model
+    from batchbin.engine.models import resolve_model
     from batchbin.tasks.tokenize import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_model("default"))

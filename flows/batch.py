@@ -19,20 +19,21 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from pydantic import Field
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.config import JobConfig, file_fingerprint
-from batchbin.engine_settings import DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings
-from batchbin.machine import detect_machine
+from batchbin.engine.settings import DEFAULT_BLOCK_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings
+from batchbin.engine.machine import detect_machine
 from batchbin.errors import BatchBinError
-from batchbin.models import resolve_model
-from batchbin.quiet import engine_noise_to_log
-from batchbin.readers import detect_format, file_format, is_openai_batch_file
-from batchbin.retrain import retrain_if_due
-from batchbin.run_lock import run_lock
-from batchbin.run_records import finish_run, no_valid_request_message, record_engine, start_run
-from batchbin.tasks.common import RunRef
-from batchbin.tasks.generate import SamplingDefaults, generate
-from batchbin.tasks.load import load
+from batchbin.engine.models import resolve_model
+from batchbin.engine.quiet import engine_noise_to_log
+from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.flows.retrain import retrain_if_due
+from batchbin.store.run_lock import run_lock
+from batchbin.store.runs import finish_run, no_valid_request_message, record_engine, start_run
+from batchbin.store.runs import RunRef
+from batchbin.engine.step_loop import SamplingDefaults
+from batchbin.tasks.generate import generate
+from batchbin.tasks.load import LoadResult, load
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.probe import finish_probe, start_probe
@@ -139,7 +140,7 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
     `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
     share one open of the database, but for the probe's generation, which lets readers in."""
     clock = clock or StageClock()
-    block = settings.block_size or 16  # prefix-cache hits come in whole KV blocks
+    block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
     max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
     with db.session(ref.db_path, say=say):
         with clock.stage("tokenize"):
@@ -148,19 +149,47 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
         with clock.stage("predict_lengths"):
             ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
-    with clock.stage("probe"):  # a few requests run first: their real lengths calibrate the rest's
-        probe_args = (config.probe if with_probe else 0.0, config.order, config.predictor, config.max_tokens,
-                      max_num_seqs)
-        after = stamp_before(ref, "probe")
-        if start_probe(ref, *probe_args, after=after):
-            # the engine kept full with the rest of the job in token order until the probe has finished
-            probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
-                              until_probe_done=True, kv_admission=config.kv_admission)
-            finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
+    with clock.stage("probe"):
+        probe(ref, config, model_path, settings, fraction=config.probe if with_probe else 0.0)
     with clock.stage("schedule"):
         ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
                        max_num_seqs=max_num_seqs, after=stamp_before(ref, "schedule"))
     return ref
+
+
+def probe(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings, fraction: float) -> None:
+    """The probe step: a few of the job's requests run first, and their real lengths calibrate
+    the predictions of the rest before the schedule (tasks/probe.py). While the probe runs, the
+    engine is kept full with the rest of the job in token order; what still runs when the probe
+    has finished goes on into the main generation (the engine holds it, `Engine.left_running`)."""
+    max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    probe_args = (fraction, config.order, config.predictor, config.max_tokens, max_num_seqs)
+    after = stamp_before(ref, "probe")
+    if start_probe(ref, *probe_args, after=after):
+        probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
+                          until_probe_done=True, kv_admission=config.kv_admission)
+        finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
+
+
+def load_and_choose_engine(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str,
+                           clock: StageClock) -> tuple[EngineSettings, LoadResult]:
+    """Start (or resume) the run, load its input, and choose the engine settings for the job's
+    size (small jobs skip torch.compile's start-up); returns the settings and what load counted.
+    A file without a valid request, or an
+    engine option the engine would refuse, is a BatchBinError; the run is then marked failed."""
+    with clock.stage("start"):
+        start_run(ref, config, fingerprint, model_path)
+    try:
+        with clock.stage("load"):
+            loaded = load(ref, config.input_path, fingerprint)
+        if loaded.requests == 0:
+            raise BatchBinError(no_valid_request_message(ref, config.input_path))
+        settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
+        record_engine(ref, settings)
+    except BaseException:
+        finish_run(ref, "failed")
+        raise
+    return settings, loaded
 
 
 def sampling_defaults(config: JobConfig) -> SamplingDefaults:
@@ -171,10 +200,10 @@ def sampling_defaults(config: JobConfig) -> SamplingDefaults:
 def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
                         defaults: SamplingDefaults) -> dict:
     """The generate stage over `config.engines` engines of the Ray cluster at `config.ray_address`."""
-    from batchbin.ray_generate import generate_on_ray
+    from batchbin.tasks.generate_ray import generate_on_ray
 
     return generate_on_ray(ref, model_path, config.engine, defaults, config.checkpoint_every, config.retry_errors,
-                           config.ray_address, config.engines, min_shared_tokens=settings.block_size or 16,
+                           config.ray_address, config.engines, min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
                            max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
                            tensor_parallel_size=config.tensor_parallel_size)
 
@@ -183,24 +212,10 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
                output_format: str, say: Callable[[str], None]) -> dict:
     clock = StageClock()
     with db.session(ref.db_path, say=say):  # the first stages share one open of the file
-        with clock.stage("start"):
-            start_run(ref, config, fingerprint, model_path)
         try:
-            with clock.stage("load"):
-                loaded = load(ref, config.input_path, fingerprint)
-            if loaded.requests == 0:
-                finish_run(ref, "failed")
-                return Failed(message=no_valid_request_message(ref, config.input_path))
-            # chosen once the job's size is known (small jobs skip torch.compile's start-up)
-            try:
-                settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
-            except BatchBinError as error:  # an engine option the engine would refuse
-                finish_run(ref, "failed")
-                return Failed(message=str(error))
-            record_engine(ref, settings)
-        except BaseException:
-            finish_run(ref, "failed")
-            raise
+            settings, _ = load_and_choose_engine(ref, config, fingerprint, model_path, clock)
+        except BatchBinError as error:  # no valid request, or an engine option the engine would refuse
+            return Failed(message=str(error))
     try:
         # the probe runs in this process's engine: not with the engines of a Ray cluster
         ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
@@ -211,7 +226,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
     try:
         # generation holds the file only while it reads work or writes a checkpoint: readers get in
         with clock.stage("generate"):
-            if config.ray_address:  # many engines on a Ray cluster (batchbin/ray_generate.py)
+            if config.ray_address:  # many engines on a Ray cluster (tasks/generate_ray.py)
                 generation = generate_scaled_out(ref, config, model_path, settings, defaults)
             else:
                 generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors,
@@ -228,7 +243,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
 
 
 if __name__ == "__main__":
-    from batchbin.prefect_runtime import in_process_flow_runs
+    from batchbin.flows.runtime import in_process_flow_runs
 
     with in_process_flow_runs():
         result = batch_inference(JobConfig(input_path=sys.argv[1] if len(sys.argv) > 1 else "examples/sample_prompts.jsonl",

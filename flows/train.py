@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
 
 

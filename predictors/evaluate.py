@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from batchbin.sqlfiles import arrow, run
+from batchbin.store.queries import arrow, run
 
 
 def ranks(values: np.ndarray) -> np.ndarray:

@@ -38,12 +38,12 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
+from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
 from batchbin.predictors.registry import PredictorNotFound, auto_predictor, get_predictor, load_predictor
-from batchbin.sqlfiles import row_batches, run
+from batchbin.store.queries import row_batches, run
 
 log = logging.getLogger(__name__)
 

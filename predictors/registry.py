@@ -25,7 +25,7 @@ from pathlib import Path
 
 from batchbin.errors import BatchBinError
 from batchbin.predictors.model import LengthPredictor
-from batchbin.sqlfiles import run
+from batchbin.store.queries import run
 
 log = logging.getLogger(__name__)
 

@@ -175,10 +175,10 @@ def token_counts(tokenizer, texts: list[str], batch_texts: int = TOKENIZE_BATCH_
 
 
 def default_tokenizer():
-    """The default model's tokenizer (prepared once, see batchbin/models.py)."""
+    """The default model's tokenizer (prepared once, see batchbin/engine/models.py)."""
     from transformers import AutoTokenizer
 
-    from batchbin.models import prepare_default_model
+    from batchbin.engine.models import prepare_default_model
 
     return AutoTokenizer.from_pretrained(str(prepare_default_model()))
 

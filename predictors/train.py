@@ -1,7 +1,7 @@
 """Train the output-length predictor: on one model's finished runs (then register it), or on
 ShareGPT's real answers (the predictor BatchBin ships).
 
-    from batchbin import db
+    from batchbin.store import db
     from batchbin.predictors.train import train_predictor, train_from_sharegpt
     con = db.connect("batchbin.duckdb")
     print(train_predictor(con, "models"))                  # newest run's model; the `predictors` row
@@ -35,7 +35,7 @@ from batchbin.predictors.evaluate import prediction_metrics
 from batchbin.predictors.features import FeatureSettings, feature_matrix, n_features
 from batchbin.predictors.model import LengthMLP, LengthPredictor, PredictorConfig, to_tokens
 from batchbin.predictors.registry import model_key, register_predictor
-from batchbin.sqlfiles import arrow, run
+from batchbin.store.queries import arrow, run
 
 log = logging.getLogger(__name__)
 

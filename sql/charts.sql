@@ -19,11 +19,11 @@ ORDER BY seconds;
 -- Per length bin of the run's schedule (bin 0: the longest predicted outputs): the requests,
 -- their mean predicted and mean real output tokens. Failed requests are left out.
 -- Parameters: $run_id.
-SELECT s.bin, count(*) AS requests, avg(coalesce(p.calibrated_tokens, p.predicted_tokens)) AS predicted_mean,
+SELECT s.bin, count(*) AS requests, avg(p.planned_tokens) AS predicted_mean,
        avg(r.output_tokens) AS output_mean, sum(r.output_tokens)::BIGINT AS output_tokens
 FROM schedule s
 JOIN results r USING (run_id, request_id)
-LEFT JOIN predictions p USING (run_id, request_id)
+LEFT JOIN planned_lengths p USING (run_id, request_id)
 WHERE s.run_id = $run_id AND r.error IS NULL
 GROUP BY s.bin
 ORDER BY s.bin;

@@ -4,11 +4,11 @@
 -- the schedule assumed (calibrated by the probe where one ran; NULL without a prediction).
 SELECT s.request_id, s.batch, s.position, t.token_ids, p.max_tokens, p.min_tokens, p.ignore_eos, p.temperature,
        p.top_p, p.seed, p.stop, p.response_format::VARCHAR AS response_format,
-       coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens
+       pr.planned_tokens AS predicted_tokens
 FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
-LEFT JOIN predictions pr USING (run_id, request_id)
+LEFT JOIN planned_lengths pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
 WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.position > $after AND s.duplicate_of IS NULL
 ORDER BY s.position

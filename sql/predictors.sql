@@ -118,9 +118,9 @@ FROM predictors WHERE version = $version;
 -- prediction the schedule used (after the probe's calibration, if one ran), the predictor's
 -- own, and whether the request was one of the probe's.
 -- Parameters: $run_id.
-SELECT r.output_tokens, coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens, pr.predictor,
+SELECT r.output_tokens, pr.planned_tokens AS predicted_tokens, pr.predictor,
        pr.predicted_tokens AS uncalibrated_tokens, q.request_id IS NOT NULL AS in_probe
-FROM predictions pr
+FROM planned_lengths pr
 JOIN results r USING (run_id, request_id)
 LEFT JOIN probe_requests q USING (run_id, request_id)
 WHERE pr.run_id = $run_id AND r.error IS NULL AND r.output_tokens IS NOT NULL

@@ -1,40 +1,3 @@
--- name: create_views
--- Views for users' SQL. `completions`: every result with its input row, id and prompt.
--- `run_summary`: one row per run with counts, tokens and prefix-cache reuse against the ideal.
-CREATE OR REPLACE VIEW completions AS
-SELECT r.run_id, p.row_number, r.request_id AS id, coalesce(p.prompt, p.messages::VARCHAR) AS input,
-       r.output_text, r.finish_reason, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.error,
-       r.latency_s, r.batch,
-       coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens,  -- as scheduled (after a probe's calibration)
-       p.metadata
-FROM results r
-JOIN prompts p USING (run_id, request_id)
-LEFT JOIN predictions pr USING (run_id, request_id);
-
-CREATE OR REPLACE VIEW run_summary AS
-WITH request_counts AS (SELECT run_id, count(*) AS requests FROM prompts GROUP BY run_id),
-reject_counts AS (SELECT run_id, count(*) AS rejects FROM rejects GROUP BY run_id),
-result_totals AS (
-    SELECT run_id,
-           count(*) FILTER (WHERE error IS NULL) AS completed,
-           count(*) FILTER (WHERE error IS NOT NULL) AS errors,
-           sum(prompt_tokens)::BIGINT AS prompt_tokens,
-           sum(output_tokens)::BIGINT AS output_tokens,
-           sum(cached_tokens)::BIGINT AS cached_tokens
-    FROM results
-    GROUP BY run_id
-)
-SELECT ru.run_id, ru.input_path, ru.model, ru.status, ru.started_at, ru.finished_at,
-       coalesce(q.requests, 0) AS requests, coalesce(j.rejects, 0) AS rejects,
-       coalesce(t.completed, 0) AS completed, coalesce(t.errors, 0) AS errors,
-       t.prompt_tokens, t.output_tokens, t.cached_tokens, s.ideal_cached_tokens,
-       t.cached_tokens / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio
-FROM runs ru
-LEFT JOIN request_counts q USING (run_id)
-LEFT JOIN reject_counts j USING (run_id)
-LEFT JOIN result_totals t USING (run_id)
-LEFT JOIN run_prefix_stats s USING (run_id);
-
 -- name: summary_of_run
 SELECT * FROM run_summary WHERE run_id = $run_id;
 
@@ -96,13 +59,13 @@ HAVING count(*) > 0;
 -- Parameters: $run_id.
 WITH newest AS (SELECT max(attempt) AS attempt FROM results WHERE run_id = $run_id)
 SELECT s.bin, count(*) AS requests,
-       round(sum(coalesce(pr.calibrated_tokens, pr.predicted_tokens)))::BIGINT AS predicted_tokens,
+       round(sum(pr.planned_tokens))::BIGINT AS predicted_tokens,
        sum(r.output_tokens)::BIGINT AS output_tokens,
        round(min(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS first_finished_s,
        round(max(r.finished_s) FILTER (WHERE r.attempt = (SELECT attempt FROM newest)), 2) AS last_finished_s
 FROM schedule s
 JOIN results r USING (run_id, request_id)
-LEFT JOIN predictions pr USING (run_id, request_id)
+LEFT JOIN planned_lengths pr USING (run_id, request_id)
 WHERE s.run_id = $run_id
 GROUP BY s.bin
 ORDER BY s.bin;

@@ -1,4 +1,4 @@
--- Scale-out (batchbin/scaleout.py, batchbin/ray_engines.py): the work a run still has, as
+-- Scale-out (batchbin/scaleout/shares.py, batchbin/scaleout/ray_engines.py): the work a run still has, as
 -- prefix families with their predicted cost, for spreading over several engines.
 
 -- name: work_families
@@ -19,11 +19,11 @@ WITH fam AS (
 SELECT s.request_id, s.position, f.family::BIGINT AS family, t.prompt_tokens,
        (t.prompt_tokens - CASE WHEN f.lcp_prev < $min_shared_tokens THEN 0 ELSE f.lcp_prev END)::BIGINT
            AS new_prompt_tokens,
-       coalesce(pr.calibrated_tokens, pr.predicted_tokens, 1)::DOUBLE AS predicted_tokens
+       coalesce(pr.planned_tokens, 1)::DOUBLE AS predicted_tokens
 FROM schedule s
 JOIN fam f USING (request_id)
 JOIN tokens t USING (run_id, request_id)
-LEFT JOIN predictions pr USING (run_id, request_id)
+LEFT JOIN planned_lengths pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
 WHERE s.run_id = $run_id AND r.request_id IS NULL AND s.duplicate_of IS NULL
 ORDER BY s.position;

@@ -20,11 +20,11 @@ DELETE FROM schedule WHERE run_id = $run_id;
 INSERT INTO schedule (run_id, request_id, bin, batch, position)
 WITH req0 AS (
     SELECT t.request_id, t.prompt_tokens, p.row_number, g.sort_rank, g.lcp_prev,
-           coalesce(pr.calibrated_tokens, pr.predicted_tokens, 1) AS predicted
+           coalesce(pr.planned_tokens, 1) AS predicted
     FROM tokens t
     JOIN prompts p USING (run_id, request_id)
     JOIN prompt_groups g USING (run_id, request_id)
-    LEFT JOIN predictions pr USING (run_id, request_id)
+    LEFT JOIN planned_lengths pr USING (run_id, request_id)
     WHERE t.run_id = $run_id
 ),
 req AS (
@@ -90,10 +90,10 @@ SELECT count(*) FROM schedule WHERE run_id = $run_id;
 -- How many requests the run has and how much their predicted lengths differ (coefficient of
 -- variation: standard deviation over mean; 0 when there are no predictions).
 SELECT count(*) AS requests,
-       coalesce(stddev_pop(coalesce(p.calibrated_tokens, p.predicted_tokens))
-                / nullif(avg(coalesce(p.calibrated_tokens, p.predicted_tokens)), 0), 0) AS spread
+       coalesce(stddev_pop(p.planned_tokens)
+                / nullif(avg(p.planned_tokens), 0), 0) AS spread
 FROM tokens t
-LEFT JOIN predictions p USING (run_id, request_id)
+LEFT JOIN planned_lengths p USING (run_id, request_id)
 WHERE t.run_id = $run_id;
 
 -- name: record_choice

@@ -1,7 +1,7 @@
 -- name: create_tables
 -- The whole BatchBin schema. Every row belongs to a run; re-running it is harmless.
 -- (The benchmark's table, bench_runs, is created by bench.create_tables in sql/bench.sql.)
--- Bump meta.schema_version (batchbin/db.py SCHEMA_VERSION) when a table changes in a way
+-- Bump meta.schema_version (batchbin/store/db.py SCHEMA_VERSION) when a table changes in a way
 -- older databases cannot follow; an added column is an ALTER ... IF NOT EXISTS instead.
 CREATE TABLE IF NOT EXISTS meta (
     key VARCHAR PRIMARY KEY,
@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 
 -- the prediction after the in-job probe's calibration (predictors/probe.py); NULL without a probe.
--- The schedule reads coalesce(calibrated_tokens, predicted_tokens).
+-- The schedule reads planned_lengths (below).
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS calibrated_tokens DOUBLE;
 
 -- The in-job probe: the requests that ran first to calibrate the predictor, and what it taught.
@@ -215,16 +215,58 @@ CREATE TABLE IF NOT EXISTS run_reports (
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 
+-- The output length the schedule, admission and the report use for each request: the probe's
+-- calibrated prediction where there is one, else the predictor's.
+CREATE OR REPLACE VIEW planned_lengths AS
+SELECT *, coalesce(calibrated_tokens, predicted_tokens) AS planned_tokens FROM predictions;
+
+-- Views for users' SQL. `completions`: every result with its input row, id and prompt.
+-- `run_summary`: one row per run with counts, tokens and prefix-cache reuse against the ideal.
+CREATE OR REPLACE VIEW completions AS
+SELECT r.run_id, p.row_number, r.request_id AS id, coalesce(p.prompt, p.messages::VARCHAR) AS input,
+       r.output_text, r.finish_reason, r.prompt_tokens, r.output_tokens, r.cached_tokens, r.error,
+       r.latency_s, r.batch,
+       pr.planned_tokens AS predicted_tokens,  -- as scheduled (after a probe's calibration)
+       p.metadata
+FROM results r
+JOIN prompts p USING (run_id, request_id)
+LEFT JOIN planned_lengths pr USING (run_id, request_id);
+
+CREATE OR REPLACE VIEW run_summary AS
+WITH request_counts AS (SELECT run_id, count(*) AS requests FROM prompts GROUP BY run_id),
+reject_counts AS (SELECT run_id, count(*) AS rejects FROM rejects GROUP BY run_id),
+result_totals AS (
+    SELECT run_id,
+           count(*) FILTER (WHERE error IS NULL) AS completed,
+           count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+           sum(prompt_tokens)::BIGINT AS prompt_tokens,
+           sum(output_tokens)::BIGINT AS output_tokens,
+           sum(cached_tokens)::BIGINT AS cached_tokens
+    FROM results
+    GROUP BY run_id
+)
+SELECT ru.run_id, ru.input_path, ru.model, ru.status, ru.started_at, ru.finished_at,
+       coalesce(q.requests, 0) AS requests, coalesce(j.rejects, 0) AS rejects,
+       coalesce(t.completed, 0) AS completed, coalesce(t.errors, 0) AS errors,
+       t.prompt_tokens, t.output_tokens, t.cached_tokens, s.ideal_cached_tokens,
+       t.cached_tokens / nullif(s.ideal_cached_tokens, 0) AS reuse_ratio, ru.created_at
+FROM runs ru
+LEFT JOIN request_counts q USING (run_id)
+LEFT JOIN reject_counts j USING (run_id)
+LEFT JOIN result_totals t USING (run_id)
+LEFT JOIN run_prefix_stats s USING (run_id);
+
 -- name: set_memory_limit
--- How much memory DuckDB may hold (batchbin/db.py: DUCKDB_MEMORY_SHARE). Parameters: $limit.
+-- How much memory DuckDB may hold (batchbin/store/db.py: DUCKDB_MEMORY_SHARE). Parameters: $limit.
 SET memory_limit = $limit;
 
 -- name: set_meta
 -- Record one key of the meta table.
 INSERT OR REPLACE INTO meta VALUES ($key, $value);
 
--- name: get_meta
-SELECT value FROM meta WHERE key = $key;
+-- name: get_versions
+-- The schema version and the hash of the schema text that last ran on this file.
+SELECT max(value) FILTER (WHERE key = 'schema_version'), max(value) FILTER (WHERE key = 'schema_hash') FROM meta;
 
 -- name: has_meta
 -- Whether the database has BatchBin's meta table (a new file has no table at all).

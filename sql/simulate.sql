@@ -90,13 +90,13 @@ SELECT run_id, requested, used, reason FROM incoming;
 -- Parameters: $run_id, $max_tokens.
 SELECT t.request_id, t.token_ids, t.prompt_tokens,
        r.output_tokens AS real_tokens,
-       coalesce(pr.calibrated_tokens, pr.predicted_tokens) AS predicted_tokens,
+       pr.planned_tokens AS predicted_tokens,
        coalesce(p.max_tokens, $max_tokens) AS max_tokens,
        s.position
 FROM schedule s
 JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
-LEFT JOIN predictions pr USING (run_id, request_id)
+LEFT JOIN planned_lengths pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
 WHERE s.run_id = $run_id AND r.error IS NULL AND s.duplicate_of IS NULL
 ORDER BY s.position;

@@ -21,38 +21,21 @@ import inspect
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable, Iterator, Optional
 
 import duckdb
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
-from pydantic import BaseModel
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one, run, sql_file_text
-
-
-class RunRef(BaseModel):
-    """What a stage passes to the next: where the data is, never the data."""
-
-    db_path: str
-    run_id: str
+from batchbin.store.queries import one, run, sql_file_text
+from batchbin.store.runs import RunRef
 
 
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def open_run_db(ref: RunRef) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = db.connect(ref.db_path)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 @cache

@@ -1,5 +1,5 @@
-"""Stage 1, load: read a JSONL, Parquet or CSV file of requests (batchbin/readers.py), validate
-every row (batchbin/request_schema.py), store valid rows in `prompts` and every invalid one in
+"""Stage 1, load: read a JSONL, Parquet or CSV file of requests (batchbin/io/readers.py), validate
+every row (batchbin/io/request_schema.py), store valid rows in `prompts` and every invalid one in
 `rejects` with its row number, field and reason. Nothing a user sent is silently dropped.
 """
 
@@ -11,11 +11,12 @@ import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
-from batchbin.readers import iter_rows
-from batchbin.request_schema import validated_chunks
-from batchbin.sqlfiles import one, run
-from batchbin.tasks.common import RunRef, Stage, chunk_progress, open_run_db
+from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
+from batchbin.io.readers import iter_rows
+from batchbin.io.request_schema import validated_chunks
+from batchbin.store.queries import one, run
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import Stage, chunk_progress
 
 
 PROMPT_SCHEMA = pa.schema([
@@ -54,8 +55,8 @@ class LoadResult(RunRef):
     rejects: int
 
 
-STAGE = Stage("load", sql_file="load", modules=(__name__, "batchbin.readers", "batchbin.request_schema",
-                                                "batchbin.openai_batch"))
+STAGE = Stage("load", sql_file="load", modules=(__name__, "batchbin.io.readers", "batchbin.io.request_schema",
+                                                "batchbin.io.openai_batch"))
 
 
 @task(**STAGE.task_options())

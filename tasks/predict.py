@@ -9,7 +9,8 @@ from prefect import task
 from batchbin.config import file_fingerprint
 
 from batchbin.predictors.predict import predict_lengths as predict_lengths_for_run
-from batchbin.tasks.common import RunRef, Stage, open_run_db
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import Stage
 
 
 def latest_predictor_version(ref: RunRef) -> str:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import duckdb
 from prefect import task
 
-from batchbin.db import transaction
-from batchbin.sqlfiles import run
-from batchbin.tasks.common import RunRef, Stage, open_run_db
+from batchbin.store.db import transaction
+from batchbin.store.queries import run
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import Stage
 
 DEFAULT_MIN_SHARED_TOKENS = 128  # one KV block of vLLM on CPU; prefix-cache hits come in whole blocks
 

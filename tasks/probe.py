@@ -26,12 +26,13 @@ import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from batchbin.db import registered, scan_once, transaction
+from batchbin.store.db import registered, scan_once, transaction
 from batchbin.predictors.predict import within_request_limits
 from batchbin.predictors.probe import (PROBE_FRACTION, PROBE_MIN_WAVES, TEMPLATE_TOKENS, ProbeCalibration, fit_probe,
                                        probe_size)
-from batchbin.sqlfiles import arrow, run
-from batchbin.tasks.common import RunRef, Stage, open_run_db, stage_task_options
+from batchbin.store.queries import arrow, run
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import Stage, stage_task_options
 
 CALIBRATED_SCHEMA = pa.schema([("request_id", pa.string()), ("calibrated_tokens", pa.float64())])
 PAGE_ROWS = 65536

@@ -14,19 +14,16 @@ import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from batchbin import charts
+from batchbin.io import charts
 from batchbin.errors import BatchBinError
-from batchbin.openai_batch import output_line
-from batchbin.readers import file_format
-from batchbin.sqlfiles import arrow, one, row_batches, run
-from batchbin.tasks.common import RunRef, open_run_db, stage_task_options
+from batchbin.io.openai_batch import output_line
+from batchbin.io.readers import file_format
+from batchbin.store.queries import arrow, one, row_batches, run
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import stage_task_options
 
 ARTIFACT_KEY = "batchbin-run-report"
 TABLE_ARTIFACT_KEY = "batchbin-run-report-table"
-
-
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    run(con, "report.create_views")
 
 
 def served_model_name(model_path: str) -> str:
@@ -159,7 +156,6 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
 
     started = time.perf_counter()
     with open_run_db(ref) as con:
-        create_views(con)
         quality = run_prediction_quality(con, ref.run_id)
         summary = build_report(con, ref.run_id, generation, quality)
         summary["output_rows"] = export_results(con, ref.run_id, output_path, output_format, model_path)

@@ -15,9 +15,10 @@ import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from batchbin.db import CHUNK_ROWS, registered, scan_once, transaction
-from batchbin.sqlfiles import one, row_batches, run
-from batchbin.tasks.common import RunRef, Stage, chunk_progress, open_run_db
+from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
+from batchbin.store.queries import one, row_batches, run
+from batchbin.store.runs import RunRef, open_run_db
+from batchbin.tasks.common import Stage, chunk_progress
 
 TOKENS_SCHEMA = pa.schema([("request_id", pa.string()), ("token_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())])
 TOO_LONG_SCHEMA = pa.schema([("request_id", pa.string()), ("prompt_tokens", pa.int32())])

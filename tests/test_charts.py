@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from batchbin import charts
+from batchbin.io import charts
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUBPROCESS_TIMEOUT_S = 120
@@ -92,7 +92,7 @@ def test_without_matplotlib_no_chart_and_one_log_line(tmp_path):
         "import sys\n"
         "sys.modules['matplotlib'] = None  # as if matplotlib were not installed\n"
         "sys.modules['matplotlib.figure'] = None\n"
-        "from batchbin import charts\n"
+        "from batchbin.io import charts\n"
         "data = charts.ChartData('r', [{'seconds': 1.0, 'requests': 1, 'prompt_tokens': 1, 'output_tokens': 5}], [])\n"
         "print(charts.publish_charts(data))\n")],
         capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,

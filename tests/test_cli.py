@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from batchbin.cli import main
-from batchbin.machine import detect_machine
+from batchbin.cli.main import main
+from batchbin.engine.machine import detect_machine
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -41,7 +41,7 @@ def test_sql_on_a_missing_database_is_a_clean_error(tmp_path):
 
 
 def test_sql_prints_a_table_and_reports_bad_sql(tmp_path, db_path):
-    from batchbin import db
+    from batchbin.store import db
 
     db.connect(db_path).close()
     ok = CliRunner().invoke(main, ["sql", "select 41 + 1 as answer", "--db", db_path])
@@ -90,7 +90,7 @@ def test_run_with_no_valid_row_fails_with_one_line_and_keeps_the_rejects(tmp_pat
 
 
 def test_summary_time_line_splits_engine_start_generation_and_the_rest():
-    from batchbin.cli import time_line
+    from batchbin.cli.main import time_line
 
     line = time_line({"engine_start_s": 27.94, "generate_s": 11.5,
                       "stage_seconds": {"load": 0.05, "tokenize": 0.12, "generate": 39.5, "report": 0.05}})
@@ -108,7 +108,7 @@ def test_the_batchbin_command_runs_the_engine_in_its_process_with_the_preload(tm
 
     import duckdb
 
-    from batchbin.preload import find_preload_libs
+    from batchbin.engine.preload import find_preload_libs
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i}:"}) + "\n" for i in range(3)))
@@ -164,7 +164,7 @@ def test_exit_without_teardown_runs_the_exit_handlers_and_keeps_the_exit_code(tm
     script = (
         "import atexit, sys\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
-        "from batchbin.cli import exit_without_teardown\n"
+        "from batchbin.cli.main import exit_without_teardown\n"
         "sys.stdout.write('summary printed')\n"  # no newline: only a flush gets it out
         f"exit_without_teardown({code!r})\n"
         "raise AssertionError('not reached')\n"
@@ -191,7 +191,7 @@ def test_exit_without_teardown_runs_the_exit_handlers_and_keeps_the_exit_code(tm
 def test_sql_cannot_change_anything(tmp_path, db_path, statement):
     """`batchbin sql` is for reading: no write, no file outside the database read or written, no
     extension, no setting changed back."""
-    from batchbin import db
+    from batchbin.store import db
 
     db.connect(db_path).close()
     before = sorted(path.name for path in tmp_path.iterdir())

@@ -6,7 +6,7 @@ import os
 
 import duckdb
 
-from batchbin import db
+from batchbin.store import db
 
 
 def test_connect_inside_a_session_shares_one_open_file(db_path):
@@ -35,7 +35,7 @@ def test_a_database_from_before_response_format_gets_the_column(db_path):
     """Schema version 1 databases made before `prompts.response_format` existed open as they are."""
     import duckdb
 
-    from batchbin import db
+    from batchbin.store import db
 
     old = duckdb.connect(db_path)
     old.execute("create table meta (key varchar primary key, value varchar)")

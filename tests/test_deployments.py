@@ -23,10 +23,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchbin import db
-from batchbin.deployments import project_directory, set_project_directory
+from batchbin.store import db
+from batchbin.flows.deployments import project_directory, set_project_directory
 from batchbin.errors import BatchBinError
-from batchbin.retrain import retrain_if_due, unused_results
+from batchbin.flows.retrain import retrain_if_due, unused_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"  # the venv's: the worker must run flows with its python
@@ -214,7 +214,7 @@ def test_deployments_are_registered_with_project_directory_and_schedules(server)
         deployments = {name: api.read_deployment_by_name(name) for name in (ADHOC, NIGHTLY, RETRAIN)}
     for name, deployment in deployments.items():
         assert deployment.work_pool_name == "batchbin", name
-        assert deployment.pull_steps == [{"batchbin.deployments.set_project_directory": {}}], name
+        assert deployment.pull_steps == [{"batchbin.flows.deployments.set_project_directory": {}}], name
     crons = {}
     for name in (NIGHTLY, RETRAIN):
         deployment = deployments[name]
@@ -290,7 +290,7 @@ def test_retraining_runs_on_its_deployment_and_after_enough_new_results(server, 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.deployments import run_deployment
 
-    from batchbin.retrain import TRIGGER_TAG
+    from batchbin.flows.retrain import TRIGGER_TAG
 
     assert adhoc["flow_run"].state.is_completed(), state_of(adhoc["flow_run"], server["logs"]["worker"])
     with on(server):

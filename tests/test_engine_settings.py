@@ -9,9 +9,9 @@ import pytest
 
 from batchbin.bench.baseline import vllm_default_settings
 from batchbin.config import EngineOptions
-from batchbin.engine_settings import CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, choose_engine_settings, core_ranges
-from batchbin.machine import MachineInfo, detect_machine
-from batchbin.preload import find_preload_libs
+from batchbin.engine.settings import CPU_COMPILE_MIN_REQUESTS, CPU_COMPILE_MIN_REQUESTS_BF16, choose_engine_settings, core_ranges
+from batchbin.engine.machine import MachineInfo, detect_machine
+from batchbin.engine.preload import find_preload_libs
 
 INTEL = MachineInfo("Intel Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), (0, 1), 20.0)
 AMD = MachineInfo("AMD EPYC", frozenset({"avx2"}), (0, 1), 20.0)
@@ -116,7 +116,7 @@ def test_preload_libraries_are_found_in_the_venv(tmp_path):
 
 
 def test_each_engine_gets_its_own_preload_and_keeps_the_users(monkeypatch):
-    from batchbin.engine import apply_environment
+    from batchbin.engine.pool import apply_environment
 
     machine = MachineInfo("x", frozenset({"avx2"}), (0, 1), 20.0, preload_libs=("/lib/libtcmalloc_minimal.so.4",))
     for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_USE_AOT_COMPILE"):  # restored after the test
@@ -166,7 +166,7 @@ def test_detected_cores_do_not_shrink_once_an_engine_pins_this_thread():
 
 
 def test_an_engine_core_in_its_own_process_runs_the_model_itself():
-    from batchbin.engine import executor_kwargs
+    from batchbin.engine.pool import executor_kwargs
 
     libs = ("/venv/lib/libtcmalloc_minimal.so.4",)
     own_process = choose_engine_settings(MachineInfo("x", frozenset(), (0, 1), 20.0, preload_libs=libs))

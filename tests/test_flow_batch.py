@@ -52,9 +52,9 @@ def job(tmp_path_factory, prefect_api, default_model_path):
 @pytest.fixture
 def flow_engine(job, default_model_path):
     """The engine the job's flow ran on (shared by the session), for tests that drive it directly."""
-    from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings
-    from batchbin.machine import detect_machine
+    from batchbin.engine.pool import get_engine
+    from batchbin.engine.settings import choose_engine_settings
+    from batchbin.engine.machine import detect_machine
 
     config, _ = job
     return get_engine(default_model_path, choose_engine_settings(detect_machine(), config.engine, requests=len(VALID)),
@@ -242,8 +242,8 @@ def test_training_on_too_few_results_fails_with_a_message(job):
 def test_greedy_outputs_repeat_run_to_run(flow_engine, default_model_path):
     """pytest's engine core runs in a process of its own; BatchBin holds it from stepping until
     every request is in, so batches, and with them greedy outputs, do not depend on timing."""
-    from batchbin.engine import reset_prefix_cache
-    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+    from batchbin.engine.pool import reset_prefix_cache
+    from batchbin.engine.step_loop import SamplingDefaults, generate_in_order
     from batchbin.tasks.tokenize import load_tokenizer, render_token_ids
 
     engine = flow_engine
@@ -313,8 +313,8 @@ def test_openai_output_as_parquet_fails_with_a_message(tmp_path, prefect_api):
 def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine, monkeypatch):
     """At most `in_flight` requests are inside vLLM at once; the rest join as requests finish,
     in order, and every request still gets its result."""
-    from batchbin import vllm_adapter
-    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+    from batchbin.engine import vllm_adapter
+    from batchbin.engine.step_loop import SamplingDefaults, generate_in_order
 
     engine = flow_engine
     in_vllm_at_each_add: list[int] = []
@@ -340,9 +340,9 @@ def test_a_job_larger_than_the_in_flight_limit_streams_through_vllm(flow_engine,
 def test_admission_hands_over_only_what_the_kv_budget_holds_at_its_predicted_peak(flow_engine, monkeypatch):
     """With a budget that holds two of these requests at their peak, never more than two are
     inside vLLM; the rest wait their turn, in order, and every request gets its result."""
-    from batchbin import vllm_adapter
-    from batchbin.admission import KvAdmission
-    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+    from batchbin.engine import vllm_adapter
+    from batchbin.engine.admission import KvAdmission
+    from batchbin.engine.step_loop import SamplingDefaults, generate_in_order
 
     in_vllm_at_each_add: list[int] = []
     added: list[str] = []
@@ -371,7 +371,7 @@ def test_admission_hands_over_only_what_the_kv_budget_holds_at_its_predicted_pea
 
 @pytest.mark.engine
 def test_a_schema_vllm_refuses_fails_its_request_only(flow_engine):
-    from batchbin.tasks.generate import SamplingDefaults, generate_in_order
+    from batchbin.engine.step_loop import SamplingDefaults, generate_in_order
 
     engine = flow_engine
     bad_schema = json.dumps({"type": "json_schema", "schema": {"type": "object", "properties": 3}})

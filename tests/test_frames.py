@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 import batchbin
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
 
 
@@ -50,6 +50,6 @@ def test_an_empty_database_says_what_to_do(db_path):
 
 
 def test_the_command_line_does_not_import_polars():
-    script = "import sys, batchbin.cli; print('polars' in sys.modules)"
+    script = "import sys, batchbin.cli.main; print('polars' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

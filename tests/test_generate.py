@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from batchbin.engine_settings import EngineSettings
-from batchbin.tasks.generate import in_flight_limit
+from batchbin.engine.settings import EngineSettings
+from batchbin.engine.step_loop import in_flight_limit
 
 
 def engine_running(max_num_seqs: int | None, settings_max: int | None = None):
@@ -29,7 +29,7 @@ def test_in_flight_limit_falls_back_to_the_settings():
 
 
 def test_a_sampled_request_without_a_seed_gets_one_from_the_job_seed_and_its_id():
-    from batchbin.tasks.generate import SamplingDefaults, request_seed, sampling_params_for
+    from batchbin.engine.step_loop import SamplingDefaults, request_seed, sampling_params_for
 
     def params(request_id, temperature=0.8, seed=None, job_seed=0):
         row = {"request_id": request_id, "token_ids": [1, 2, 3], "max_tokens": 4, "temperature": temperature,

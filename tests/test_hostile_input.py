@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.readers import is_openai_batch_file
+from batchbin.io.readers import is_openai_batch_file
 from batchbin.tasks.load import load_requests
 
 # A character hypothesis never generates: where it stands in a CSV cell, the file gets bytes

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchbin.errors import BatchBinError
-from batchbin.readers import read_rows
-from batchbin.request_schema import validate_rows
+from batchbin.io.readers import read_rows
+from batchbin.io.request_schema import validate_rows
 from batchbin.tasks.load import load_requests
 
 GOOD = [
@@ -171,7 +171,7 @@ def test_a_file_loads_in_chunks_with_ids_checked_across_them(fresh_db, tmp_path)
 
 
 def test_parquet_and_csv_stream_in_batches(fresh_db, tmp_path, monkeypatch):
-    import batchbin.readers as readers_module
+    import batchbin.io.readers as readers_module
 
     monkeypatch.setattr(readers_module, "CHUNK_ROWS", 2)  # record batches of 2 rows
     table = pa.table({"id": [f"p{i}" for i in range(5)], "prompt": [f"line one\nline two of {i}" for i in range(5)]})

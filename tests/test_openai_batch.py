@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from batchbin.openai_batch import OpenAIBatchLineError, output_line, request_from_batch_line
-from batchbin.readers import is_openai_batch_file
+from batchbin.io.openai_batch import OpenAIBatchLineError, output_line, request_from_batch_line
+from batchbin.io.readers import is_openai_batch_file
 from batchbin.tasks.load import load_requests
 
 CHAT = {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",

@@ -1,4 +1,4 @@
-"""`batchbin plan` (batchbin/plan.py) and `batchbin simulate` on a planned run: the stages
+"""`batchbin plan` (flows/plan.py) and `batchbin simulate` on a planned run: the stages
 before generation, no engine, a prediction of the job's time here and on a GPU."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from batchbin.cli import main
-from batchbin.sim_runs import open_run
+from batchbin.cli.main import main
+from batchbin.sim.stored_runs import open_run
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "sample_prompts.jsonl")
 

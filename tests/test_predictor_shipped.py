@@ -102,7 +102,7 @@ def test_calibration_on_a_tiny_or_inverted_probe_only_shifts():
 def test_train_predictor_command_from_sharegpt(tmp_path):
     from click.testing import CliRunner
 
-    from batchbin.cli import main
+    from batchbin.cli.main import main
 
     out = tmp_path / "cli.pt"
     result = CliRunner().invoke(main, ["train-predictor", "--from", "sharegpt", "--limit", "150", "--out", str(out)])

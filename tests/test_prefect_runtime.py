@@ -5,7 +5,7 @@ from __future__ import annotations
 import prefect.settings as prefect_settings
 from prefect.settings import get_current_settings, temporary_settings
 
-from batchbin.prefect_runtime import in_process_flow_runs
+from batchbin.flows.runtime import in_process_flow_runs
 
 
 def test_no_heartbeat_on_the_ephemeral_api():
@@ -26,7 +26,7 @@ def test_the_ephemeral_api_boots_meanwhile_and_answers_after_the_block():
     import httpx
     from prefect.server.api.server import SubprocessASGIServer
 
-    from batchbin.prefect_runtime import api_started_meanwhile
+    from batchbin.flows.runtime import api_started_meanwhile
 
     with temporary_settings(updates={prefect_settings.PREFECT_API_URL: None}):
         with api_started_meanwhile():
@@ -39,7 +39,7 @@ def test_the_ephemeral_api_boots_meanwhile_and_answers_after_the_block():
 def test_nothing_boots_against_a_server():
     import threading
 
-    from batchbin.prefect_runtime import api_started_meanwhile
+    from batchbin.flows.runtime import api_started_meanwhile
 
     with temporary_settings(updates={prefect_settings.PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         with api_started_meanwhile():

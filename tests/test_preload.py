@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from batchbin import preload
+from batchbin.engine import preload
 
 
 def test_libraries_in_this_process_are_read_from_the_memory_map(tmp_path):
@@ -48,7 +48,7 @@ def test_the_command_restarts_once_with_the_preload_and_its_arguments(exec_calls
     preload.restart_with_preload(["/venv/bin/batchbin", "run", "prompts.jsonl", "--max-tokens", "8"])
     (path, argv, env), = exec_calls
     assert path == sys.executable
-    assert argv == [sys.executable, "-m", "batchbin.cli", "run", "prompts.jsonl", "--max-tokens", "8"]
+    assert argv == [sys.executable, "-m", "batchbin.cli.main", "run", "prompts.jsonl", "--max-tokens", "8"]
     assert env["LD_PRELOAD"] == "/venv/lib/libtcmalloc_minimal.so.4:/users/own.so"
     assert env[preload.RESTARTED_FLAG] == "1"
     monkeypatch.setenv(preload.RESTARTED_FLAG, "1")  # the restarted process does not restart again

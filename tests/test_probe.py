@@ -61,7 +61,7 @@ def test_calibrated_lengths_stay_within_each_requests_limit():
 
 def test_templates_are_runs_sharing_tokens_beyond_the_jobs_common_prefix_and_the_study_spreads_its_probe(fresh_db):
     from batchbin.bench.probe_study import draw_probe
-    from batchbin.sqlfiles import arrow
+    from batchbin.store.queries import arrow
 
     # token order: two templates sharing 30 tokens inside, 4 tokens (the common prefix) across
     for rank, lcp in enumerate([0, 30, 30, 30, 4, 30, 30, 30]):

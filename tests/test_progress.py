@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchbin.progress import GenerationProgress, format_seconds, listening, publish
+from batchbin.engine.progress import GenerationProgress, format_seconds, listening, publish
 
 
 def test_time_left_follows_the_pace_of_finished_requests():

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchbin.errors import BatchBinError
-from batchbin.tasks.report import create_views, export_results
+from batchbin.tasks.report import export_results
 
 
 @pytest.fixture
@@ -24,7 +24,6 @@ def finished_run(fresh_db):
                              finish_reason, error) VALUES
             ('r', 'c', NULL, 3, 0, 0, 'error', 'ValueError: bad'), ('r', 'a', 'Un "deux"' || chr(10) || 'trois', 2, 4, 0, 'stop', NULL),
             ('r', 'b', 'Two', 2, 1, 0, 'length', NULL), ('other', 'a', 'x', 1, 1, 0, 'stop', NULL)""")
-    create_views(fresh_db)
     return fresh_db
 
 

@@ -1,11 +1,11 @@
-"""Shard planning for scale-out (batchbin/scaleout.py): whole prefix families, balanced by
+"""Shard planning for scale-out (batchbin/scaleout/shares.py): whole prefix families, balanced by
 predicted work, handed out in schedule order, stolen at the tail, given back when an engine is lost."""
 
 from __future__ import annotations
 
 import pytest
 
-from batchbin.scaleout import (OUTPUT_TOKEN_COST, Family, WorkPool, balance, chunked, families_from_rows,
+from batchbin.scaleout.shares import (OUTPUT_TOKEN_COST, Family, WorkPool, balance, chunked, families_from_rows,
                                plan_shares, request_cost, split_cores)
 
 

@@ -95,7 +95,7 @@ def test_two_engines_give_the_one_engine_runs_results(ray_cluster, input_file, o
 def test_an_engine_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, input_file, one_engine_ids, tmp_path):
     import ray
 
-    from batchbin.ray_engines import NAMESPACE, actor_name
+    from batchbin.scaleout.ray_engines import NAMESPACE, actor_name
 
     config = JobConfig(input_path=str(input_file), ray_address=ray_cluster, engines=2)
     victim = actor_name(config.run_id(file_fingerprint(input_file)), 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchbin.tasks.prefixes import assign_prefix_groups
-from batchbin.tasks.schedule import ORDERS, choose_order, schedule_run
+from batchbin.scheduling import ORDERS, choose_order, schedule_run
 
 BLOCK = 4
 # (request, tokens, predicted output). Two families sharing >= 4 tokens, and two loners.
@@ -101,7 +101,7 @@ def test_an_order_the_user_sets_is_kept():
 
 
 def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypatch):
-    import batchbin.tasks.schedule as schedule_module
+    import batchbin.scheduling as schedule_module
 
     before = order_of(run_db, "input")
     real_run = schedule_module.run
@@ -119,7 +119,7 @@ def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypa
 
 
 def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db):
-    from batchbin.sqlfiles import one, run
+    from batchbin.store.queries import one, run
     from batchbin.tasks.generate import store_results
 
     # "c" again under two more ids: one greedy (a duplicate), one sampled (its own answer)

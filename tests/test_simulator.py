@@ -1,5 +1,5 @@
-"""The simulator (batchbin/simulator.py), its step costs (batchbin/step_costs.py) and the
-Multi-Bin paper's model (batchbin/multibin_model.py): pure logic, no engine."""
+"""The simulator (batchbin/sim/simulator.py), its step costs (batchbin/sim/step_costs.py) and the
+Multi-Bin paper's model (batchbin/sim/multibin.py): pure logic, no engine."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from batchbin import multibin_model as multibin
+from batchbin.sim import multibin as multibin
 from batchbin.errors import BatchBinError
-from batchbin.sim_runs import block_hashes, gpu_setup
-from batchbin.simulator import EngineLimits, SimRequest, simulate
-from batchbin.step_costs import (GPUS, MODEL_SIZES, GpuStepCost, LinearStepCost, ModelShape, StepWork,
+from batchbin.sim.stored_runs import block_hashes, gpu_setup
+from batchbin.sim.simulator import EngineLimits, SimRequest, simulate
+from batchbin.sim.step_costs import (GPUS, MODEL_SIZES, GpuStepCost, LinearStepCost, ModelShape, StepWork,
                                  fit_linear_step_cost)
 
 PER_STEP = LinearStepCost(1.0, 0.0, 0.0, 0.0)  # every step costs 1 s: time = steps
@@ -232,7 +232,7 @@ def test_multibin_rejects_bad_input():
 
 
 def test_output_lengths_real_predicted_or_the_requests_own_limit():
-    from batchbin.sim_runs import output_length
+    from batchbin.sim.stored_runs import output_length
 
     row = {"real_tokens": 37, "predicted_tokens": 812.4, "max_tokens": 500}
     assert output_length(row, "real") == 37
@@ -245,8 +245,8 @@ def test_output_lengths_real_predicted_or_the_requests_own_limit():
 def test_fit_from_databases_leaves_out_a_run_slowed_down_by_another_process(db_path):
     import json
 
-    from batchbin import db
-    from batchbin.sim_runs import fit_from_db
+    from batchbin.store import db
+    from batchbin.sim.stored_runs import fit_from_db
 
     truth = LinearStepCost(0.03, 8e-4, 9e-4, 1.5e-6)
     rng = random.Random(5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchbin.sqlfiles import SQLFileError, all_queries, parse_sql_file, run, statements
+from batchbin.store.queries import SQLFileError, all_queries, parse_sql_file, run, statements
 
 
 def test_every_sql_file_loads_and_names_are_qualified():
@@ -41,8 +41,8 @@ def test_run_executes_each_statement_with_its_parameters(fresh_db):
 def test_rows_stream_in_batches_while_the_connection_writes(db_path):
     """`row_batches` reads on a cursor of its own: generation stores results on the same
     connection while the work still streams in."""
-    from batchbin import db
-    from batchbin.sqlfiles import one, row_batches
+    from batchbin.store import db
+    from batchbin.store.queries import one, row_batches
     from batchbin.tasks.generate import store_results
 
     con = db.connect(db_path)

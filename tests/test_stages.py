@@ -13,12 +13,13 @@ import json
 import pytest
 from prefect import flow
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.config import EngineOptions, JobConfig, file_fingerprint
-from batchbin.engine_settings import choose_engine_settings
-from batchbin.machine import detect_machine
+from batchbin.engine.settings import choose_engine_settings
+from batchbin.engine.machine import detect_machine
 from batchbin.flows.batch import PIPELINE, prepare_work
-from batchbin.tasks.common import RunRef, Stage, code_version
+from batchbin.store.runs import RunRef
+from batchbin.tasks.common import Stage, code_version
 from batchbin.tasks.load import load
 from tests.conftest import TEST_ENGINE
 from batchbin.predictors.registry import shipped_predictor
@@ -103,4 +104,4 @@ def test_a_stage_code_version_covers_its_sql_file_and_its_modules(monkeypatch):
     monkeypatch.undo()
     code_version.cache_clear()
     assert stage.version() == original
-    assert Stage("schedule", sql_file="schedule", modules=("batchbin.tasks.schedule", "batchbin.readers")).version() != original
+    assert Stage("schedule", sql_file="schedule", modules=("batchbin.tasks.schedule", "batchbin.io.readers")).version() != original

@@ -36,7 +36,7 @@ def test_threads_encode_the_same_ids_in_the_same_order(default_model_path, monke
 
 
 def test_tokenizing_in_chunks_stores_every_prompt_once_and_rejects_the_too_long(db_path, tmp_path, default_model_path):
-    from batchbin import db
+    from batchbin.store import db
     from batchbin.tasks.load import load_requests
     from batchbin.tasks.tokenize import tokenize_run
 

@@ -1,4 +1,4 @@
-"""The contract with vLLM: every internal batchbin/vllm_adapter.py relies on is still there in the
+"""The contract with vLLM: every internal batchbin/engine/vllm_adapter.py relies on is still there in the
 installed vLLM (by import and inspection, seconds, no engine), and a running engine has the parts
 the adapter reaches for (one test on the suite's shared engine). A failure names the internal
 that moved, the installed and the tested vLLM, and what to do."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchbin import vllm_adapter
+from batchbin.engine import vllm_adapter
 from batchbin.config import EngineOptions, JobConfig
 from tests.conftest import TEST_ENGINE
 
@@ -30,7 +30,7 @@ def test_a_moved_internal_says_what_moved_the_versions_and_what_to_do():
     assert message.startswith("vLLM internal moved: LLMEngine.no_such_method: LLMEngine.no_such_method is missing")
     assert f"Installed vLLM: {vllm_adapter.installed_vllm()}" in message
     assert f"tested with vLLM {vllm_adapter.TESTED_VLLM}.x" in message
-    assert "Install the tested version" in message and "adapt batchbin/vllm_adapter.py (step)" in message
+    assert "Install the tested version" in message and "adapt batchbin/engine/vllm_adapter.py (step)" in message
     gone = vllm_adapter.Check("a module", "run_openai_batch", lambda: vllm_adapter._attribute("vllm.no_such_module", "x"))
     assert "cannot import vllm.no_such_module" in vllm_adapter.run_check(gone)
 
@@ -55,7 +55,7 @@ def test_every_engine_option_batchbin_passes_is_an_engine_argument():
     from vllm import EngineArgs
     from vllm.config import SpeculativeConfig
 
-    from batchbin.engine_settings import EngineSettings
+    from batchbin.engine.settings import EngineSettings
 
     everything = EngineSettings(device="cpu", dtype="float32", threads="0-1", kv_cache_gib=1.0,
                                 gpu_memory_utilization=0.5, max_num_seqs=16, max_num_batched_tokens=2048,
@@ -73,9 +73,9 @@ def test_every_engine_option_batchbin_passes_is_an_engine_argument():
 def shared_engine(default_model_path):
     """The session's shared engine: the settings of tests/test_flow_batch.py's job, so no second
     engine is built."""
-    from batchbin.engine import get_engine
-    from batchbin.engine_settings import choose_engine_settings
-    from batchbin.machine import detect_machine
+    from batchbin.engine.pool import get_engine
+    from batchbin.engine.settings import choose_engine_settings
+    from batchbin.engine.machine import detect_machine
     from tests.test_flow_batch import VALID
 
     settings = choose_engine_settings(detect_machine(), EngineOptions(**TEST_ENGINE), requests=len(VALID))

@@ -17,8 +17,8 @@ from batchbin.bench.workloads import (
     make_workload,
     write_jsonl,
 )
-from batchbin.readers import read_rows
-from batchbin.request_schema import validate_rows
+from batchbin.io.readers import read_rows
+from batchbin.io.request_schema import validate_rows
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

@@ -1,8 +1,8 @@
 """What this machine is: its CPU (model and flags), the cores this process may use, its memory,
 a GPU if vLLM's CUDA build sees one, and the tcmalloc / Intel OpenMP libraries found for the
-engine. Facts only; what BatchBin makes of them is batchbin/engine_settings.py.
+engine. Facts only; what BatchBin makes of them is batchbin/engine/settings.py.
 
-    from batchbin.machine import detect_machine
+    from batchbin.engine.machine import detect_machine
     detect_machine().has_bf16
 """
 
@@ -12,7 +12,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from batchbin.preload import all_loaded, find_preload_libs
+from batchbin.engine.preload import all_loaded, find_preload_libs
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ matplotlib is a dependency of batchbin, drawing with `matplotlib.figure.Figure` 
 global state, safe in a task's thread). An installation without it (installed with --no-deps)
 publishes no charts and says so in one log line; the run itself is not affected.
 
-    python -m batchbin.charts out/batchbin.duckdb RUN_ID out/charts   # the PNGs, without Prefect
+    python -m batchbin.io.charts out/batchbin.duckdb RUN_ID out/charts   # the PNGs, without Prefect
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchbin.sqlfiles import arrow
+from batchbin.store.queries import arrow
 
 THROUGHPUT_ARTIFACT_KEY = "batchbin-run-throughput-chart"
 BINS_ARTIFACT_KEY = "batchbin-run-bins-chart"
@@ -169,7 +169,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 def write_pngs(db_path: str, run_id: str, folder: str) -> list[Path]:
     """The run's charts as PNG files in `folder` (for a look without a Prefect server)."""
-    from batchbin import db
+    from batchbin.store import db
 
     con = db.connect(db_path, read_only=True)
     try:
@@ -188,6 +188,6 @@ def write_pngs(db_path: str, run_id: str, folder: str) -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m batchbin.charts DB_PATH RUN_ID OUT_FOLDER")
+        sys.exit("usage: python -m batchbin.io.charts DB_PATH RUN_ID OUT_FOLDER")
     for written_path in write_pngs(*sys.argv[1:]):
         print(written_path)

@@ -12,7 +12,7 @@ It replays what vLLM's (v1) scheduler does each step, on request sizes alone:
 - when a running request needs a block and none is free, the request admitted last is
   preempted: its blocks are freed and it goes back to the head of the queue, to be computed
   again (recompute) when it is admitted again;
-- a step's time comes from a step-cost model (batchbin/step_costs.py).
+- a step's time comes from a step-cost model (batchbin/sim/step_costs.py).
 
 Pure Python, no model: a job of 10,000 requests simulates in seconds. Stretches where every
 running request only decodes and nothing can change until the next one finishes are advanced
@@ -26,9 +26,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from batchbin.admission import KvAdmission
+from batchbin.engine.admission import KvAdmission
 from batchbin.errors import BatchBinError
-from batchbin.step_costs import StepCost, StepWork
+from batchbin.sim.step_costs import StepCost, StepWork
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
 @dataclass(frozen=True)
 class Admission:
     """Memory-centric admission in the simulator, the gate tasks/generate.py puts in front of
-    vLLM (batchbin/admission.py): a request is handed to the engine only while `budget_tokens`
+    vLLM (batchbin/engine/admission.py): a request is handed to the engine only while `budget_tokens`
     of KV cache hold the engine's requests at their predicted peak (`predicted`: output tokens
     per request, in input order). Each simulation keeps its own gate (KvAdmission)."""
 

@@ -17,18 +17,20 @@ from pathlib import Path
 
 import duckdb
 
-from batchbin import db
-from batchbin.db import registered
+from batchbin.config import DEFAULT_MAX_TOKENS, ORDERS
+from batchbin.engine.settings import DEFAULT_BLOCK_TOKENS, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
+from batchbin.store import db
+from batchbin.store.db import registered
 from batchbin.errors import BatchBinError
-from batchbin.machine import detect_machine
-from batchbin.admission import planned_tokens
-from batchbin.simulator import Admission, EngineLimits, SimRequest, SimResult, simulate
-from batchbin.sqlfiles import arrow, one, run
-from batchbin.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
+from batchbin.engine.machine import detect_machine
+from batchbin.engine.admission import planned_tokens
+from batchbin.sim.simulator import Admission, EngineLimits, SimRequest, SimResult, simulate
+from batchbin.store.queries import arrow, one, run
+from batchbin.sim.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
                                  fit_linear_step_cost, kv_blocks, named_gpu, named_model_size, step_work)
 
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
-SIM_ORDERS = ("hybrid", "group", "bin", "sorted", "input")
+SIM_ORDERS = tuple(order for order in ORDERS if order != "auto")
 LENGTHS = ("real", "predicted", "max-tokens")
 COPIED_TABLES = ("runs", "prompts", "tokens", "prompt_groups", "predictions", "results", "schedule", "schedule_choices")
 # vLLM's defaults for the offline LLM class on a GPU (its _set_default_args): a big GPU runs more at once
@@ -81,7 +83,7 @@ class StoredRun:
 
     @property
     def block_size(self) -> int:
-        return int(self.engine.get("block_size") or 16)
+        return int(self.engine.get("block_size") or DEFAULT_BLOCK_TOKENS)
 
     def model_shape(self) -> ModelShape:
         return ModelShape.from_folder(self.model)
@@ -93,8 +95,8 @@ class StoredRun:
         if not engine.get("kv_cache_gib"):
             raise BatchBinError(f"run {self.run_id} has no CPU KV-cache size in its engine settings; simulate it "
                                 "with --gpu and --model-size")
-        return EngineLimits(max_num_seqs=int(engine.get("max_num_seqs") or 256),
-                            max_num_batched_tokens=int(engine.get("max_num_batched_tokens") or 4096),
+        return EngineLimits(max_num_seqs=int(engine.get("max_num_seqs") or DEFAULT_MAX_NUM_SEQS),
+                            max_num_batched_tokens=int(engine.get("max_num_batched_tokens") or DEFAULT_MAX_NUM_BATCHED_TOKENS),
                             block_size=self.block_size,
                             kv_blocks=kv_blocks(engine["kv_cache_gib"] * GIB, self.model_shape(), self.block_size,
                                                 dtype_bytes))
@@ -103,10 +105,10 @@ class StoredRun:
         """Schedule the copy in `order` (AS_RUN: leave the run's own schedule); returns the
         order used (auto resolves to one of the others)."""
         if order != AS_RUN:
-            from batchbin.tasks.schedule import schedule_run
+            from batchbin.scheduling import schedule_run
 
             schedule_run(self.con, self.run_id, k_bins or int(self.config.get("k_bins") or 4), order,
-                         min_shared_tokens=self.block_size, max_num_seqs=int(self.engine.get("max_num_seqs") or 256))
+                         min_shared_tokens=self.block_size, max_num_seqs=int(self.engine.get("max_num_seqs") or DEFAULT_MAX_NUM_SEQS))
         choice = one(self.con, "simulate.schedule_choice", {"run_id": self.run_id})
         return choice[1] if choice else order
 
@@ -125,7 +127,7 @@ class StoredRun:
         if lengths not in LENGTHS:
             raise BatchBinError(f"unknown lengths '{lengths}'; choose one of {', '.join(LENGTHS)}")
         rows = arrow(self.con, "simulate.requests_in_order",
-                     {"run_id": self.run_id, "max_tokens": int(self.config.get("max_tokens") or 256)}).to_pylist()
+                     {"run_id": self.run_id, "max_tokens": int(self.config.get("max_tokens") or DEFAULT_MAX_TOKENS)}).to_pylist()
         size = block_size or self.block_size
         max_model_len = int(self.config.get("max_model_len") or 2048)
         chosen, plans = [], []

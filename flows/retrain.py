@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one
+from batchbin.store.queries import one
 
 RETRAIN_DEPLOYMENT = "train-length-predictor/retrain-predictor"
 TRIGGER_TAG = "retrain-after"  # on the flow runs it starts, to tell them from the scheduled ones

@@ -3,17 +3,19 @@
 Tasks open the file by path. A flow run holds the file open in a `session` for its whole
 duration; while it does, `connect` hands out cursors of that one connection instead of opening
 the file again (an open with its schema check costs ~30 ms, and a job opens it ~15 times). Other
-processes still see one writer: the flow's. All SQL comes from sql/ through batchbin.sqlfiles.
+processes still see one writer: the flow's. All SQL comes from sql/ through batchbin.store.queries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -21,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one, run
+from batchbin.store.queries import one, run, sql
 
 SCHEMA_VERSION = "1"
 # DuckDB keeps up to 80% of memory by default, as cache it gives back only when it needs room
@@ -223,20 +225,32 @@ def memory_limit_mib() -> int:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, name: str = "the database") -> None:
     """Create the tables if missing. A database of another schema version, or another program's
-    (tables, but no BatchBin version), is refused before anything in it changes."""
-    version = None
+    (tables, but no BatchBin version), is refused before anything in it changes.
+
+    The schema's statements run once per text of sql/schema.sql: a file whose meta table holds
+    the hash of the current text skips them (they are idempotent, but cost tens of
+    milliseconds at every open); an older text's migrations (ALTER ... IF NOT EXISTS) run once."""
+    version = stored_hash = None
     if one(con, "schema.has_meta")[0]:
-        row = one(con, "schema.get_meta", {"key": "schema_version"})
-        version = None if row is None else row[0]
+        version, stored_hash = one(con, "schema.get_versions")
     if version is None and one(con, "schema.count_tables")[0]:
         raise NotABatchBinDatabase(f"{name} is a DuckDB database of another program (it has tables, but no BatchBin "
                                    "schema version); give BatchBin a --db file of its own")
     if version is not None and version != SCHEMA_VERSION:
         raise SchemaVersionError(f"{name} has schema version {version} but this BatchBin writes version "
                                  f"{SCHEMA_VERSION}; use a new --db file (or the BatchBin that wrote it)")
+    if stored_hash == schema_hash():
+        return
     run(con, "schema.create_tables")
     if version is None:
         run(con, "schema.set_meta", {"key": "schema_version", "value": SCHEMA_VERSION})
+    run(con, "schema.set_meta", {"key": "schema_hash", "value": schema_hash()})
+
+
+@cache
+def schema_hash() -> str:
+    """A hash of the schema's statements: a changed schema.sql runs them again on every file."""
+    return hashlib.sha256(sql("schema.create_tables").encode()).hexdigest()[:16]
 
 
 def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:

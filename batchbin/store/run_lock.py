@@ -3,7 +3,7 @@ database (`<db>.runlock`, fcntl.flock) from its start to its end, and a second r
 database waits for it, saying which run it waits for.
 
 The database file itself is not what serialises runs: a run lets go of it between checkpoints
-so that readers get in (batchbin/db.py BriefConnection), and two engines at once would compete
+so that readers get in (batchbin/store/db.py BriefConnection), and two engines at once would compete
 for the same cores and memory anyway. The lock goes with the process that holds it, also when
 that process is killed.
 
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from batchbin.db import LOCK_WAIT_S, Held, wait_while_held
+from batchbin.store.db import LOCK_WAIT_S, Held, wait_while_held
 
 
 def lock_path(db_path: str | Path) -> Path:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import polars as pl
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.sqlfiles import one, statements
+from batchbin.store.queries import one, statements
 
 
 def _frame(db_path: str | Path, query: str, run_id: str | None = None, of_a_run: bool = True) -> pl.DataFrame:

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import click
 
-from batchbin.cli_options import engine_options, job_options, split_options
-from batchbin.cli_plugins import PluginGroup
+from batchbin.cli.options import engine_options, job_options, split_options
+from batchbin.cli.plugins import PluginGroup
 from batchbin.errors import BatchBinError
-from batchbin.prefect_runtime import api_started_meanwhile, in_process_flow_runs
+from batchbin.flows.runtime import api_started_meanwhile, in_process_flow_runs
 
 
 
@@ -29,7 +29,7 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-# `batchbin bench` is a plugin command, imported only when used (batchbin/cli_plugins.py)
+# `batchbin bench` is a plugin command, imported only when used (cli/plugins.py)
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """BatchBin: offline LLM batch inference on vLLM, faster, with results in DuckDB."""
@@ -61,7 +61,7 @@ def run_command(input_path: str, verbose: bool, **options) -> None:
                 warm_up(config)
             state = batch_inference(config, return_state=True)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (entry turns it into this)
-        from batchbin.run_records import stopped_message
+        from batchbin.store.runs import stopped_message
 
         fail(stopped_message(config))
     if not state.is_completed():
@@ -77,7 +77,7 @@ def quiet_terminal(config, verbose: bool) -> Iterator[None]:
     import os
     import warnings
 
-    from batchbin.quiet import ENGINE_LOG_VARIABLE
+    from batchbin.engine.quiet import ENGINE_LOG_VARIABLE
 
     if verbose:
         yield
@@ -106,7 +106,7 @@ def progress_display(verbose: bool) -> Iterator[None]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from batchbin.progress import listening
+    from batchbin.engine.progress import listening
 
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -138,7 +138,7 @@ def progress_display(verbose: bool) -> Iterator[None]:
 
 
 def print_summary(report: dict) -> None:
-    from batchbin.sqlfiles import sql
+    from batchbin.store.queries import sql
 
     tps = report.get("output_tps")
     reuse = report.get("reuse_ratio")
@@ -209,7 +209,7 @@ def sql_command(query: str, db_path: str, max_rows: int) -> None:
     """
     import duckdb
 
-    from batchbin import db
+    from batchbin.store import db
 
     try:
         con = db.connect(db_path, read_only=True)
@@ -234,8 +234,8 @@ def doctor_command(requests: int | None, **options) -> None:
     Example: batchbin doctor --requests 50 --max-num-seqs 32
     """
     from batchbin.config import EngineOptions
-    from batchbin.engine_settings import choose_engine_settings
-    from batchbin.machine import detect_machine
+    from batchbin.engine.settings import choose_engine_settings
+    from batchbin.engine.machine import detect_machine
 
     _, engine = split_options(options)
     machine = detect_machine()
@@ -257,7 +257,7 @@ def doctor_command(requests: int | None, **options) -> None:
 @main.command("prepare-model")
 def prepare_model_command() -> None:
     """Convert the embedded default model (SmolLM2-135M-Instruct) once; print its folder."""
-    from batchbin.models import prepare_default_model
+    from batchbin.engine.models import prepare_default_model
 
     try:
         click.echo(prepare_default_model(verbose=True))
@@ -322,7 +322,7 @@ def plan_command(input_path: str, gpu: str | None, model_size: str | None, verbo
     Example: batchbin plan examples/sample_prompts.jsonl --gpu h100 --model-size 8b
     """
     from batchbin.config import EngineOptions, JobConfig
-    from batchbin.plan import format_plan, make_plan, planning_database
+    from batchbin.flows.plan import format_plan, make_plan, planning_database
 
     if (gpu is None) != (model_size is None):
         fail("--gpu and --model-size go together (e.g. --gpu h100 --model-size 8b)")
@@ -377,7 +377,7 @@ def simulate_run_command(db_path: str, run_id: str | None, orders: str, lengths:
 
     Example: batchbin simulate run --db batchbin.duckdb --order all --gpu h100 --model-size 8b
     """
-    from batchbin.sim_runs import AS_RUN, SIM_ORDERS, format_simulation, measured, open_run, simulate_run
+    from batchbin.sim.stored_runs import AS_RUN, SIM_ORDERS, format_simulation, measured, open_run, simulate_run
 
     if (gpu is None) != (model_size is None):
         fail("--gpu and --model-size go together (e.g. --gpu h100 --model-size 8b)")
@@ -412,7 +412,7 @@ def simulate_multibin_command(requests: int, batch_size: int, length_range: str,
 
     Example: batchbin simulate multibin --requests 4096 --batch-size 32 --noise 0,0.5,1
     """
-    from batchbin import multibin_model as model
+    from batchbin.sim import multibin as model
 
     try:
         low, high = (int(value) for value in length_range.split(","))
@@ -450,7 +450,7 @@ def simulate_fit_command(db_paths: tuple[str, ...], run_ids: tuple[str, ...], ou
 
     Example: batchbin simulate fit --db batchbin.duckdb
     """
-    from batchbin.sim_runs import fit_from_db
+    from batchbin.sim.stored_runs import fit_from_db
 
     try:
         cost = fit_from_db(list(db_paths), list(run_ids) or None)
@@ -467,8 +467,8 @@ ENGINE_COMMANDS = ("run", "bench", "doctor")
 def entry() -> None:
     """The `batchbin` command. The engine commands restart once with tcmalloc and Intel OpenMP
     preloaded (where found, on CPU), so that vLLM's engine can run in this process with them
-    (batchbin/preload.py)."""
-    from batchbin.preload import restart_with_preload
+    (batchbin/engine/preload.py)."""
+    from batchbin.engine.preload import restart_with_preload
 
     engine_command = len(sys.argv) > 1 and sys.argv[1] in ENGINE_COMMANDS
     if engine_command:
@@ -498,7 +498,7 @@ def exit_without_teardown(code: int | str | None) -> None:
     import atexit
     import os
 
-    from batchbin.engine import current_engine, shutdown_engine
+    from batchbin.engine.pool import current_engine, shutdown_engine
 
     engine = current_engine()
     if engine is not None and not engine.settings.in_process:

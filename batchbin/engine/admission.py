@@ -15,7 +15,7 @@ which grows between finishes and drops at each: its peak is just before one of t
 is handed over only if the set with it still peaks within the cache.
 
 Pure logic: tasks/generate.py gates what it hands to vLLM with `KvAdmission`, and the simulator
-(batchbin/simulator.py) replays the same gate.
+(batchbin/sim/simulator.py) replays the same gate.
 """
 
 from __future__ import annotations

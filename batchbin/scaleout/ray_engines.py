@@ -4,7 +4,7 @@ Ray cluster (`batchbin run ... --ray-address ADDRESS --engines N`).
 Each actor builds one engine with BatchBin's settings for the node it landed on and runs the
 requests it is sent through `generate_in_order` (tasks/generate.py) on a thread of its own, so
 its engine never waits for the driver: `submit` queues rows, `collect` hands back the results
-finished since the last call. The driver (batchbin/ray_generate.py) writes them to the run's
+finished since the last call. The driver (tasks/generate_ray.py) writes them to the run's
 database; an actor never touches it.
 
 Needs the `ray` extra; on a cluster every node runs the same BatchBin installation.
@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from batchbin.config import EngineOptions
-from batchbin.engine_settings import EngineSettings
+from batchbin.engine.settings import EngineSettings
 from batchbin.errors import BatchBinError
 
 NAMESPACE = "batchbin"
@@ -67,7 +67,7 @@ class EngineWorker:
     def placement(self) -> Placement:
         import ray
 
-        from batchbin.machine import detect_machine
+        from batchbin.engine.machine import detect_machine
 
         context = ray.get_runtime_context()
         return Placement(host=socket.gethostname(), node_id=context.get_node_id(), cores=detect_machine().cores,
@@ -77,7 +77,7 @@ class EngineWorker:
               defaults, tensor_parallel_size: int = 1) -> dict:
         """Build the engine (settings chosen for this node, its cores split among the engines on
         the host) and start generating whatever is submitted. Returns the settings and start time."""
-        from batchbin.engine import get_engine
+        from batchbin.engine.pool import get_engine
 
         self.settings = actor_engine_settings(options, requests, engines_on_host, slot, tensor_parallel_size)
         engine = get_engine(model_path, self.settings, defaults.max_model_len)
@@ -111,12 +111,12 @@ class EngineWorker:
         return self.produced
 
     def stop(self) -> None:
-        from batchbin.engine import shutdown_engine
+        from batchbin.engine.pool import shutdown_engine
 
         shutdown_engine()
 
     def _generate_forever(self, engine, defaults) -> None:
-        from batchbin.tasks.generate import generate_in_order
+        from batchbin.engine.step_loop import generate_in_order
 
         def queued_rows():
             while True:
@@ -162,9 +162,9 @@ def actor_engine_settings(options: EngineOptions, requests: int, engines_on_host
     """BatchBin's settings for the node an actor runs on. On CPU, where the user set them not:
     the host's cores and KV cache are split among its engines (each its own cores), and the
     engine core runs inside the actor, so a lost actor leaves no engine process behind."""
-    from batchbin.engine_settings import choose_engine_settings, core_ranges
-    from batchbin.machine import detect_machine
-    from batchbin.scaleout import split_cores
+    from batchbin.engine.settings import choose_engine_settings, core_ranges
+    from batchbin.engine.machine import detect_machine
+    from batchbin.scaleout.shares import split_cores
 
     machine = detect_machine()
     if not machine.gpu and options.in_process is None:

@@ -11,8 +11,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchbin.db import CHUNK_ROWS
-from batchbin.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
+from batchbin.store.db import CHUNK_ROWS
+from batchbin.io.openai_batch import OpenAIBatchLineError, batch_line_field, is_openai_batch_line, request_from_batch_line
 
 INT32_MAX = 2**31 - 1  # prompts.max_tokens and prompts.seed are INTEGER columns
 

@@ -1,6 +1,6 @@
 """Read an input file (JSONL, Parquet or CSV) row by row, streamed: each row comes with its
 number, its raw text and, where it could not be read, why. Nothing here decides whether a row
-is a valid request (batchbin/request_schema.py does).
+is a valid request (batchbin/io/request_schema.py does).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchbin.db import CHUNK_ROWS
+from batchbin.store.db import CHUNK_ROWS
 from batchbin.errors import BatchBinError
-from batchbin.openai_batch import is_openai_batch_line
+from batchbin.io.openai_batch import is_openai_batch_line
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 JSON_COLUMNS = ("messages", "metadata", "stop", "response_format")  # arrive as JSON text from CSV files

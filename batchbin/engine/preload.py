@@ -60,7 +60,7 @@ def gpu_present() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def restart_with_preload(argv: list[str], module: str = "batchbin.cli") -> None:
+def restart_with_preload(argv: list[str], module: str = "batchbin.cli.main") -> None:
     """Replace this process by `python -m module argv[1:]` with the preload libraries in
     LD_PRELOAD, once.
 

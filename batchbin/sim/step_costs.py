@@ -1,4 +1,4 @@
-"""What one engine step costs, in seconds: the simulator's clock (batchbin/simulator.py).
+"""What one engine step costs, in seconds: the simulator's clock (batchbin/sim/simulator.py).
 
 Two models of the same question, "how long does a step that computes these tokens take?":
 

@@ -9,7 +9,7 @@ A body of several statements is split by DuckDB's own parser (`duckdb.extract_st
 which also names each statement's parameters, so a `;` inside a string literal or a comment
 never splits a statement.
 
-    from batchbin.sqlfiles import sql
+    from batchbin.store.queries import sql
     con.execute(sql("load.insert_prompts"), {"run_id": run_id})
 """
 

@@ -1,5 +1,5 @@
 """Spreading one run over several engines: shards of whole prefix families, balanced by
-predicted work, and the pool that hands them out (pure logic; Ray lives in batchbin/ray_engines.py).
+predicted work, and the pool that hands them out (pure logic; Ray lives in batchbin/scaleout/ray_engines.py).
 
     shares = plan_shares(families_from_rows(rows), engines=4)
     pool = WorkPool(shares)

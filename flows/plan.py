@@ -10,7 +10,7 @@ of the same file reuses them), builds no engine, and reports:
 - the prefix reuse the prompts allow (what perfect prefix caching would skip);
 - the order the schedule chose and why, and how requests would be handed to vLLM;
 - the generation time the simulator predicts on this machine with the fitted step costs
-  (batchbin/simulator.py, batchbin/step_costs.py): as planned, and as a capable user's run
+  (batchbin/sim/simulator.py, batchbin/sim/step_costs.py): as planned, and as a capable user's run
   (token order, handed over as vLLM admits them);
 - the same on a GPU for a model size named on the command line.
 """
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from batchbin import db
+from batchbin.store import db
 from batchbin.config import JobConfig, file_fingerprint
 from batchbin.errors import BatchBinError
-from batchbin.sim_runs import AS_RUN, OrderEstimate, open_run, simulate_run
-from batchbin.sqlfiles import one
-from batchbin.tasks.common import RunRef
+from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, open_run, simulate_run
+from batchbin.store.queries import one
+from batchbin.store.runs import RunRef
 
 BASELINE_ORDER = "sorted"  # what a capable user does by hand: prompts in token order
 
@@ -56,26 +56,16 @@ class Plan:
 
 def prepare(config: JobConfig) -> tuple[RunRef, int]:
     """Run the stages before generation into config.db_path; returns the run and its rejects."""
-    from batchbin.engine_settings import choose_engine_settings
-    from batchbin.flows.batch import check_input, prepare_work
-    from batchbin.machine import detect_machine
-    from batchbin.models import resolve_model
-    from batchbin.run_records import finish_run, no_valid_request_message, record_engine, start_run
-    from batchbin.tasks.load import load
+    from batchbin.flows.batch import StageClock, check_input, load_and_choose_engine, prepare_work
+    from batchbin.engine.models import resolve_model
+    from batchbin.store.runs import finish_run
 
     check_input(config)
     model_path = resolve_model(config.model)
     fingerprint = file_fingerprint(config.input_path)
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
     with db.session(ref.db_path):
-        start_run(ref, config, fingerprint, model_path)
-        loaded = load(ref, config.input_path, fingerprint)
-        if loaded.requests == 0:
-            message = no_valid_request_message(ref, config.input_path)
-            finish_run(ref, "failed")
-            raise BatchBinError(message)
-        settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
-        record_engine(ref, settings)
+        settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, StageClock())
         ref = prepare_work(ref, config, model_path, settings, with_probe=False)  # no engine here
         finish_run(ref, "planned")
     return ref, loaded.rejects

@@ -3,7 +3,7 @@ prompt tokens prefilled and output tokens generated so far (from vLLM's own coun
 of long prompts moves during its prefill too), tokens per second and the time left.
 
 The generate stage publishes a snapshot about once a second; whoever listens shows it (the
-command line's progress bar, batchbin/cli.py). The stage itself logs it every few seconds and
+command line's progress bar, cli/main.py). The stage itself logs it every few seconds and
 keeps a Prefect progress artifact up to date (tasks/generate.py).
 
     with listening(lambda p: print(p.line())):

@@ -3,7 +3,7 @@
 Tasks pass settings, never an LLM object (it cannot go into a cache key); `get_engine` keeps the
 engine of the last settings alive, so the stages of several flow runs in one process (tests, the
 benchmark) share one engine instead of paying the start-up (~26 s on CPU) again. What it
-needs of vLLM beyond the public `vllm.LLM` goes through batchbin/vllm_adapter.py.
+needs of vLLM beyond the public `vllm.LLM` goes through batchbin/engine/vllm_adapter.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from batchbin import vllm_adapter
-from batchbin.engine_settings import EngineSettings
-from batchbin.quiet import engine_noise_to_log
+from batchbin.engine import vllm_adapter
+from batchbin.engine.settings import EngineSettings
+from batchbin.engine.quiet import engine_noise_to_log
 
 # Quieter vLLM, no usage reporting; must be set before vllm is imported.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

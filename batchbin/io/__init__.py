@@ -1,0 +1,1 @@
+"""Inputs and outputs: reading files, validating requests, OpenAI batch lines, the report's charts."""

@@ -1,0 +1,1 @@
+"""The simulator: continuous batching on request sizes, step costs, stored runs as input, the Multi-Bin model."""
