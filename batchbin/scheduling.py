@@ -13,7 +13,7 @@ import duckdb
 from batchbin.config import ORDERS
 from batchbin.store.db import transaction
 from batchbin.engine.settings import DEFAULT_MAX_NUM_SEQS
-from batchbin.store.queries import one, run
+from batchbin.store.queries import execute, fetch_one
 
 # "auto" bins by length only where the lengths can shorten the job: more requests than the
 # engine runs at once (a queue, so the long ones must not come last) and predicted lengths that
@@ -50,14 +50,14 @@ def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> int:
     """Write the run's schedule and the order chosen, in one transaction (a failure leaves the
     run's old schedule whole); return the number of scheduled requests."""
-    requests, spread = one(con, "schedule.prediction_spread", {"run_id": run_id})
+    requests, spread = fetch_one(con, "schedule.prediction_spread", {"run_id": run_id})
     choice = choose_order(order, requests, max_num_seqs, spread)
     with transaction(con):
-        run(con, "schedule.replace_schedule",
+        execute(con, "schedule.replace_schedule",
             {"run_id": run_id, "k_bins": k_bins, "order": choice.order, "min_shared_tokens": min_shared_tokens})
-        run(con, "schedule.mark_duplicates", {"run_id": run_id})
-        run(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
+        execute(con, "schedule.mark_duplicates", {"run_id": run_id})
+        execute(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
                                             "reason": choice.reason})
-    return one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
+    return fetch_one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
 
 

@@ -220,12 +220,12 @@ def store_oracle_lengths(db_path: str, lengths: dict[str, int]) -> None:
     import pyarrow as pa
 
     from batchbin.store import db
-    from batchbin.store.queries import run
+    from batchbin.store.queries import execute
 
     con = db.connect(db_path)
     try:
         with db.registered(con, oracle_lengths=pa.table({"request_id": list(lengths), "output_tokens": list(lengths.values())})):
-            run(con, "bench.store_oracle_lengths", {"run_id": ORACLE_SOURCE_RUN})
+            execute(con, "bench.store_oracle_lengths", {"run_id": ORACLE_SOURCE_RUN})
     finally:
         con.close()
 
@@ -275,7 +275,7 @@ def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineO
     predicted. Not timed: the timed run reads the file instead of predicting (~1 s here)."""
     from batchbin.store import db
     from batchbin.flows.plan import prepare
-    from batchbin.store.queries import arrow
+    from batchbin.store.queries import fetch_arrow
 
     natural = write_jsonl(natural_lengths(rows, NATURAL_MAX_TOKENS), out_dir / "natural.jsonl")
     scratch = out_dir / "natural.duckdb"
@@ -285,7 +285,7 @@ def natural_predictions(rows: list[dict], out_dir: Path, engine_options: EngineO
     ref, _ = prepare(config)
     con = db.connect(str(scratch), read_only=True)
     try:
-        predicted = arrow(con, "bench.predictions_of_run", {"run_id": ref.run_id}).to_pylist()
+        predicted = fetch_arrow(con, "bench.predictions_of_run", {"run_id": ref.run_id}).to_pylist()
     finally:
         con.close()
     path = write_jsonl(predicted, out_dir / "natural-predictions.jsonl")
@@ -296,13 +296,13 @@ def _read_finished_run(db_path: str, run_id: str) -> tuple[dict[str, int], dict,
     """A finished run's output length per request, its engine settings and its engine trace (the
     totals of its engine steps; one read-only open)."""
     from batchbin.store import db
-    from batchbin.store.queries import arrow, one, run
+    from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
     con = db.connect(db_path, read_only=True)
     try:
-        lengths = dict(run(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
-        trace = arrow(con, "bench.engine_trace", {"run_id": run_id}).to_pylist()
-        return lengths, json.loads(one(con, "bench.run_engine", {"run_id": run_id})[0]), (trace[0] if trace else None)
+        lengths = dict(execute(con, "bench.result_lengths", {"run_id": run_id}).fetchall())
+        trace = fetch_arrow(con, "bench.engine_trace", {"run_id": run_id}).to_pylist()
+        return lengths, json.loads(fetch_one(con, "bench.run_engine", {"run_id": run_id})[0]), (trace[0] if trace else None)
     finally:
         con.close()
 

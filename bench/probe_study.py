@@ -21,7 +21,7 @@ import numpy as np
 from batchbin.store import db
 from batchbin.predictors.evaluate import prediction_metrics
 from batchbin.predictors.probe import fit_probe, probe_size
-from batchbin.store.queries import arrow, one
+from batchbin.store.queries import fetch_arrow, fetch_one
 
 METRICS = ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")
 
@@ -85,14 +85,14 @@ def run_rows(db_path: str, run_id: str | None, template_tokens: list[int]) -> tu
     group as the probe stage computes it (probe.template_groups)."""
     with db.connect(db_path, read_only=True) as con:
         if run_id is None:
-            run_id = one(con, "probe.latest_finished_run", {})[0]
-        rows = arrow(con, "probe.study_rows", {"run_id": run_id}).to_pydict()
+            run_id = fetch_one(con, "probe.latest_finished_run", {})[0]
+        rows = fetch_arrow(con, "probe.study_rows", {"run_id": run_id}).to_pydict()
         groupings = {}
         for tokens in template_tokens:
             if tokens == 0:
                 groupings[0] = np.zeros(len(rows["request_id"]), dtype=np.int64)
                 continue
-            table = arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": tokens}).to_pydict()
+            table = fetch_arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": tokens}).to_pydict()
             group_of = dict(zip(table["request_id"], table["template_group"]))
             groupings[tokens] = np.array([group_of[r] for r in rows["request_id"]], dtype=np.int64)
     return rows, groupings

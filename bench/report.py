@@ -57,14 +57,14 @@ def chart(summary: dict, path: Path) -> Path:
 def store(summary: dict, db_path: str) -> str:
     """Keep the run in DuckDB (table bench_runs, created here), one row per variant; return the bench id."""
     from batchbin.store import db
-    from batchbin.store.queries import run
+    from batchbin.store.queries import execute
 
     bench_id = uuid.uuid4().hex[:12]
     con = db.connect(db_path)
     try:
-        run(con, "bench.create_tables")
+        execute(con, "bench.create_tables")
         for variant, metrics in summary["variants"].items():
-            run(con, "bench.store_bench_run", {"bench_id": bench_id, "workload": summary["workload"], "variant": variant,
+            execute(con, "bench.store_bench_run", {"bench_id": bench_id, "workload": summary["workload"], "variant": variant,
                                                "metrics": json.dumps({**metrics, "machine": summary["machine"]})})
     finally:
         con.close()

@@ -27,7 +27,7 @@ from batchbin.store import db
 from batchbin.config import JobConfig, file_fingerprint
 from batchbin.errors import BatchBinError
 from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, open_run, simulate_run
-from batchbin.store.queries import one
+from batchbin.store.queries import fetch_one
 from batchbin.store.runs import RunRef
 
 BASELINE_ORDER = "sorted"  # what a capable user does by hand: prompts in token order
@@ -76,10 +76,10 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
     stored = open_run(ref.db_path, ref.run_id)
     try:
         con = stored.con
-        requested, used, reason = one(con, "simulate.schedule_choice", {"run_id": ref.run_id})
+        requested, used, reason = fetch_one(con, "simulate.schedule_choice", {"run_id": ref.run_id})
         with db.connect(ref.db_path, read_only=True) as source:
-            prefix = one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
-            predicted = one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
+            prefix = fetch_one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
+            predicted = fetch_one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
         requests, prompt_tokens, _, ideal_cached, groups = prefix or (len(stored.requests("predicted")), 0, 0, 0, 0)
         simulation = simulate_run(stored, [AS_RUN], lengths="predicted", cpu=cpu, gpu=gpu)
         if used != BASELINE_ORDER or stored.kv_admission:  # the capable user's run, to compare with

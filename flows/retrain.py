@@ -19,7 +19,7 @@ from uuid import UUID
 
 from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.store.queries import one
+from batchbin.store.queries import fetch_one
 
 RETRAIN_DEPLOYMENT = "train-length-predictor/retrain-predictor"
 TRIGGER_TAG = "retrain-after"  # on the flow runs it starts, to tell them from the scheduled ones
@@ -29,7 +29,7 @@ def unused_results(db_path: str) -> int:
     """Finished results of the database that no registered predictor has learnt from yet."""
     con = db.connect(db_path, read_only=True)
     try:
-        return int(one(con, "retrain.unused_results")[0])
+        return int(fetch_one(con, "retrain.unused_results")[0])
     finally:
         con.close()
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from batchbin.store.queries import arrow, run
+from batchbin.store.queries import execute, fetch_arrow
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -132,9 +132,9 @@ def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict 
     same scores of the predictor's own numbers for those requests.
     """
     if k_bins is None:
-        rows = run(con, "predictors.run_k_bins", {"run_id": run_id}).fetchall()  # fetchall: DuckDB 2.0
+        rows = execute(con, "predictors.run_k_bins", {"run_id": run_id}).fetchall()  # fetchall: DuckDB 2.0
         k_bins = int(rows[0][0]) if rows and rows[0][0] else 4  # refuses register() after a partial fetch
-    rows = pl.from_arrow(arrow(con, "predictors.predictions_with_results", {"run_id": run_id}))
+    rows = pl.from_arrow(fetch_arrow(con, "predictors.predictions_with_results", {"run_id": run_id}))
     probed = bool(rows["in_probe"].any()) if not rows.is_empty() else False
     if probed:  # scored on the requests the probe did not run, with and without its calibration
         rows = rows.filter(~pl.col("in_probe"))

@@ -43,7 +43,7 @@ from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
 from batchbin.predictors.registry import PredictorNotFound, auto_predictor, get_predictor, load_predictor
-from batchbin.store.queries import row_batches, run
+from batchbin.store.queries import execute, row_batches
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def run_request_batches(con, run_id: str, default_max_tokens: int,
 
 def run_model(con, run_id: str) -> str | None:
     """The model of a run (None for a run without a row in `runs`)."""
-    rows = run(con, "predictors.run_model", {"run_id": run_id}).fetchall()
+    rows = execute(con, "predictors.run_model", {"run_id": run_id}).fetchall()
     return rows[0][0] if rows else None
 
 
@@ -149,7 +149,7 @@ def auto_entry(con, run_id: str) -> dict | None:
 
 
 def fallback_base(con, run_id: str) -> float | None:
-    value = run(con, "predictors.past_median_output", {"run_id": run_id}).fetchall()[0][0]
+    value = execute(con, "predictors.past_median_output", {"run_id": run_id}).fetchall()[0][0]
     return None if value is None else float(value)
 
 
@@ -159,12 +159,12 @@ Predict = Callable[[list[dict]], tuple[np.ndarray, list[str]]]
 def _oracle(con, run_id: str, source_run_id: str) -> Predict:
     if not source_run_id:
         raise PredictorSpecError("oracle needs a run id: --predictor oracle:<run_id of a finished run>")
-    if run(con, "predictors.count_results", {"run_id": source_run_id}).fetchall()[0][0] == 0:
+    if execute(con, "predictors.count_results", {"run_id": source_run_id}).fetchall()[0][0] == 0:
         raise PredictorSpecError(
             f"oracle:{source_run_id}: that run has no finished results; run the same input once first "
             "and pass its run id (see `batchbin sql \"select run_id, status from runs\"`)"
         )
-    known = dict(run(con, "predictors.oracle_lengths", {"run_id": run_id, "source_run_id": source_run_id}).fetchall())
+    known = dict(execute(con, "predictors.oracle_lengths", {"run_id": run_id, "source_run_id": source_run_id}).fetchall())
     base = fallback_base(con, run_id)
 
     def predict(requests: list[dict]) -> tuple[np.ndarray, list[str]]:
@@ -223,7 +223,7 @@ def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: in
     name, predict = choose_predictor(con, run_id, spec)
     counts = {"predictor": name, "rows": 0, "fallback_rows": 0}
     with transaction(con):
-        run(con, "predictors.clear_predictions", {"run_id": run_id})
+        execute(con, "predictors.clear_predictions", {"run_id": run_id})
         for requests in run_request_batches(con, run_id, default_max_tokens, rows_per_batch):
             values, names = predict(requests)
             if not name.startswith("file:"):
@@ -232,7 +232,7 @@ def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: in
                                           "predicted_tokens": [float(v) for v in values], "predictor": names},
                                          schema=PREDICTIONS_SCHEMA)
             with registered(con, incoming_predictions=scan_once(table)):
-                run(con, "predictors.insert_predictions", {"run_id": run_id})
+                execute(con, "predictors.insert_predictions", {"run_id": run_id})
             counts["rows"] += len(requests)
             counts["fallback_rows"] += names.count(FALLBACK)
     return counts

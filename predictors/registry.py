@@ -25,7 +25,7 @@ from pathlib import Path
 
 from batchbin.errors import BatchBinError
 from batchbin.predictors.model import LengthPredictor
-from batchbin.store.queries import run
+from batchbin.store.queries import execute
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,17 @@ def _row_dict(rows: list) -> dict | None:
 
 def latest_predictor(con) -> dict | None:
     """The most recently trained predictor of any model."""
-    return _row_dict(run(con, "predictors.latest_predictor").fetchall())
+    return _row_dict(execute(con, "predictors.latest_predictor").fetchall())
 
 
 def get_predictor(con, version: str) -> dict | None:
     """One registered predictor by version."""
-    return _row_dict(run(con, "predictors.get_predictor", {"version": version}).fetchall())
+    return _row_dict(execute(con, "predictors.get_predictor", {"version": version}).fetchall())
 
 
 def model_predictors(con, model: str | None) -> list[dict]:
     """The registered predictors of a model, newest first."""
-    cursor = run(con, "predictors.model_predictors", {"model": model_key(model)})
+    cursor = execute(con, "predictors.model_predictors", {"model": model_key(model)})
     return [_row_dict([row]) for row in cursor.fetchall()]
 
 
@@ -118,7 +118,7 @@ def auto_predictor(con, model: str | None) -> dict | None:
 def register_predictor(con, version: str, kind: str, path: str, train_rows: int, metrics: dict,
                        model: str | None = None) -> dict:
     """Add (or replace) a registry row for `model` and return it."""
-    run(con, "predictors.register_predictor", {
+    execute(con, "predictors.register_predictor", {
         "version": version, "kind": kind, "path": str(path), "train_rows": int(train_rows),
         "metrics": json.dumps(metrics, sort_keys=True), "model": model_key(model),
     })

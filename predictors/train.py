@@ -35,7 +35,7 @@ from batchbin.predictors.evaluate import prediction_metrics
 from batchbin.predictors.features import FeatureSettings, feature_matrix, n_features
 from batchbin.predictors.model import LengthMLP, LengthPredictor, PredictorConfig, to_tokens
 from batchbin.predictors.registry import model_key, register_predictor
-from batchbin.store.queries import arrow, run
+from batchbin.store.queries import execute, fetch_arrow
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def split_mask(request_ids: list[str], fraction: float) -> np.ndarray:
 def training_rows(con, default_max_tokens: int, model: str | None = None) -> list[dict]:
     """Finished requests without error, as dicts (sql/predictors.sql training_rows): of the runs
     of `model` (a model_key), or of every run when None."""
-    rows = pl.from_arrow(arrow(con, "predictors.training_rows", {"default_max_tokens": default_max_tokens}))
+    rows = pl.from_arrow(fetch_arrow(con, "predictors.training_rows", {"default_max_tokens": default_max_tokens}))
     if model is not None:  # model_key looks at the file system: once per model, not once per row
         names = [name for name in rows.get_column("model").unique().to_list() if model_key(name) == model]
         rows = rows.filter(pl.col("model").is_in(names))
@@ -106,7 +106,7 @@ def training_rows(con, default_max_tokens: int, model: str | None = None) -> lis
 
 def newest_run_model(con) -> str | None:
     """The model_key of the newest run that has finished results (what to train for by default)."""
-    rows = run(con, "predictors.newest_trained_model").fetchall()
+    rows = execute(con, "predictors.newest_trained_model").fetchall()
     return model_key(rows[0][0]) if rows and rows[0][0] else None
 
 

@@ -30,7 +30,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
 from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.store.queries import one, run, sql_file_text
+from batchbin.store.queries import execute, fetch_one, sql_file_text
 from batchbin.store.runs import RunRef
 
 
@@ -61,11 +61,11 @@ class Stage:
 
     def is_done(self, con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any]) -> bool:
         """True when the stage finished for this run with these parameters and this code."""
-        row = one(con, "stages.stamp", {"run_id": run_id, "stage": self.name})
+        row = fetch_one(con, "stages.stamp", {"run_id": run_id, "stage": self.name})
         return row is not None and row[0] == params_hash({**params, "code": self.version()})
 
     def mark_done(self, con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any], rows: int) -> None:
-        run(con, "stages.mark", {"run_id": run_id, "stage": self.name, "rows": rows,
+        execute(con, "stages.mark", {"run_id": run_id, "stage": self.name, "rows": rows,
                                  "params": params_hash({**params, "code": self.version()})})
 
     def task_options(self, extra_key: Callable[[RunRef, dict[str, Any]], str] | None = None) -> dict[str, Any]:

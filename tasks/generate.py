@@ -23,7 +23,7 @@ from batchbin.engine.settings import DEFAULT_MAX_NUM_SEQS, EngineSettings
 from batchbin.engine.step_loop import (EngineFailure, GenerationStats, SamplingDefaults, generate_in_order,
                                        kv_admission_for)
 from batchbin.store.db import BriefConnection, registered
-from batchbin.store.queries import arrow, one, run
+from batchbin.store.queries import execute, fetch_arrow, fetch_one
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import PROGRESS_EVERY_S, stage_task_options
 
@@ -44,25 +44,25 @@ STEP_SCHEMA = pa.schema([
 def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict], attempt: int | None = None) -> None:
     """Write one checkpoint of finished requests (of generation attempt `attempt`)."""
     with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
-        run(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
-    run(con, "generate.copy_duplicates", {"run_id": run_id, "leaders": [row["request_id"] for row in rows]})
+        execute(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
+    execute(con, "generate.copy_duplicates", {"run_id": run_id, "leaders": [row["request_id"] for row in rows]})
 
 
 def store_steps(con: duckdb.DuckDBPyConnection, run_id: str, attempt: int, rows: list[dict]) -> None:
     """Write the engine steps of generation attempt `attempt` taken since the last checkpoint."""
     with registered(con, engine_step_rows=pa.Table.from_pylist(rows, schema=STEP_SCHEMA)):
-        run(con, "generate.insert_steps", {"run_id": run_id, "attempt": attempt})
+        execute(con, "generate.insert_steps", {"run_id": run_id, "attempt": attempt})
 
 
 WORK_PAGE_ROWS = 4096  # requests read from the schedule at a time (a few MB of token ids)
 
 
-def work_pages(held: BriefConnection, run_id: str, page_rows: int = WORK_PAGE_ROWS) -> Iterator[dict]:
+def work_pages(database: BriefConnection, run_id: str, page_rows: int = WORK_PAGE_ROWS) -> Iterator[dict]:
     """The run's requests without a result, in schedule order, read a page at a time."""
     after = -1
     while True:
-        rows = arrow(held.get(), "generate.work_in_order", {"run_id": run_id, "after": after, "limit": page_rows}).to_pylist()
-        held.used()
+        rows = fetch_arrow(database.get(), "generate.work_in_order", {"run_id": run_id, "after": after, "limit": page_rows}).to_pylist()
+        database.used()
         if not rows:
             return
         yield from rows
@@ -106,7 +106,7 @@ def generate_run(
 
     `kv_admission`: hand requests over by memory (see generate_in_order), not by count alone."""
     running = take_left_running(engine, run_id)
-    held = BriefConnection(db_path, say)
+    database = BriefConnection(db_path, say)
     waiting: list[dict] = []
     waiting_steps: list[dict] = []
     attempt = None
@@ -121,17 +121,17 @@ def generate_run(
 
     def store(rows: list[dict]) -> None:
         waiting.extend(rows)
-        con = held.get(wait=False)
+        con = database.get(wait=False)
         if con is not None:
             write(con)
-            held.used()
+            database.used()
 
     try:
-        run(held.get(), "generate.copy_duplicates", {"run_id": run_id, "leaders": None})
-        total, attempt = one(held.get(), "generate.count_work", {"run_id": run_id})
+        execute(database.get(), "generate.copy_duplicates", {"run_id": run_id, "leaders": None})
+        total, attempt = fetch_one(database.get(), "generate.count_work", {"run_id": run_id})
         until_done, in_flight = None, None
         if until_probe_done:
-            until_done = {row[0] for row in run(held.get(), "generate.probe_without_result",
+            until_done = {row[0] for row in execute(database.get(), "generate.probe_without_result",
                                                 {"run_id": run_id}).fetchall()}
             in_flight = vllm_adapter.max_num_seqs(engine.llm) or engine.settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
             if not until_done:  # the probe has its results (a resumed run): nothing to wait for
@@ -140,7 +140,7 @@ def generate_run(
         if not total and not running:
             return GenerationStats()
         in_vllm = {row["request_id"] for row in running.values()}
-        work = (row for row in work_pages(held, run_id) if row["request_id"] not in in_vllm)
+        work = (row for row in work_pages(database, run_id) if row["request_id"] not in in_vllm)
         stats = generate_in_order(engine, work, defaults, store, checkpoint_every, progress, total=total,
                                   in_flight=in_flight, store_steps=waiting_steps.extend, running=running,
                                   until_done=until_done, admission=kv_admission_for(engine) if kv_admission else None)
@@ -156,8 +156,8 @@ def generate_run(
         raise
     finally:
         if waiting or waiting_steps:
-            write(held.get())
-        held.close()
+            write(database.get())
+        database.close()
 
 
 PROGRESS_ARTIFACT_KEY = "batchbin-generation-progress"
@@ -214,7 +214,7 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     retried = 0
     if retry_errors:
         with open_run_db(ref) as con:
-            retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
+            retried = len(execute(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     try:
         stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
                              progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done,
@@ -223,7 +223,7 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
         shutdown_engine()  # a dead engine is not kept for the next run
         raise
     with open_run_db(ref) as con:
-        total, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
+        total, ok = fetch_one(con, "generate.count_results", {"run_id": ref.run_id})
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
             "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried,
             "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3),

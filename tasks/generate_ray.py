@@ -34,7 +34,7 @@ from batchbin.store.db import BriefConnection, registered
 from batchbin.errors import BatchBinError
 from batchbin.engine.progress import GenerationProgress, publish
 from batchbin.scaleout.shares import WorkPool, families_from_rows, plan_shares
-from batchbin.store.queries import arrow, one, run
+from batchbin.store.queries import execute, fetch_arrow, fetch_one
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import PROGRESS_EVERY_S
 from batchbin.engine.step_loop import EngineFailure, SamplingDefaults
@@ -70,7 +70,7 @@ class EngineTally:
 @dataclass
 class ResultWriter:
     """The run's single writer: results from every engine, stored `checkpoint_every` at a time."""
-    held: BriefConnection
+    database: BriefConnection
     run_id: str
     total: int
     checkpoint_every: int
@@ -102,7 +102,7 @@ class ResultWriter:
         """Write what waits (without `wait`: only if the file is free now; else at the next one)."""
         if not self.waiting:
             return
-        con = self.held.get(wait=wait)
+        con = self.database.get(wait=wait)
         if con is None:
             return
         began = time.perf_counter()
@@ -110,7 +110,7 @@ class ResultWriter:
         self.store_s += time.perf_counter() - began
         self.checkpoints += 1
         self.waiting = []
-        self.held.used()
+        self.database.used()
 
     def progress(self) -> GenerationProgress:
         return GenerationProgress(requests_done=len(self.stored_ids), requests_total=self.total,
@@ -145,11 +145,11 @@ class Coordinator:
             chunk = self.pool.take(engine, steal_from_unstarted=waited > UNSTARTED_GRACE_S)
             if chunk is None:
                 return [], False
-            con = self.writer.held.get()
+            con = self.writer.database.get()
             ids = pa.table({"request_id": pa.array(chunk.request_ids, pa.string())})
             with registered(con, wanted_ids=ids):
-                rows = arrow(con, "scaleout.work_rows", {"run_id": self.writer.run_id}).to_pylist()
-            self.writer.held.used()
+                rows = fetch_arrow(con, "scaleout.work_rows", {"run_id": self.writer.run_id}).to_pylist()
+            self.writer.database.used()
             return rows, self.pool.stolen[engine] > before
 
     def finished_results(self, engine: int, results: list[dict]) -> None:
@@ -240,10 +240,10 @@ def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTall
         tally.output_tokens += sum(result["output_tokens"] or 0 for result in results)
 
 
-def plan_run(held: BriefConnection, run_id: str, engines: int, min_shared_tokens: int) -> WorkPool:
+def plan_run(database: BriefConnection, run_id: str, engines: int, min_shared_tokens: int) -> WorkPool:
     """The pool of the run's missing work, in shares of whole prefix families."""
-    rows = arrow(held.get(), "scaleout.work_families", {"run_id": run_id, "min_shared_tokens": min_shared_tokens})
-    held.used()
+    rows = fetch_arrow(database.get(), "scaleout.work_families", {"run_id": run_id, "min_shared_tokens": min_shared_tokens})
+    database.used()
     return WorkPool(plan_shares(families_from_rows(rows.to_pylist()), engines))
 
 
@@ -286,15 +286,15 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
     retried = 0
     if retry_errors:
         with open_run_db(ref) as con:
-            retried = len(run(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
-    held = BriefConnection(ref.db_path, logger.warning)
+            retried = len(execute(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
+    database = BriefConnection(ref.db_path, logger.warning)
     connected = ray_engines.connect(ray_address)
     actors: list = []
     try:
-        run(held.get(), "generate.copy_duplicates", {"run_id": ref.run_id, "leaders": None})  # as on one machine
-        total, attempt = one(held.get(), "generate.count_work", {"run_id": ref.run_id})
-        pool = plan_run(held, ref.run_id, engines, min_shared_tokens)
-        writer = ResultWriter(held, ref.run_id, total, checkpoint_every, attempt)
+        execute(database.get(), "generate.copy_duplicates", {"run_id": ref.run_id, "leaders": None})  # as on one machine
+        total, attempt = fetch_one(database.get(), "generate.count_work", {"run_id": ref.run_id})
+        pool = plan_run(database, ref.run_id, engines, min_shared_tokens)
+        writer = ResultWriter(database, ref.run_id, total, checkpoint_every, attempt)
         actors, placements = start_actors(ref.run_id, engines, tensor_parallel_size)
         coordinator = Coordinator(pool, writer, actors, FEED_AHEAD_SEQS * max_num_seqs, logger.info)
         _coordinators[ref.run_id] = coordinator
@@ -322,9 +322,9 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
             ray_engines.require_ray().shutdown()
         if "writer" in locals():
             writer.flush()
-        held.close()
+        database.close()
     with open_run_db(ref) as con:
-        results, ok = one(con, "generate.count_results", {"run_id": ref.run_id})
+        results, ok = fetch_one(con, "generate.count_results", {"run_id": ref.run_id})
     for tally, placement in zip(tallies, placements):
         tally["host"] = placement.host
         tally["node_id"] = placement.node_id[:12]

@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.io.readers import iter_rows
 from batchbin.io.request_schema import validated_chunks
-from batchbin.store.queries import one, run
+from batchbin.store.queries import execute, fetch_one
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import Stage, chunk_progress
 
@@ -38,11 +38,11 @@ def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str, 
     One transaction: a file that cannot be read to its end leaves the run's stored rows as they were."""
     counts = {"requests": 0, "rejects": 0}
     with transaction(con):
-        run(con, "load.clear_requests", {"run_id": run_id})
+        execute(con, "load.clear_requests", {"run_id": run_id})
         for valid, rejects in validated_chunks(iter_rows(input_path), chunk_rows):
             with registered(con, incoming_prompts=scan_once(pa.Table.from_pylist(valid, schema=PROMPT_SCHEMA)),
                             incoming_rejects=scan_once(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))):
-                run(con, "load.insert_requests", {"run_id": run_id})
+                execute(con, "load.insert_requests", {"run_id": run_id})
             counts["requests"] += len(valid)
             counts["rejects"] += len(rejects)
             if progress:
@@ -68,5 +68,5 @@ def load(ref: RunRef, input_path: str, input_fingerprint: str) -> LoadResult:
             counts = load_requests(con, ref.run_id, input_path,
                                    progress=chunk_progress(get_run_logger().info, "rows read"))
             STAGE.mark_done(con, ref.run_id, params, counts["requests"])
-        requests, rejects = one(con, "load.counts", {"run_id": ref.run_id})
+        requests, rejects = fetch_one(con, "load.counts", {"run_id": ref.run_id})
     return LoadResult(db_path=ref.db_path, run_id=ref.run_id, requests=requests, rejects=rejects)

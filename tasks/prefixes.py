@@ -22,7 +22,7 @@ import duckdb
 from prefect import task
 
 from batchbin.store.db import transaction
-from batchbin.store.queries import run
+from batchbin.store.queries import execute
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import Stage
 
@@ -44,9 +44,9 @@ def assign_prefix_groups(
     params = {"run_id": run_id, "min_shared_tokens": int(min_shared_tokens)}
     with transaction(con):
         for step in STEPS:
-            run(con, step, params)
-        run(con, "prefixes.drop_scratch")
-    cursor = run(con, "prefixes.run_stats", params)
+            execute(con, step, params)
+        execute(con, "prefixes.drop_scratch")
+    cursor = execute(con, "prefixes.run_stats", params)
     columns = [d[0] for d in cursor.description]
     (row,) = cursor.fetchall()  # fetchall: DuckDB 2.0 refuses new work while a result is unfinished
     return dict(zip(columns, row))

@@ -30,7 +30,7 @@ from batchbin.store.db import registered, scan_once, transaction
 from batchbin.predictors.predict import within_request_limits
 from batchbin.predictors.probe import (PROBE_FRACTION, PROBE_MIN_WAVES, TEMPLATE_TOKENS, ProbeCalibration, fit_probe,
                                        probe_size)
-from batchbin.store.queries import arrow, run
+from batchbin.store.queries import execute, fetch_arrow
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import Stage, stage_task_options
 
@@ -70,7 +70,7 @@ def plan_probe(fraction: float | None, requests: int, order: str, spec: str, max
 
 
 def template_table(con, run_id: str) -> pa.Table:
-    return arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": TEMPLATE_TOKENS})
+    return fetch_arrow(con, "probe.template_groups", {"run_id": run_id, "template_tokens": TEMPLATE_TOKENS})
 
 
 def choose_probe(con, run_id: str, size: int, default_max_tokens: int, templates: pa.Table) -> int:
@@ -78,20 +78,20 @@ def choose_probe(con, run_id: str, size: int, default_max_tokens: int, templates
     schedule (for now) the probe first, then the rest in token order; returns the probe's size."""
     with transaction(con):
         with registered(con, probe_templates=templates):
-            run(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})
-        run(con, "probe.schedule_probe", {"run_id": run_id})
-    return run(con, "probe.count_probe", {"run_id": run_id}).fetchall()[0][0]
+            execute(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})
+        execute(con, "probe.schedule_probe", {"run_id": run_id})
+    return execute(con, "probe.count_probe", {"run_id": run_id}).fetchall()[0][0]
 
 
 def calibrate_rest(con, run_id: str, default_max_tokens: int, generate_s: float) -> ProbeCalibration:
     """Fit the calibration on the probe's outcomes and write the calibrated predictions of
     every other request (one transaction)."""
-    outcomes = arrow(con, "probe.probe_outcomes", {"run_id": run_id}).to_pydict()
+    outcomes = fetch_arrow(con, "probe.probe_outcomes", {"run_id": run_id}).to_pydict()
     calibration = fit_probe(outcomes["predicted_tokens"], outcomes["output_tokens"], outcomes["template_group"])
     with transaction(con), registered(con, probe_templates=template_table(con, run_id)):
         after = ""
         while True:
-            page = arrow(con, "probe.rest_of_job", {"run_id": run_id, "default_max_tokens": default_max_tokens,
+            page = fetch_arrow(con, "probe.rest_of_job", {"run_id": run_id, "default_max_tokens": default_max_tokens,
                                                    "after": after, "limit": PAGE_ROWS}).to_pylist()
             if not page:
                 break
@@ -102,9 +102,9 @@ def calibrate_rest(con, run_id: str, default_max_tokens: int, generate_s: float)
                                           "calibrated_tokens": np.asarray(values, dtype=np.float64)},
                                          schema=CALIBRATED_SCHEMA)
             with registered(con, calibrated_rows=scan_once(table)):
-                run(con, "probe.write_calibration", {"run_id": run_id})
+                execute(con, "probe.write_calibration", {"run_id": run_id})
             after = page[-1]["request_id"]
-        run(con, "probe.record_probe", {"run_id": run_id, "requests": calibration.probe_rows,
+        execute(con, "probe.record_probe", {"run_id": run_id, "requests": calibration.probe_rows,
                                         "templates": len(calibration.offsets), "scale": calibration.scale,
                                         "shift": calibration.shift, "generate_s": round(generate_s, 3)})
     return calibration
@@ -130,14 +130,14 @@ def start_probe(ref: RunRef, fraction: float | None, order: str, spec: str, defa
     with open_run_db(ref) as con:
         if STAGE.is_done(con, ref.run_id, params):
             return 0
-        requests = run(con, "probe.count_predictions", {"run_id": ref.run_id}).fetchall()[0][0]
+        requests = execute(con, "probe.count_predictions", {"run_id": ref.run_id}).fetchall()[0][0]
         templates = template_table(con, ref.run_id)
         plan = plan_probe(fraction, requests, order, spec, max_num_seqs,
                           pc.count_distinct(templates["template_group"]).as_py())
         logger.info("probe: %s", plan.reason)
-        run(con, "probe.clear_calibration", {"run_id": ref.run_id})
+        execute(con, "probe.clear_calibration", {"run_id": ref.run_id})
         if plan.size == 0:
-            run(con, "probe.clear_probe", {"run_id": ref.run_id})
+            execute(con, "probe.clear_probe", {"run_id": ref.run_id})
             STAGE.mark_done(con, ref.run_id, params, 0)
             return 0
         return choose_probe(con, ref.run_id, plan.size, default_max_tokens, templates)

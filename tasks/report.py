@@ -18,7 +18,7 @@ from batchbin.io import charts
 from batchbin.errors import BatchBinError
 from batchbin.io.openai_batch import output_line
 from batchbin.io.readers import file_format
-from batchbin.store.queries import arrow, one, row_batches, run
+from batchbin.store.queries import execute, fetch_arrow, fetch_one, row_batches
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import stage_task_options
 
@@ -47,7 +47,7 @@ def export_results(con: duckdb.DuckDBPyConnection, run_id: str, path: str | Path
             written = write_openai_output(con, run_id, partial, model_path)
         else:
             copy_format = "parquet" if file_format(path) == "parquet" else "json"
-            written = run(con, "report.export_results", {"run_id": run_id, "path": str(partial), "format": copy_format}
+            written = execute(con, "report.export_results", {"run_id": run_id, "path": str(partial), "format": copy_format}
                           ).fetchone()[0]  # COPY returns its row count
         os.replace(partial, path)
     except BaseException as error:
@@ -84,16 +84,16 @@ def write_openai_output(con: duckdb.DuckDBPyConnection, run_id: str, path: Path,
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, predictor_quality: dict | None) -> dict:
     """One dict with everything a user wants to know about the run."""
-    summary = arrow(con, "report.summary_of_run", {"run_id": run_id}).to_pylist()[0]
+    summary = fetch_arrow(con, "report.summary_of_run", {"run_id": run_id}).to_pylist()[0]
     for key in ("started_at", "finished_at"):
         summary[key] = None if summary[key] is None else str(summary[key])
     generate_s = generation.get("generate_s") or 0.0
-    order, order_reason = one(con, "report.schedule_choice", {"run_id": run_id}) or (None, None)
+    order, order_reason = fetch_one(con, "report.schedule_choice", {"run_id": run_id}) or (None, None)
     report = {
         **summary,
         "generated_now": generation.get("generated", 0),
         "retried_errors": generation.get("retried_errors", 0),
-        "duplicates": one(con, "report.duplicate_count", {"run_id": run_id})[0],
+        "duplicates": fetch_one(con, "report.duplicate_count", {"run_id": run_id})[0],
         "preemptions": generation.get("preemptions", 0),
         "peak_kv_cache_usage": generation.get("peak_kv_cache_usage"),
         "kv_admission": generation.get("kv_admission"),
@@ -104,9 +104,9 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         "schedule_order": order,
         "schedule_reason": order_reason,
         "predictor_quality": predictor_quality,
-        "length_probe": next(iter(arrow(con, "report.probe_of_run", {"run_id": run_id}).to_pylist()), None),
+        "length_probe": next(iter(fetch_arrow(con, "report.probe_of_run", {"run_id": run_id}).to_pylist()), None),
         "schedule_trace": schedule_trace(con, run_id, generation.get("max_num_seqs")),
-        "bins": arrow(con, "report.bins_of_run", {"run_id": run_id}).to_pylist(),
+        "bins": fetch_arrow(con, "report.bins_of_run", {"run_id": run_id}).to_pylist(),
     }
     if report.get("reuse_ratio") is not None:
         report["reuse_ratio"] = round(float(report["reuse_ratio"]), 3)
@@ -116,7 +116,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
 def schedule_trace(con: duckdb.DuckDBPyConnection, run_id: str, max_num_seqs: int | None) -> dict | None:
     """What the schedule did, from the run's engine steps (report.schedule_trace); None without
     steps. The tail counts steps with fewer than half of `max_num_seqs` sequences running."""
-    rows = arrow(con, "report.schedule_trace", {"run_id": run_id, "half_seqs": (max_num_seqs or 0) / 2}).to_pylist()
+    rows = fetch_arrow(con, "report.schedule_trace", {"run_id": run_id, "half_seqs": (max_num_seqs or 0) / 2}).to_pylist()
     return rows[0] if rows else None
 
 
@@ -165,7 +165,7 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         summary["stage_seconds"] = {**(stage_seconds or {}), "report": round(time.perf_counter() - started, 3)}
         # the flow marks the run finished as soon as this report and the output file are written
         summary["status"] = "finished"
-        run(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
+        execute(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
         chart_data = charts.read_chart_data(con, ref.run_id)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
     create_table_artifact(key=TABLE_ARTIFACT_KEY, table=report_table(summary), description="BatchBin run report, as a table")

@@ -16,7 +16,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
-from batchbin.store.queries import one, row_batches, run
+from batchbin.store.queries import execute, fetch_one, row_batches
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import Stage, chunk_progress
 
@@ -75,7 +75,7 @@ def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, m
     tokenizer = load_tokenizer(model_path)
     tokenized, too_long = 0, []
     with transaction(con):
-        run(con, "tokenize.clear_tokens", {"run_id": run_id})
+        execute(con, "tokenize.clear_tokens", {"run_id": run_id})
         for rows in row_batches(con, "tokenize.prompts_to_tokenize", {"run_id": run_id}, rows_per_batch=chunk):
             all_ids = render_token_ids(tokenizer, [row["prompt"] for row in rows], [row["messages"] for row in rows])
             kept = []
@@ -85,12 +85,12 @@ def tokenize_run(con: duckdb.DuckDBPyConnection, run_id: str, model_path: str, m
                 else:
                     kept.append({"request_id": row["request_id"], "token_ids": ids, "prompt_tokens": len(ids)})
             with registered(con, incoming_tokens=scan_once(pa.Table.from_pylist(kept, schema=TOKENS_SCHEMA))):
-                run(con, "tokenize.insert_tokens", {"run_id": run_id})
+                execute(con, "tokenize.insert_tokens", {"run_id": run_id})
             tokenized += len(kept)
             if progress:
                 progress(tokenized + len(too_long))
         with registered(con, too_long=pa.Table.from_pylist(too_long, schema=TOO_LONG_SCHEMA)):
-            run(con, "tokenize.reject_too_long", {"run_id": run_id, "max_model_len": max_model_len})
+            execute(con, "tokenize.reject_too_long", {"run_id": run_id, "max_model_len": max_model_len})
     return {"tokenized": tokenized, "too_long": len(too_long)}
 
 
@@ -103,7 +103,7 @@ def tokenize(ref: RunRef, model_path: str, max_model_len: int, after: str = "") 
     params = {"model": model_path, "max_model_len": max_model_len, "after": after}
     with open_run_db(ref) as con:
         if not STAGE.is_done(con, ref.run_id, params):
-            total = one(con, "tokenize.count_prompts", {"run_id": ref.run_id})[0]
+            total = fetch_one(con, "tokenize.count_prompts", {"run_id": ref.run_id})[0]
             counts = tokenize_run(con, ref.run_id, model_path, max_model_len,
                                   progress=chunk_progress(get_run_logger().info, "prompts tokenized", total))
             STAGE.mark_done(con, ref.run_id, params, counts["tokenized"])

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -108,41 +109,53 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"prefect server did not answer in {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A Prefect server on loopback with the deployments registered and a worker running them."""
-    base = tmp_path_factory.mktemp("prefect")
+@contextmanager
+def prefect_stack(base: Path, *, ui: bool = False, scheduler: bool = False, worker_env: dict[str, str] | None = None,
+                  query_seconds: int = 1):
+    """A Prefect server on loopback (in `base`, its own PREFECT_HOME) with the `batchbin` process
+    work pool, a worker and prefect.yaml's deployments; every process stopped at the end.
+    `ui`/`scheduler`: the server's UI and scheduler (off unless asked for); `worker_env`: added to
+    the worker's environment (its flow runs inherit it); `query_seconds`: how often the worker polls."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(base / "home"), "PREFECT_API_URL": url,
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
-           "PREFECT_WORKER_QUERY_SECONDS": "1"}  # pick runs up at once (default 10 s)
+           "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)}  # pick runs up at once (default 10 s)
     env.pop("PREFECT_API_KEY", None)
     env.pop("PREFECT_PROFILE", None)
-    env.pop("BATCHBIN_HOME", None)  # the default rule is what is tested: the checkout batchbin comes from
+    env.pop("BATCHBIN_HOME", None)  # the default rule unless worker_env sets it: the checkout batchbin comes from
     processes: list[subprocess.Popen] = []
     logs = {"server": base / "server.log", "worker": base / "worker.log"}
+    options = ([] if scheduler else ["--no-scheduler"]) + ([] if ui else ["--no-ui"])
     try:
         with open(logs["server"], "w") as log:
-            # no scheduler: the schedules must be active, but the nightly job must not start here;
-            # no UI: nothing here looks at it, and it saves the UI's build at start
             processes.append(subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port",
-                                               str(port), "--no-scheduler", "--no-ui", "--analytics-off"], env=env, cwd=base, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                                               str(port), *options, "--analytics-off"], env=env, cwd=base, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
         wait_healthy(url, processes[0], logs["server"])
         cli(["work-pool", "create", "batchbin", "--type", "process"], env, base)
         worker_dir = base / "worker"
         worker_dir.mkdir()
         with open(logs["worker"], "w") as log:  # it starts up while the deployments are registered
             processes.append(subprocess.Popen([str(PREFECT), "worker", "start", "--pool", "batchbin"],
-                                              env={**env, "PWD": str(worker_dir)}, cwd=worker_dir, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True))
+                                              env={**env, **(worker_env or {}), "PWD": str(worker_dir)}, cwd=worker_dir,
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         cli(["--no-prompt", "deploy", "--all"], env, ROOT)  # from the root: prefect.yaml and the entrypoints
-        yield {"url": url, "logs": logs, "env": env}
+        yield {"url": url, "ui": f"http://127.0.0.1:{port}", "logs": logs, "env": env}
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server on loopback with the deployments registered and a worker running them.
+    No scheduler: the schedules must be active, but the nightly job must not start here; no UI:
+    nothing here looks at it, and it saves the UI's build at start (tests/test_ui_browser.py
+    has both)."""
+    with prefect_stack(tmp_path_factory.mktemp("prefect")) as stack:
+        yield stack
 
 
 def on(server):

@@ -61,13 +61,13 @@ def test_calibrated_lengths_stay_within_each_requests_limit():
 
 def test_templates_are_runs_sharing_tokens_beyond_the_jobs_common_prefix_and_the_study_spreads_its_probe(fresh_db):
     from batchbin.bench.probe_study import draw_probe
-    from batchbin.store.queries import arrow
+    from batchbin.store.queries import fetch_arrow
 
     # token order: two templates sharing 30 tokens inside, 4 tokens (the common prefix) across
     for rank, lcp in enumerate([0, 30, 30, 30, 4, 30, 30, 30]):
         fresh_db.execute("insert into prompt_groups (run_id, request_id, group_id, sort_rank, lcp_prev) "
                          "values ('r', $id, 0, $rank, $lcp)", {"id": f"q{rank}", "rank": rank, "lcp": lcp})
-    table = arrow(fresh_db, "probe.template_groups", {"run_id": "r", "template_tokens": 8}).to_pydict()
+    table = fetch_arrow(fresh_db, "probe.template_groups", {"run_id": "r", "template_tokens": 8}).to_pydict()
     group_of = dict(zip(table["request_id"], table["template_group"]))
     groups = np.array([group_of[f"q{rank}"] for rank in range(8)])
     assert groups.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]

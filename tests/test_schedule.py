@@ -104,14 +104,14 @@ def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypa
     import batchbin.scheduling as schedule_module
 
     before = order_of(run_db, "input")
-    real_run = schedule_module.run
+    real_run = schedule_module.execute
 
     def fails_on_the_choice(con, name, params=None):
         if name == "schedule.record_choice":
             raise OSError("disk full")
         return real_run(con, name, params)
 
-    monkeypatch.setattr(schedule_module, "run", fails_on_the_choice)
+    monkeypatch.setattr(schedule_module, "execute", fails_on_the_choice)
     with pytest.raises(OSError, match="disk full"):
         schedule_run(run_db, "r", 2, "sorted", BLOCK)
     monkeypatch.undo()
@@ -119,7 +119,7 @@ def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypa
 
 
 def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db):
-    from batchbin.store.queries import one, run
+    from batchbin.store.queries import execute, fetch_one
     from batchbin.tasks.generate import store_results
 
     # "c" again under two more ids: one greedy (a duplicate), one sampled (its own answer)
@@ -134,9 +134,9 @@ def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db)
     first = min(("c", "c-again"), key=lambda i: run_db.execute(
         "select position from schedule where request_id = $i", {"i": i}).fetchone()[0])
     assert marked == {({"c", "c-again"} - {first}).pop(): first}
-    work = [r[0] for r in run(run_db, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}).fetchall()]
+    work = [r[0] for r in execute(run_db, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}).fetchall()]
     assert len(work) == len(REQUESTS) + 1 and "c-sampled" in work and set(marked).isdisjoint(work)
-    assert one(run_db, "generate.count_work", {"run_id": "r"})[0] == len(REQUESTS) + 1
+    assert fetch_one(run_db, "generate.count_work", {"run_id": "r"})[0] == len(REQUESTS) + 1
 
     store_results(run_db, "r", [{"request_id": first, "output_text": "same answer", "output_tokens": 2,
                                  "prompt_tokens": 2, "finish_reason": "stop", "batch": 0}], attempt=1)
@@ -145,6 +145,6 @@ def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db)
     assert (text, reason, cached) == ("same answer", "stop", 2)
     # a stop between a checkpoint and its copies: generation's start copies what is missing
     run_db.execute("delete from results where request_id = $i", {"i": next(iter(marked))})
-    run(run_db, "generate.copy_duplicates", {"run_id": "r", "leaders": None})
+    execute(run_db, "generate.copy_duplicates", {"run_id": "r", "leaders": None})
     assert run_db.execute("select count(*) from results where request_id = $i",
                           {"i": next(iter(marked))}).fetchone()[0] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchbin.store.queries import SQLFileError, all_queries, parse_sql_file, run, statements
+from batchbin.store.queries import SQLFileError, all_queries, execute, parse_sql_file, statements
 
 
 def test_every_sql_file_loads_and_names_are_qualified():
@@ -34,15 +34,15 @@ def test_bad_files_fail_at_load_with_file_and_line(text, message):
 def test_run_executes_each_statement_with_its_parameters(fresh_db):
     assert len(statements("load.clear_requests")) == 2
     with pytest.raises(KeyError, match="run_id"):
-        run(fresh_db, "load.clear_requests", {})
-    assert run(fresh_db, "load.counts", {"run_id": "none"}).fetchone() == (0, 0)
+        execute(fresh_db, "load.clear_requests", {})
+    assert execute(fresh_db, "load.counts", {"run_id": "none"}).fetchone() == (0, 0)
 
 
 def test_rows_stream_in_batches_while_the_connection_writes(db_path):
     """`row_batches` reads on a cursor of its own: generation stores results on the same
     connection while the work still streams in."""
     from batchbin.store import db
-    from batchbin.store.queries import one, row_batches
+    from batchbin.store.queries import fetch_one, row_batches
     from batchbin.tasks.generate import store_results
 
     con = db.connect(db_path)
@@ -53,7 +53,7 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
                     [request_id])
         con.execute("insert into schedule (run_id, request_id, bin, batch, position) values ('r', ?, 0, 0, ?)",
                     [request_id, position])
-    assert one(con, "generate.count_work", {"run_id": "r"}) == (5, 1)  # 5 to do, in attempt 1
+    assert fetch_one(con, "generate.count_work", {"run_id": "r"}) == (5, 1)  # 5 to do, in attempt 1
     seen = []
     for rows in row_batches(con, "generate.work_in_order", {"run_id": "r", "after": -1, "limit": 100}, rows_per_batch=2):
         assert len(rows) <= 2
@@ -61,7 +61,7 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
         store_results(con, "r", [{"request_id": row["request_id"], "output_text": "x", "batch": 0} for row in rows],
                       attempt=1)
     assert seen == ["e", "d", "c", "b", "a"]
-    assert one(con, "generate.count_work", {"run_id": "r"}) == (0, 2)  # a resume would be attempt 2
+    assert fetch_one(con, "generate.count_work", {"run_id": "r"}) == (0, 2)  # a resume would be attempt 2
     con.close()
 
 

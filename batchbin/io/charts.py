@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchbin.store.queries import arrow
+from batchbin.store.queries import fetch_arrow
 
 THROUGHPUT_ARTIFACT_KEY = "batchbin-run-throughput-chart"
 BINS_ARTIFACT_KEY = "batchbin-run-bins-chart"
@@ -51,8 +51,8 @@ class ChartData:
 def read_chart_data(con: duckdb.DuckDBPyConnection, run_id: str) -> ChartData:
     """The run's throughput points and per-bin lengths (sql/charts.sql)."""
     return ChartData(run_id=run_id,
-                     throughput=arrow(con, "charts.throughput_points", {"run_id": run_id}).to_pylist(),
-                     bins=arrow(con, "charts.bin_lengths", {"run_id": run_id}).to_pylist())
+                     throughput=fetch_arrow(con, "charts.throughput_points", {"run_id": run_id}).to_pylist(),
+                     bins=fetch_arrow(con, "charts.bin_lengths", {"run_id": run_id}).to_pylist())
 
 
 def throughput_png(points: list[dict], run_id: str) -> bytes:

@@ -25,7 +25,7 @@ from batchbin.errors import BatchBinError
 from batchbin.engine.machine import detect_machine
 from batchbin.engine.admission import planned_tokens
 from batchbin.sim.simulator import Admission, EngineLimits, SimRequest, SimResult, simulate
-from batchbin.store.queries import arrow, one, run
+from batchbin.store.queries import execute, fetch_arrow, fetch_one
 from batchbin.sim.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
                                  fit_linear_step_cost, kv_blocks, named_gpu, named_model_size, step_work)
 
@@ -109,7 +109,7 @@ class StoredRun:
 
             schedule_run(self.con, self.run_id, k_bins or int(self.config.get("k_bins") or 4), order,
                          min_shared_tokens=self.block_size, max_num_seqs=int(self.engine.get("max_num_seqs") or DEFAULT_MAX_NUM_SEQS))
-        choice = one(self.con, "simulate.schedule_choice", {"run_id": self.run_id})
+        choice = fetch_one(self.con, "simulate.schedule_choice", {"run_id": self.run_id})
         return choice[1] if choice else order
 
     @property
@@ -126,7 +126,7 @@ class StoredRun:
         """`requests`, and the output tokens admission plans for each (admission.planned_tokens)."""
         if lengths not in LENGTHS:
             raise BatchBinError(f"unknown lengths '{lengths}'; choose one of {', '.join(LENGTHS)}")
-        rows = arrow(self.con, "simulate.requests_in_order",
+        rows = fetch_arrow(self.con, "simulate.requests_in_order",
                      {"run_id": self.run_id, "max_tokens": int(self.config.get("max_tokens") or DEFAULT_MAX_TOKENS)}).to_pylist()
         size = block_size or self.block_size
         max_model_len = int(self.config.get("max_model_len") or 2048)
@@ -157,19 +157,19 @@ def _copy_run(source: duckdb.DuckDBPyConnection, db_path: str | Path, run_id: st
     con = None
     try:
         if run_id is None:
-            newest = one(source, "simulate.newest_run")
+            newest = fetch_one(source, "simulate.newest_run")
             if newest is None:
                 raise BatchBinError(f"no run with results in {db_path}; give --run-id, or run `batchbin run` first")
             run_id = newest[0]
-        settings = one(source, "simulate.run_settings", {"run_id": run_id})
+        settings = fetch_one(source, "simulate.run_settings", {"run_id": run_id})
         if settings is None:
             raise BatchBinError(f"no run '{run_id}' in {db_path} (see: batchbin sql \"select run_id from runs\")")
         con = duckdb.connect()
-        run(con, "schema.create_tables")
+        execute(con, "schema.create_tables")
         for table in COPIED_TABLES:
-            rows = arrow(source, f"simulate.copy_{table}", {"run_id": run_id})
+            rows = fetch_arrow(source, f"simulate.copy_{table}", {"run_id": run_id})
             with registered(con, incoming=rows):
-                run(con, f"simulate.paste_{table}")
+                execute(con, f"simulate.paste_{table}")
     except BaseException:
         if con is not None:
             con.close()
@@ -184,7 +184,7 @@ def measured(db_path: str | Path, run_id: str) -> dict:
     """The run's measured generation seconds, preemptions and cache hits (from its report)."""
     con = db.connect(db_path, read_only=True)
     try:
-        row = one(con, "simulate.measured_generation", {"run_id": run_id})
+        row = fetch_one(con, "simulate.measured_generation", {"run_id": run_id})
     finally:
         con.close()
     return dict(zip(("generate_s", "preemptions", "cached_tokens"), row)) if row else {}
@@ -285,15 +285,15 @@ def fit_from_db(db_paths: list[str | Path], run_ids: list[str] | None = None, dt
     for db_path in db_paths:
         con = db.connect(db_path, read_only=True)
         try:
-            if not one(con, "simulate.has_engine_steps")[0]:
+            if not fetch_one(con, "simulate.has_engine_steps")[0]:
                 raise BatchBinError(f"{db_path} has no step traces (engine_steps); run jobs with this BatchBin first")
-            runs = run(con, "simulate.runs_with_steps").fetchall()
+            runs = execute(con, "simulate.runs_with_steps").fetchall()
             if not runs:
                 raise BatchBinError(f"{db_path} has no measured engine steps yet; run a job first")
             newest = json.loads(runs[-1][1] or "{}")
             dtype = dtype or newest.get("dtype")
             enforce_eager = newest.get("enforce_eager") if enforce_eager is None else enforce_eager
-            steps += arrow(con, "simulate.engine_steps", {"dtype": dtype, "enforce_eager": bool(enforce_eager),
+            steps += fetch_arrow(con, "simulate.engine_steps", {"dtype": dtype, "enforce_eager": bool(enforce_eager),
                                                           "run_ids": run_ids or []}).to_pylist()
         finally:
             con.close()

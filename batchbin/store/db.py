@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from batchbin.errors import BatchBinError
-from batchbin.store.queries import one, run, sql
+from batchbin.store.queries import execute, fetch_one, sql
 
 SCHEMA_VERSION = "1"
 # DuckDB keeps up to 80% of memory by default, as cache it gives back only when it needs room
@@ -209,7 +209,7 @@ def _open(path: Path, say: Callable[[str], None] | None = None) -> duckdb.DuckDB
     path.parent.mkdir(parents=True, exist_ok=True)
     con = connect_when_free(path, say=say)
     try:
-        run(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
+        execute(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
         ensure_schema(con, str(path))
     except BaseException:
         con.close()
@@ -231,9 +231,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, name: str = "the database") ->
     the hash of the current text skips them (they are idempotent, but cost tens of
     milliseconds at every open); an older text's migrations (ALTER ... IF NOT EXISTS) run once."""
     version = stored_hash = None
-    if one(con, "schema.has_meta")[0]:
-        version, stored_hash = one(con, "schema.get_versions")
-    if version is None and one(con, "schema.count_tables")[0]:
+    if fetch_one(con, "schema.has_meta")[0]:
+        version, stored_hash = fetch_one(con, "schema.get_versions")
+    if version is None and fetch_one(con, "schema.count_tables")[0]:
         raise NotABatchBinDatabase(f"{name} is a DuckDB database of another program (it has tables, but no BatchBin "
                                    "schema version); give BatchBin a --db file of its own")
     if version is not None and version != SCHEMA_VERSION:
@@ -241,10 +241,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, name: str = "the database") ->
                                  f"{SCHEMA_VERSION}; use a new --db file (or the BatchBin that wrote it)")
     if stored_hash == schema_hash():
         return
-    run(con, "schema.create_tables")
+    execute(con, "schema.create_tables")
     if version is None:
-        run(con, "schema.set_meta", {"key": "schema_version", "value": SCHEMA_VERSION})
-    run(con, "schema.set_meta", {"key": "schema_hash", "value": schema_hash()})
+        execute(con, "schema.set_meta", {"key": "schema_version", "value": SCHEMA_VERSION})
+    execute(con, "schema.set_meta", {"key": "schema_hash", "value": schema_hash()})
 
 
 @cache
@@ -259,7 +259,7 @@ def stage_stamp(db_path: str | Path, run_id: str, stage: str) -> str | None:
         return None
     con = connect(db_path)
     try:
-        row = one(con, "stages.stamp", {"run_id": run_id, "stage": stage})
+        row = fetch_one(con, "stages.stamp", {"run_id": run_id, "stage": stage})
     finally:
         con.close()
     return None if row is None else f"{row[0]}:{row[1]}:{row[2]}"

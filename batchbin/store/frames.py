@@ -18,7 +18,7 @@ import polars as pl
 
 from batchbin.store import db
 from batchbin.errors import BatchBinError
-from batchbin.store.queries import one, statements
+from batchbin.store.queries import fetch_one, statements
 
 
 def _frame(db_path: str | Path, query: str, run_id: str | None = None, of_a_run: bool = True) -> pl.DataFrame:
@@ -27,7 +27,7 @@ def _frame(db_path: str | Path, query: str, run_id: str | None = None, of_a_run:
         params = {}
         if of_a_run:
             if run_id is None:
-                latest = one(con, "results.latest_run")
+                latest = fetch_one(con, "results.latest_run")
                 if latest is None:
                     raise BatchBinError(f"no run in {db_path} yet; run `batchbin run` first")
                 run_id = latest[0]

@@ -115,7 +115,7 @@ def statements(qualified_name: str, queries: dict[str, Query] | None = None) -> 
     return [(text, set(names)) for text, names in _split(qualified_name, query)]
 
 
-def run(con, qualified_name: str, params: dict | None = None):
+def execute(con, qualified_name: str, params: dict | None = None):
     """Execute every statement of a named query, each with the parameters it uses.
 
     Returns the connection after the last statement, so `.fetchall()` reads its result.
@@ -130,7 +130,7 @@ def run(con, qualified_name: str, params: dict | None = None):
     return result
 
 
-def arrow(con, qualified_name: str, params: dict | None = None):
+def fetch_arrow(con, qualified_name: str, params: dict | None = None):
     """The result of a one-statement named query as an Arrow table."""
     (text, names), = statements(qualified_name)
     params = params or {}
@@ -152,8 +152,8 @@ def row_batches(con, qualified_name: str, params: dict | None = None, rows_per_b
         cursor.close()
 
 
-def one(con, qualified_name: str, params: dict | None = None):
+def fetch_one(con, qualified_name: str, params: dict | None = None):
     """The first row of a named query's result, or None. Reads the whole result: DuckDB refuses
     to register a table while a result is left half-read."""
-    rows = run(con, qualified_name, params).fetchall()
+    rows = execute(con, qualified_name, params).fetchall()
     return rows[0] if rows else None

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from batchbin.config import JobConfig
 from batchbin.engine.settings import EngineSettings
 from batchbin.store import db
-from batchbin.store.queries import run
+from batchbin.store.queries import execute
 
 
 class RunRef(BaseModel):
@@ -39,7 +39,7 @@ def open_run_db(ref: RunRef) -> Iterator[duckdb.DuckDBPyConnection]:
 def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str) -> None:
     """Create the run's row, or mark a resumed run as running again, with its parameters."""
     with open_run_db(ref) as con:
-        run(con, "runs.start_run", {
+        execute(con, "runs.start_run", {
             "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
             "model": model_path, "config": config.model_dump_json(),
         })
@@ -48,19 +48,19 @@ def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str)
 def record_engine(ref: RunRef, settings: EngineSettings) -> None:
     """The engine settings the run uses (chosen once its size is known)."""
     with open_run_db(ref) as con:
-        run(con, "runs.set_engine", {"run_id": ref.run_id, "engine": json.dumps(settings.as_dict())})
+        execute(con, "runs.set_engine", {"run_id": ref.run_id, "engine": json.dumps(settings.as_dict())})
 
 
 def finish_run(ref: RunRef, status: str) -> None:
     """The run's end state ("finished" or "failed") and time."""
     with open_run_db(ref) as con:
-        run(con, "runs.finish_run", {"run_id": ref.run_id, "status": status})
+        execute(con, "runs.finish_run", {"run_id": ref.run_id, "status": status})
 
 
 def no_valid_request_message(ref: RunRef, input_path: str, examples: int = 3) -> str:
     """The error for a file in which no row is valid, with its first rejects as examples."""
     with open_run_db(ref) as con:
-        rejects = run(con, "runs.reject_examples", {"run_id": ref.run_id, "limit": examples}).fetchall()
+        rejects = execute(con, "runs.reject_examples", {"run_id": ref.run_id, "limit": examples}).fetchall()
     if not rejects:
         return f"no request in {input_path}: the file is empty"
     shown = "; ".join(f"row {row}: {reason}" for row, _, _, reason in rejects)
@@ -71,14 +71,14 @@ def stopped_message(config: JobConfig) -> str:
     """What a user reads when a run was stopped (Ctrl-C, SIGTERM): how far it got, how to go on."""
     from batchbin.store import db
     from batchbin.config import file_fingerprint
-    from batchbin.store.queries import one
+    from batchbin.store.queries import fetch_one
 
     resume = "run the same command again to resume (only requests without a result are generated)"
     try:
         run_id = config.run_id(file_fingerprint(config.input_path))
         con = db.connect(config.db_path, read_only=True)
         try:
-            requests, results = one(con, "runs.progress", {"run_id": run_id})
+            requests, results = fetch_one(con, "runs.progress", {"run_id": run_id})
         finally:
             con.close()
     except Exception:  # stopped before the run had a database: nothing to count
