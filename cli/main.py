@@ -36,15 +36,19 @@ def main() -> None:
 
 
 @main.command("run")
-@click.argument("input_path", type=click.Path(dir_okay=False))
+@click.argument("input_path", type=click.Path(dir_okay=False), required=False)
 @job_options
 @engine_options
 @click.option("--verbose", is_flag=True, help="Show every log line of the run and the engine's own output "
                                               "(default: a progress bar; the engine's output goes to DB.engine.log).")
 def run_command(input_path: str, verbose: bool, **options) -> None:
-    """Run a batch job: every request of INPUT_PATH (JSONL, Parquet or CSV) through the model.
+    """Run a batch job: every request of INPUT_PATH (JSONL, Parquet or CSV; a .sql file: a query)
+    or of --query through the model.
 
-    Example: batchbin run examples/sample_prompts.jsonl --max-tokens 64 --db out/batchbin.duckdb
+    \b
+    Examples:
+      batchbin run examples/sample_prompts.jsonl --max-tokens 64 --db out/batchbin.duckdb
+      batchbin run --query "from 'flights.parquet'" --template "Label it.\n{fields}" --field-order auto
     """
     from batchbin.config import EngineOptions, JobConfig
 
@@ -158,6 +162,9 @@ def print_summary(report: dict) -> None:
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         tail_line(report.get("schedule_trace")),
+        f"  agreement       {report['answer_agreement']:.0%} of {report['answer_agreement_rows']} sampled rows answered "
+        f"the same with the fields in the query's order (greedy; {report.get('answer_first_word_agreement') or 0:.0%} "
+        "the same first word)" if report.get("answer_agreement") is not None else None,
         scale_out_line(report.get("scale_out")),
         time_line(report),
         f"  database        {report['db_path']}",
@@ -306,7 +313,7 @@ def train_predictor_command(source: str, db_path: str, model: str | None, max_to
 
 
 @main.command("plan")
-@click.argument("input_path", type=click.Path(dir_okay=False))
+@click.argument("input_path", type=click.Path(dir_okay=False), required=False)
 @job_options
 @engine_options
 @click.option("--gpu", default=None, help="Also estimate the job on this GPU: h100, h200, a100 or l4.")

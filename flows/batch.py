@@ -20,7 +20,7 @@ from prefect.states import Failed, State
 from pydantic import Field
 
 from batchbin.store import db
-from batchbin.config import JobConfig, file_fingerprint
+from batchbin.config import JobConfig
 from batchbin.engine.settings import DEFAULT_BLOCK_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineSettings, choose_engine_settings
 from batchbin.engine.machine import detect_machine
 from batchbin.errors import BatchBinError
@@ -28,6 +28,7 @@ from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
 from batchbin.flows.retrain import retrain_if_due
+from batchbin.flows.table_jobs import answer_agreement
 from batchbin.store.run_lock import run_lock
 from batchbin.store.runs import finish_run, no_valid_request_message, record_engine, start_run
 from batchbin.store.runs import RunRef
@@ -71,7 +72,14 @@ class StageClock:
 
 
 def check_input(config: JobConfig) -> None:
-    """Fail early, with a message, on a missing file or an unknown format."""
+    """Fail early, with a message, on a missing file or an unknown format (a table job: on a
+    query that fails, returns nothing or lacks a column the template names)."""
+    job = config.query_job()
+    if job is not None:
+        from batchbin.io.query_jobs import query_requests
+
+        query_requests(job, field_order="input")  # the same checks, without choosing the order
+        return
     if not Path(config.input_path).is_file():
         raise BatchBinError(f"input file not found: {config.input_path}")
     detect_format(Path(config.input_path))
@@ -84,7 +92,7 @@ def output_format_of(config: JobConfig, output_path: Path) -> str:
     if config.output_format == "openai" and parquet:
         raise BatchBinError(f"OpenAI batch output is JSONL: give a .jsonl output path, not {output_path}")
     if config.output_format == "auto":
-        return "openai" if not parquet and is_openai_batch_file(config.input_path) else "batchbin"
+        return "openai" if not parquet and config.input_path and is_openai_batch_file(config.input_path) else "batchbin"
     return config.output_format
 
 
@@ -114,7 +122,7 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
     try:
         check_input(config)
         model_path = resolve_model(config.model)
-        fingerprint = file_fingerprint(config.input_path)
+        fingerprint = config.input_fingerprint()
         run_id = config.run_id(fingerprint)
         output_path = config.resolved_output_path(run_id)
         output_format = output_format_of(config, output_path)
@@ -181,9 +189,11 @@ def load_and_choose_engine(ref: RunRef, config: JobConfig, fingerprint: str, mod
         start_run(ref, config, fingerprint, model_path)
     try:
         with clock.stage("load"):
-            loaded = load(ref, config.input_path, fingerprint)
+            job = config.query_job()
+            loaded = load(ref, config.input_path, fingerprint,
+                          **({"query": job.query, "template": job.template, "field_order": job.field_order} if job else {}))
         if loaded.requests == 0:
-            raise BatchBinError(no_valid_request_message(ref, config.input_path))
+            raise BatchBinError(no_valid_request_message(ref, config.input_name))
         settings = choose_engine_settings(detect_machine(), config.engine, requests=loaded.requests)
         record_engine(ref, settings)
     except BaseException:
@@ -231,6 +241,9 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             else:
                 generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors,
                                       kv_admission=config.kv_admission)
+        if config.check_agreement and not config.ray_address:  # a table job's answers in the user's field order
+            with clock.stage("agreement"):
+                generation = {**generation, **answer_agreement(ref, config, model_path, settings)}
         with db.session(ref.db_path, say=say):
             summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
             if "scale_out" in generation:

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from batchbin.store import db
-from batchbin.config import JobConfig, file_fingerprint
-from batchbin.errors import BatchBinError
+from batchbin.config import JobConfig
 from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, open_run, simulate_run
 from batchbin.store.queries import fetch_one
 from batchbin.store.runs import RunRef
@@ -52,6 +51,7 @@ class Plan:
     estimates: list[OrderEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     db_path: str | None = None  # kept database, if any
+    field_order: dict | None = None  # a table job with --field-order auto: prefix reuse in the user's order and the chosen one
 
 
 def prepare(config: JobConfig) -> tuple[RunRef, int]:
@@ -62,7 +62,7 @@ def prepare(config: JobConfig) -> tuple[RunRef, int]:
 
     check_input(config)
     model_path = resolve_model(config.model)
-    fingerprint = file_fingerprint(config.input_path)
+    fingerprint = config.input_fingerprint()
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
     with db.session(ref.db_path):
         settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, StageClock())
@@ -107,9 +107,15 @@ def planning_database(db_path: str | None) -> Iterator[str]:
 
 def make_plan(config: JobConfig, gpu: tuple[str, str] | None = None, keep_db: bool = False) -> Plan:
     """Prepare the job (no generation) and predict its generation time here and on `gpu`."""
+    from batchbin.engine.models import resolve_model
+    from batchbin.engine.settings import DEFAULT_BLOCK_TOKENS
+    from batchbin.flows.table_jobs import field_order_reuse
+
     ref, rejects = prepare(config)
     plan = describe(ref, rejects, gpu)
     plan.db_path = ref.db_path if keep_db else None
+    plan.field_order = field_order_reuse(config, resolve_model(config.model),
+                                         plan.engine.get("block_size") or DEFAULT_BLOCK_TOKENS)
     return plan
 
 
@@ -126,6 +132,7 @@ def format_plan(plan: Plan) -> str:
         f"90th percentile {p['p90'] or 0:.0f}; predictor {p['predictor']})",
         f"  prefix reuse    {plan.ideal_cached_tokens:,} prompt tokens shared ({reuse:.0%} of the prompt tokens, "
         f"{plan.prefix_groups} prefix groups)",
+        *field_order_lines(plan.field_order),
         f"  order           {plan.order} ({plan.reason})",
         f"  admission       {'by predicted memory (while the KV cache holds every request inside at its predicted peak)' if plan.kv_admission else 'as vLLM admits them (--no-kv-admission)'}",
         f"  engine          max_num_seqs {engine.get('max_num_seqs')}, max_num_batched_tokens "
@@ -145,6 +152,21 @@ def format_plan(plan: Plan) -> str:
     if plan.db_path:
         lines.append(f"  database        {plan.db_path} (`batchbin run` of the same file with --db reuses these stages)")
     return "\n".join(lines)
+
+
+def field_order_lines(reuse: dict | None) -> list[str]:
+    """A table job's prefix reuse with its fields in the query's column order and in the chosen one."""
+    if not reuse:
+        return []
+
+    def share(name: str) -> str:
+        total = reuse[f"prompt_tokens_{name}"]
+        cached = reuse[f"reusable_tokens_{name}"]
+        return f"{cached:,} of {total:,} prompt tokens ({cached / total if total else 0:.0%}), {total - cached:,} to compute"
+
+    return [f"  field order     chosen: {', '.join(reuse['fields_chosen'])}",
+            f"  prefix reuse    in the query's column order {share('user')}",
+            f"                  in the chosen order         {share('chosen')} (whole {reuse['block']}-token blocks, prompts sorted)"]
 
 
 def format_seconds(seconds: float) -> str:

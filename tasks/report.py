@@ -107,6 +107,9 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, generation: dict, 
         "length_probe": next(iter(fetch_arrow(con, "report.probe_of_run", {"run_id": run_id}).to_pylist()), None),
         "schedule_trace": schedule_trace(con, run_id, generation.get("max_num_seqs")),
         "bins": fetch_arrow(con, "report.bins_of_run", {"run_id": run_id}).to_pylist(),
+        # a table job with --check-agreement: the share of sampled rows answered the same in the user's field order
+        **{key: generation[key] for key in ("answer_agreement", "answer_agreement_rows", "answer_first_word_agreement")
+           if key in generation},
     }
     if report.get("reuse_ratio") is not None:
         report["reuse_ratio"] = round(float(report["reuse_ratio"]), 3)

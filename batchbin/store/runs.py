@@ -40,7 +40,8 @@ def start_run(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str)
     """Create the run's row, or mark a resumed run as running again, with its parameters."""
     with open_run_db(ref) as con:
         execute(con, "runs.start_run", {
-            "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()), "fingerprint": fingerprint,
+            "run_id": ref.run_id, "input_path": str(Path(config.input_path).resolve()) if config.input_path else config.query,
+            "fingerprint": fingerprint,
             "model": model_path, "config": config.model_dump_json(),
         })
 
@@ -70,12 +71,11 @@ def no_valid_request_message(ref: RunRef, input_path: str, examples: int = 3) ->
 def stopped_message(config: JobConfig) -> str:
     """What a user reads when a run was stopped (Ctrl-C, SIGTERM): how far it got, how to go on."""
     from batchbin.store import db
-    from batchbin.config import file_fingerprint
     from batchbin.store.queries import fetch_one
 
     resume = "run the same command again to resume (only requests without a result are generated)"
     try:
-        run_id = config.run_id(file_fingerprint(config.input_path))
+        run_id = config.run_id(config.input_fingerprint())
         con = db.connect(config.db_path, read_only=True)
         try:
             requests, results = fetch_one(con, "runs.progress", {"run_id": run_id})
