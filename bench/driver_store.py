@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from batchbin.store import db
-from batchbin.tasks.generate import store_results
+from batchbin.store.checkpoints import store_results
 
 RUN_ID = "bench-driver-store"
 

@@ -18,7 +18,7 @@ import time
 
 
 def main() -> None:
-    from batchbin.engine.vllm_adapter import reset_prefix_cache_async, run_openai_batch
+    from batchbin.bench.vllm_run_batch import reset_prefix_cache_async, run_openai_batch
 
     argv = sys.argv[1:]
     warmup_file = argv[argv.index("--warmup-file") + 1]

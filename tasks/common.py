@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import duckdb
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy

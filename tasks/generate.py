@@ -10,8 +10,6 @@ import logging
 import time
 from typing import Callable, Iterator
 
-import duckdb
-import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -22,37 +20,11 @@ from batchbin.engine.progress import GenerationProgress, publish
 from batchbin.engine.settings import DEFAULT_MAX_NUM_SEQS, EngineSettings
 from batchbin.engine.step_loop import (EngineFailure, GenerationStats, SamplingDefaults, generate_in_order,
                                        kv_admission_for)
-from batchbin.store.db import BriefConnection, registered
-from batchbin.store.queries import execute, fetch_arrow, fetch_one
+from batchbin.store.checkpoints import CheckpointWriter, begin_attempt, count_results
+from batchbin.store.db import BriefConnection
+from batchbin.store.queries import execute, fetch_arrow
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import PROGRESS_EVERY_S, stage_task_options
-
-RESULT_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("output_text", pa.string()), ("prompt_tokens", pa.int32()),
-    ("output_tokens", pa.int32()), ("cached_tokens", pa.int32()), ("finish_reason", pa.string()),
-    ("error", pa.string()), ("batch", pa.int32()), ("latency_s", pa.float64()), ("finished_s", pa.float64()),
-])
-# one row per engine step (vllm_adapter.StepShape, timed here); `started_s` counts from the start
-# of the generation attempt, as results' `finished_s` does
-STEP_SCHEMA = pa.schema([
-    ("step", pa.int32()), ("started_s", pa.float64()), ("duration_s", pa.float64()), ("running", pa.int32()),
-    ("waiting", pa.int32()), ("prefill_tokens", pa.int32()), ("decode_tokens", pa.int32()),
-    ("context_tokens", pa.int64()), ("kv_cache_usage", pa.float64()), ("preempted", pa.int32()),
-])
-
-
-def store_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[dict], attempt: int | None = None) -> None:
-    """Write one checkpoint of finished requests (of generation attempt `attempt`)."""
-    with registered(con, finished_batch=pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)):
-        execute(con, "generate.insert_results", {"run_id": run_id, "attempt": attempt})
-    execute(con, "generate.copy_duplicates", {"run_id": run_id, "leaders": [row["request_id"] for row in rows]})
-
-
-def store_steps(con: duckdb.DuckDBPyConnection, run_id: str, attempt: int, rows: list[dict]) -> None:
-    """Write the engine steps of generation attempt `attempt` taken since the last checkpoint."""
-    with registered(con, engine_step_rows=pa.Table.from_pylist(rows, schema=STEP_SCHEMA)):
-        execute(con, "generate.insert_steps", {"run_id": run_id, "attempt": attempt})
-
 
 WORK_PAGE_ROWS = 4096  # requests read from the schedule at a time (a few MB of token ids)
 
@@ -91,12 +63,10 @@ def generate_run(
     say: Callable[[str], None] | None = None,
     until_probe_done: bool = False,
     kv_admission: bool = False,
+    retry_errors: bool = False,
 ) -> GenerationStats:
-    """Generate every scheduled request of the run that has no result yet.
-
-    The database is held only while work is read or a checkpoint written (BriefConnection). A
-    checkpoint that finds the file in a reader's hands waits in memory for the next one; the
-    last is written whatever happens, waiting for the file if it must.
+    """Generate every scheduled request of the run that has no result yet (`retry_errors`: and
+    those that ended in an error), checkpoints written by the run's CheckpointWriter.
 
     `until_probe_done`: the first phase of a probed run. Only as many requests as vLLM runs at
     once are handed over (so the rest can still be reordered), and the phase ends as soon as the
@@ -107,45 +77,28 @@ def generate_run(
     `kv_admission`: hand requests over by memory (see generate_in_order), not by count alone."""
     running = take_left_running(engine, run_id)
     database = BriefConnection(db_path, say)
-    waiting: list[dict] = []
-    waiting_steps: list[dict] = []
-    attempt = None
-
-    def write(con: duckdb.DuckDBPyConnection) -> None:
-        if waiting_steps:
-            store_steps(con, run_id, attempt, waiting_steps)
-            waiting_steps.clear()
-        if waiting:
-            store_results(con, run_id, waiting, attempt)
-            waiting.clear()
-
-    def store(rows: list[dict]) -> None:
-        waiting.extend(rows)
-        con = database.get(wait=False)
-        if con is not None:
-            write(con)
-            database.used()
-
+    writer = CheckpointWriter(database, run_id)
     try:
-        execute(database.get(), "generate.copy_duplicates", {"run_id": run_id, "leaders": None})
-        total, attempt = fetch_one(database.get(), "generate.count_work", {"run_id": run_id})
+        attempt = begin_attempt(database, run_id, retry_errors)
+        writer.attempt = attempt.number
         until_done, in_flight = None, None
         if until_probe_done:
             until_done = {row[0] for row in execute(database.get(), "generate.probe_without_result",
-                                                {"run_id": run_id}).fetchall()}
+                                                    {"run_id": run_id}).fetchall()}
             in_flight = vllm_adapter.max_num_seqs(engine.llm) or engine.settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
             if not until_done:  # the probe has its results (a resumed run): nothing to wait for
                 engine.left_running = (run_id, running) if running else None
-                return GenerationStats()
-        if not total and not running:
-            return GenerationStats()
+                return GenerationStats(retried_errors=attempt.retried_errors)
+        if not attempt.work and not running:
+            return GenerationStats(retried_errors=attempt.retried_errors)
         in_vllm = {row["request_id"] for row in running.values()}
         work = (row for row in work_pages(database, run_id) if row["request_id"] not in in_vllm)
-        stats = generate_in_order(engine, work, defaults, store, checkpoint_every, progress, total=total,
-                                  in_flight=in_flight, store_steps=waiting_steps.extend, running=running,
+        stats = generate_in_order(engine, work, defaults, writer.add, checkpoint_every, progress, total=attempt.work,
+                                  in_flight=in_flight, store_steps=writer.add_steps, running=running,
                                   until_done=until_done, admission=kv_admission_for(engine) if kv_admission else None)
         if stats.left_running:
             engine.left_running = (run_id, stats.left_running)
+        stats.retried_errors = attempt.retried_errors
         return stats
     except BaseException:
         if running:  # not finished by this phase: nobody would collect them
@@ -155,8 +108,7 @@ def generate_run(
                 pass
         raise
     finally:
-        if waiting or waiting_steps:
-            write(database.get())
+        writer.flush()
         database.close()
 
 
@@ -211,21 +163,17 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     have finished, see generate_run; `kv_admission`: hand requests to vLLM by predicted memory)."""
     engine = get_engine(model_path, settings, defaults.max_model_len)
     logger = get_run_logger()
-    retried = 0
-    if retry_errors:
-        with open_run_db(ref) as con:
-            retried = len(execute(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     try:
         stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
                              progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done,
-                             kv_admission=kv_admission)
+                             kv_admission=kv_admission, retry_errors=retry_errors)
     except EngineFailure:
         shutdown_engine()  # a dead engine is not kept for the next run
         raise
     with open_run_db(ref) as con:
-        total, ok = fetch_one(con, "generate.count_results", {"run_id": ref.run_id})
+        total, ok = count_results(con, ref.run_id)
     return {"generated": stats.requests, "generate_s": stats.generate_s, "engine_start_s": engine.start_s,
-            "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": retried,
+            "output_tokens": stats.output_tokens, "results": total, "ok": ok, "retried_errors": stats.retried_errors,
             "preemptions": stats.preemptions, "peak_kv_cache_usage": round(stats.peak_kv_cache_usage, 3),
             "kv_admission": ({"budget_tokens": vllm_adapter.kv_cache_tokens(engine.llm), "held_back": stats.held_back}
                              if kv_admission else None),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
@@ -30,15 +30,15 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.scaleout import ray_engines
 from batchbin.config import EngineOptions
+from batchbin.store.checkpoints import CheckpointWriter, begin_attempt, count_results
 from batchbin.store.db import BriefConnection, registered
 from batchbin.errors import BatchBinError
 from batchbin.engine.progress import GenerationProgress, publish
 from batchbin.scaleout.shares import WorkPool, families_from_rows, plan_shares
-from batchbin.store.queries import execute, fetch_arrow, fetch_one
+from batchbin.store.queries import fetch_arrow
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import PROGRESS_EVERY_S
 from batchbin.engine.step_loop import EngineFailure, SamplingDefaults
-from batchbin.tasks.generate import store_results
 
 PLACEMENT_TIMEOUT_S = 300.0   # how long engines may wait for the cluster to place them
 START_TIMEOUT_S = 1800.0      # building an engine (a large model's download and load included)
@@ -67,63 +67,14 @@ class EngineTally:
     lost: str | None = None
 
 
-@dataclass
-class ResultWriter:
-    """The run's single writer: results from every engine, stored `checkpoint_every` at a time."""
-    database: BriefConnection
-    run_id: str
-    total: int
-    checkpoint_every: int
-    attempt: int | None = None
-    stored_ids: set[str] = field(default_factory=set)
-    waiting: list[dict] = field(default_factory=list)
-    duplicates: int = 0
-    received: int = 0
-    output_tokens: int = 0
-    prompt_tokens: int = 0
-    checkpoints: int = 0
-    store_s: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
-
-    def add(self, results: list[dict]) -> None:
-        for result in results:
-            self.received += 1
-            if result["request_id"] in self.stored_ids:
-                self.duplicates += 1
-                continue
-            self.stored_ids.add(result["request_id"])
-            self.waiting.append(result)
-            self.output_tokens += result["output_tokens"] or 0
-            self.prompt_tokens += result["prompt_tokens"] or 0
-        if len(self.waiting) >= self.checkpoint_every:
-            self.flush(wait=False)
-
-    def flush(self, wait: bool = True) -> None:
-        """Write what waits (without `wait`: only if the file is free now; else at the next one)."""
-        if not self.waiting:
-            return
-        con = self.database.get(wait=wait)
-        if con is None:
-            return
-        began = time.perf_counter()
-        store_results(con, self.run_id, self.waiting, self.attempt)
-        self.store_s += time.perf_counter() - began
-        self.checkpoints += 1
-        self.waiting = []
-        self.database.used()
-
-    def progress(self) -> GenerationProgress:
-        return GenerationProgress(requests_done=len(self.stored_ids), requests_total=self.total,
-                                  prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens,
-                                  elapsed_s=time.perf_counter() - self.started)
-
-
 class Coordinator:
     """What the engine tasks of one run share: the pool, the writer, the database; one lock."""
 
-    def __init__(self, pool: WorkPool, writer: ResultWriter, actors: list, feed_ahead: int,
+    def __init__(self, pool: WorkPool, writer: CheckpointWriter, total: int, actors: list, feed_ahead: int,
                  say: Callable[[str], None]) -> None:
-        self.pool, self.writer, self.actors, self.feed_ahead, self.say = pool, writer, actors, feed_ahead, say
+        self.pool, self.writer, self.total, self.actors, self.feed_ahead, self.say = \
+            pool, writer, total, actors, feed_ahead, say
+        self.started = time.perf_counter()
         self.lock = threading.Lock()
         self.last_log = time.perf_counter()
         self.tallies: dict[int, EngineTally] = {}
@@ -155,13 +106,18 @@ class Coordinator:
     def finished_results(self, engine: int, results: list[dict]) -> None:
         with self.lock:
             unexpected = set(self.pool.done(engine, [result["request_id"] for result in results]))
-            self.writer.duplicates += len(unexpected)
+            self.writer.repeats += len(unexpected)
             self.writer.add([result for result in results if result["request_id"] not in unexpected])
-            snapshot = self.writer.progress()
+            snapshot = self.progress()
             publish(snapshot)
             if time.perf_counter() - self.last_log >= PROGRESS_EVERY_S:
                 self.last_log = time.perf_counter()
                 self.say(f"generated {snapshot.line()}")
+
+    def progress(self) -> GenerationProgress:
+        return GenerationProgress(requests_done=len(self.writer.stored_ids), requests_total=self.total,
+                                  prompt_tokens=self.writer.prompt_tokens, output_tokens=self.writer.output_tokens,
+                                  elapsed_s=time.perf_counter() - self.started)
 
     def lose(self, engine: int, why: str) -> int:
         with self.lock:
@@ -214,7 +170,7 @@ def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTall
                  defaults: SamplingDefaults) -> None:
     """Start the engine, then keep it fed from the pool and its results going to the writer
     until the run's work is done."""
-    started = ask(actor.start.remote(model_path, options, coordinator.writer.total, engines_on_host, slot, defaults,
+    started = ask(actor.start.remote(model_path, options, coordinator.total, engines_on_host, slot, defaults,
                                      tensor_parallel_size), "starting")
     tally.start_s, tally.threads = round(started["start_s"], 1), started["threads"]
     with coordinator.lock:
@@ -283,20 +239,16 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
     `ray_address`; returns the generate stage's summary plus `scale_out` (each engine's tally,
     requests given back by lost engines, duplicates dropped, the driver's store rate)."""
     logger = get_run_logger()
-    retried = 0
-    if retry_errors:
-        with open_run_db(ref) as con:
-            retried = len(execute(con, "generate.clear_errors", {"run_id": ref.run_id}).fetchall())
     database = BriefConnection(ref.db_path, logger.warning)
     connected = ray_engines.connect(ray_address)
     actors: list = []
+    writer = CheckpointWriter(database, ref.run_id, checkpoint_every=checkpoint_every, drop_repeats=True)
     try:
-        execute(database.get(), "generate.copy_duplicates", {"run_id": ref.run_id, "leaders": None})  # as on one machine
-        total, attempt = fetch_one(database.get(), "generate.count_work", {"run_id": ref.run_id})
+        attempt = begin_attempt(database, ref.run_id, retry_errors)  # as on one machine
+        writer.attempt = attempt.number
         pool = plan_run(database, ref.run_id, engines, min_shared_tokens)
-        writer = ResultWriter(database, ref.run_id, total, checkpoint_every, attempt)
         actors, placements = start_actors(ref.run_id, engines, tensor_parallel_size)
-        coordinator = Coordinator(pool, writer, actors, FEED_AHEAD_SEQS * max_num_seqs, logger.info)
+        coordinator = Coordinator(pool, writer, attempt.work, actors, FEED_AHEAD_SEQS * max_num_seqs, logger.info)
         _coordinators[ref.run_id] = coordinator
         started = time.perf_counter()
         futures = [
@@ -320,22 +272,21 @@ def generate_on_ray(ref: RunRef, model_path: str, options: EngineOptions, defaul
         stop_actors(actors)
         if connected:
             ray_engines.require_ray().shutdown()
-        if "writer" in locals():
-            writer.flush()
+        writer.flush()
         database.close()
     with open_run_db(ref) as con:
-        results, ok = fetch_one(con, "generate.count_results", {"run_id": ref.run_id})
+        results, ok = count_results(con, ref.run_id)
     for tally, placement in zip(tallies, placements):
         tally["host"] = placement.host
         tally["node_id"] = placement.node_id[:12]
     return {
         "generated": len(writer.stored_ids), "generate_s": generate_s,
         "engine_start_s": max((tally.get("start_s") or 0.0) for tally in tallies),
-        "output_tokens": writer.output_tokens, "results": results, "ok": ok, "retried_errors": retried,
+        "output_tokens": writer.output_tokens, "results": results, "ok": ok, "retried_errors": attempt.retried_errors,
         "preemptions": 0, "peak_kv_cache_usage": None,
         "scale_out": {
             "engines": tallies, "requeued": pool.requeued, "received": writer.received,
-            "duplicates": writer.duplicates, "checkpoints": writer.checkpoints,
+            "duplicates": writer.repeats, "checkpoints": writer.checkpoints,
             "store_results_per_s": round(len(writer.stored_ids) / writer.store_s) if writer.store_s else None,
         },
     }

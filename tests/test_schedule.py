@@ -120,7 +120,7 @@ def test_a_schedule_that_fails_halfway_leaves_the_old_one_whole(run_db, monkeypa
 
 def test_identical_greedy_requests_are_generated_once_and_answered_alike(run_db):
     from batchbin.store.queries import execute, fetch_one
-    from batchbin.tasks.generate import store_results
+    from batchbin.store.checkpoints import store_results
 
     # "c" again under two more ids: one greedy (a duplicate), one sampled (its own answer)
     for request_id, row, temperature in (("c-again", 8, None), ("c-sampled", 9, 0.7)):

@@ -43,7 +43,7 @@ def test_rows_stream_in_batches_while_the_connection_writes(db_path):
     connection while the work still streams in."""
     from batchbin.store import db
     from batchbin.store.queries import fetch_one, row_batches
-    from batchbin.tasks.generate import store_results
+    from batchbin.store.checkpoints import store_results
 
     con = db.connect(db_path)
     for position, request_id in enumerate(["e", "d", "c", "b", "a"]):

@@ -11,34 +11,35 @@ from pathlib import Path
 
 import pytest
 
-from batchbin.engine import vllm_adapter
+from batchbin.bench.vllm_run_batch import RUN_BATCH_CHECK
+from batchbin.engine import vllm_adapter, vllm_contract
 from batchbin.config import EngineOptions, JobConfig
 from tests.conftest import TEST_ENGINE
 
 
-@pytest.mark.parametrize("check", vllm_adapter.CHECKS, ids=lambda check: check.run.__name__.removeprefix("_check_"))
+@pytest.mark.parametrize("check", (*vllm_contract.CHECKS, RUN_BATCH_CHECK), ids=lambda check: check.run.__name__.removeprefix("_check_"))
 def test_the_installed_vllm_has(check):
-    message = vllm_adapter.run_check(check)
+    message = vllm_contract.run_check(check)
     if message:
         pytest.fail(message, pytrace=False)
 
 
 def test_a_moved_internal_says_what_moved_the_versions_and_what_to_do():
-    check = vllm_adapter.Check("LLMEngine.no_such_method", "step", lambda: vllm_adapter._parameters(
-        vllm_adapter._attribute("vllm.v1.engine.llm_engine", "LLMEngine"), "no_such_method", ()))
-    message = vllm_adapter.run_check(check)
+    check = vllm_contract.Check("LLMEngine.no_such_method", "step", lambda: vllm_contract._parameters(
+        vllm_contract._attribute("vllm.v1.engine.llm_engine", "LLMEngine"), "no_such_method", ()))
+    message = vllm_contract.run_check(check)
     assert message.startswith("vLLM internal moved: LLMEngine.no_such_method: LLMEngine.no_such_method is missing")
-    assert f"Installed vLLM: {vllm_adapter.installed_vllm()}" in message
+    assert f"Installed vLLM: {vllm_contract.installed_vllm()}" in message
     assert f"tested with vLLM {vllm_adapter.TESTED_VLLM}.x" in message
     assert "Install the tested version" in message and "adapt batchbin/engine/vllm_adapter.py (step)" in message
-    gone = vllm_adapter.Check("a module", "run_openai_batch", lambda: vllm_adapter._attribute("vllm.no_such_module", "x"))
-    assert "cannot import vllm.no_such_module" in vllm_adapter.run_check(gone)
+    gone = vllm_contract.Check("a module", "run_openai_batch", lambda: vllm_contract._attribute("vllm.no_such_module", "x"))
+    assert "cannot import vllm.no_such_module" in vllm_contract.run_check(gone)
 
 
 def test_check_contract_passes_on_the_installed_vllm():
-    assert vllm_adapter.check_contract() == []
-    assert vllm_adapter.is_tested_version("0.32.0") and not vllm_adapter.is_tested_version("0.33.1")
-    assert not vllm_adapter.is_tested_version("0.3.2")
+    assert vllm_contract.check_contract() == []
+    assert vllm_contract.is_tested_version("0.32.0") and not vllm_contract.is_tested_version("0.33.1")
+    assert not vllm_contract.is_tested_version("0.3.2")
 
 
 def test_the_extras_pin_the_tested_minor():
@@ -63,7 +64,7 @@ def test_every_engine_option_batchbin_passes_is_an_engine_argument():
     kwargs = everything.engine_kwargs()
     passed = set(kwargs) | {"model", "max_model_len", "enable_prefix_caching", "seed", "distributed_executor_backend"}
     known = {field.name for field in dataclasses.fields(EngineArgs)}
-    assert passed <= known, f"vllm.EngineArgs ({vllm_adapter.installed_vllm()}) lacks {sorted(passed - known)}"
+    assert passed <= known, f"vllm.EngineArgs ({vllm_contract.installed_vllm()}) lacks {sorted(passed - known)}"
     speculative = set(kwargs["speculative_config"])
     known = {field.name for field in dataclasses.fields(SpeculativeConfig)}
     assert speculative <= known, f"vLLM's SpeculativeConfig lacks {sorted(speculative - known)}"
@@ -88,7 +89,7 @@ def test_a_running_engine_has_what_the_adapter_uses(shared_engine):
     from vllm.sampling_params import RequestOutputKind
 
     llm = shared_engine.llm
-    assert vllm_adapter.check_engine(llm) == []
+    assert vllm_contract.check_engine(llm) == []
     assert vllm_adapter.max_num_seqs(llm) == TEST_ENGINE["max_num_seqs"]
     # BatchBin's engines keep vLLM's statistics on (the live progress and the report read them)
     assert vllm_adapter.stats_enabled(llm) and set(vllm_adapter.engine_counters(llm)) == set(vllm_adapter.METRICS)

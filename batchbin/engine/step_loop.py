@@ -58,6 +58,7 @@ class GenerationStats:
     peak_kv_cache_usage: float = 0.0   # the highest KV-cache use seen at a progress report, 0..1
     left_running: dict = field(default_factory=dict)  # requests still in vLLM when a phase ended
     held_back: int = 0                 # times memory-centric admission kept a request waiting for room
+    retried_errors: int = 0            # errored results cleared to be generated again (--retry-errors)
 
 
 def structured_outputs_for(response_format: str | None):
@@ -82,28 +83,37 @@ def request_seed(job_seed: int | None, request_id: str) -> int | None:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def output_params(row: dict, defaults: SamplingDefaults) -> dict:
+    """What decides a request's output besides the model and its prompt: its own overrides, else
+    the job's defaults, as vLLM gets them (max_tokens within the context's room; the seed only
+    where it samples). Answers reused across runs are keyed on exactly these (engine/reuse_key.py)."""
+    room = defaults.max_model_len - len(row["token_ids"])
+    temperature = defaults.temperature if row["temperature"] is None else row["temperature"]
+    max_tokens = max(1, min(row["max_tokens"] or defaults.max_tokens, room))
+    return {
+        "max_tokens": max_tokens,
+        "min_tokens": min(row.get("min_tokens") or 0, max_tokens),
+        "ignore_eos": bool(row.get("ignore_eos")),
+        "temperature": temperature,
+        "top_p": defaults.top_p if row["top_p"] is None else row["top_p"],
+        # a seed only matters when sampling; on greedy requests it would only cost vLLM a
+        # per-request generator
+        "seed": None if temperature == 0 else (request_seed(defaults.seed, row["request_id"]) if row["seed"] is None
+                                               else row["seed"]),
+        "stop": row["stop"] or None,
+        "response_format": row.get("response_format") or None,
+    }
+
+
 def sampling_params_for(row: dict, defaults: SamplingDefaults):
     """vLLM SamplingParams of one request: its own overrides, else the job's defaults."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    room = defaults.max_model_len - len(row["token_ids"])
-    temperature = defaults.temperature if row["temperature"] is None else row["temperature"]
-    max_tokens = max(1, min(row["max_tokens"] or defaults.max_tokens, room))
-    return SamplingParams(
-        max_tokens=max_tokens,
-        min_tokens=min(row.get("min_tokens") or 0, max_tokens),
-        ignore_eos=bool(row.get("ignore_eos")),
-        temperature=temperature,
-        top_p=defaults.top_p if row["top_p"] is None else row["top_p"],
-        # a seed only matters when sampling; on greedy requests it would only cost vLLM a
-        # per-request generator
-        seed=None if temperature == 0 else (request_seed(defaults.seed, row["request_id"]) if row["seed"] is None
-                                             else row["seed"]),
-        stop=row["stop"] or None,
-        structured_outputs=structured_outputs_for(row.get("response_format")),
-        output_kind=RequestOutputKind.FINAL_ONLY,
-    )
+    params = output_params(row, defaults)
+    response_format = params.pop("response_format")
+    return SamplingParams(**params, structured_outputs=structured_outputs_for(response_format),
+                          output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 class EngineFailure(BatchBinError):
