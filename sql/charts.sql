@@ -15,6 +15,18 @@ FROM finished, start
 GROUP BY finished_at, t0
 ORDER BY seconds;
 
+-- name: request_finishes
+-- The newest generation attempt's finished requests, as they finished: seconds from the
+-- attempt's start (vLLM's own finish times, finer than the checkpoints) and output tokens.
+-- The throughput chart of a run stored in a single checkpoint draws these. Failed requests
+-- are left out. Parameters: $run_id.
+WITH newest AS (SELECT max(attempt) AS attempt FROM results WHERE run_id = $run_id)
+SELECT finished_s AS seconds, count(*) AS requests, sum(output_tokens)::BIGINT AS output_tokens
+FROM results JOIN newest USING (attempt)
+WHERE run_id = $run_id AND error IS NULL AND finished_s IS NOT NULL
+GROUP BY finished_s
+ORDER BY seconds;
+
 -- name: bin_lengths
 -- Per length bin of the run's schedule (bin 0: the longest predicted outputs): the requests,
 -- their mean predicted and mean real output tokens. Failed requests are left out.

@@ -101,3 +101,22 @@ def test_without_matplotlib_no_chart_and_one_log_line(tmp_path):
     assert done.stdout.strip() == "[]"
     lines = [line for line in done.stderr.splitlines() if "chart" in line]
     assert len(lines) == 1 and "matplotlib" in lines[0] and "pip install matplotlib" in lines[0], done.stderr
+
+
+def test_a_run_stored_in_one_checkpoint_draws_its_requests_as_they_finished(fresh_db):
+    """One checkpoint is one point: the chart would be a single straight line from zero. The
+    newest attempt's finish times (finished_s) draw it instead; a single finish time, no chart."""
+    fresh_db.execute("""
+        INSERT INTO results (run_id, request_id, output_tokens, error, latency_s, finished_at, attempt, finished_s) VALUES
+            ('r', 'a', 1, NULL, 0.05, TIMESTAMP '2026-01-01 00:00:01', 2, 0.07),
+            ('r', 'b', 6, NULL, 0.2, TIMESTAMP '2026-01-01 00:00:01', 2, 0.24),
+            ('r', 'c', 6, NULL, 0.2, TIMESTAMP '2026-01-01 00:00:01', 2, 0.24),
+            ('r', 'd', 0, 'ValueError: bad', 0.2, TIMESTAMP '2026-01-01 00:00:01', 2, 0.3),
+            ('r', 'e', 9, NULL, 2.0, TIMESTAMP '2026-01-01 00:00:01', 1, 3.0)""")
+    data = charts.read_chart_data(fresh_db, "r")
+    assert len(data.throughput) == 1
+    assert [(p["seconds"], p["requests"], p["output_tokens"]) for p in data.finishes] == [(0.07, 1, 1), (0.24, 2, 12)]
+    title, png, caption = charts.render_charts(data)[charts.THROUGHPUT_ARTIFACT_KEY]
+    assert png.startswith(PNG_SIGNATURE) and "one checkpoint" in caption
+    one_finish = charts.ChartData(run_id="r", throughput=data.throughput, bins=data.bins, finishes=data.finishes[:1])
+    assert charts.THROUGHPUT_ARTIFACT_KEY not in charts.render_charts(one_finish)

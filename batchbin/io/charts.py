@@ -25,7 +25,7 @@ import base64
 import io
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -46,18 +46,23 @@ class ChartData:
     run_id: str
     throughput: list[dict]  # per checkpoint: seconds, requests, prompt_tokens, output_tokens
     bins: list[dict]        # per bin: bin, requests, predicted_mean, output_mean, output_tokens
+    # per finish time of the newest attempt's requests: seconds, requests, output_tokens
+    finishes: list[dict] = field(default_factory=list)
 
 
 def read_chart_data(con: duckdb.DuckDBPyConnection, run_id: str) -> ChartData:
     """The run's throughput points and per-bin lengths (sql/charts.sql)."""
     return ChartData(run_id=run_id,
                      throughput=fetch_arrow(con, "charts.throughput_points", {"run_id": run_id}).to_pylist(),
-                     bins=fetch_arrow(con, "charts.bin_lengths", {"run_id": run_id}).to_pylist())
+                     bins=fetch_arrow(con, "charts.bin_lengths", {"run_id": run_id}).to_pylist(),
+                     finishes=fetch_arrow(con, "charts.request_finishes", {"run_id": run_id}).to_pylist())
 
 
-def throughput_png(points: list[dict], run_id: str) -> bytes:
+def throughput_png(points: list[dict], run_id: str, per_request: bool = False) -> bytes:
     """Output tokens generated so far (line) and output tokens/s between checkpoints (steps),
-    over the seconds since the first request was handed to vLLM."""
+    over the seconds since the first request was handed to vLLM. `per_request`: the points are
+    requests' finish times, not checkpoints; no rate steps (between two requests that finish
+    a moment apart a rate means nothing)."""
     from matplotlib.figure import Figure
 
     seconds = [point["seconds"] for point in points]
@@ -74,13 +79,15 @@ def throughput_png(points: list[dict], run_id: str) -> bytes:
     ax.plot([0.0] + seconds, [0] + cumulative, marker="o", markersize=3, color=REAL_COLOR, label="output tokens so far")
     ax.set_xlabel("seconds since the first request was handed to vLLM")
     ax.set_ylabel("output tokens so far")
-    rate_ax = ax.twinx()
-    rate_ax.stairs(rates, [0.0] + seconds, color=PREDICTED_COLOR, label="output tokens/s")
-    rate_ax.set_ylabel("output tokens/s (per checkpoint)")
-    rate_ax.set_ylim(bottom=0)
+    if not per_request:
+        rate_ax = ax.twinx()
+        rate_ax.stairs(rates, [0.0] + seconds, color=PREDICTED_COLOR, label="output tokens/s")
+        rate_ax.set_ylabel("output tokens/s (per checkpoint)")
+        rate_ax.set_ylim(bottom=0)
     ax.set_ylim(bottom=0)
     mean = f", {total / elapsed:.0f} tokens/s" if elapsed > 0 else ""
-    ax.set_title(f"run {run_id}: {total} output tokens in {elapsed:.1f} s{mean}", fontsize=9)
+    finished = f", {sum(point['requests'] for point in points)} requests as they finished" if per_request else ""
+    ax.set_title(f"run {run_id}: {total} output tokens in {elapsed:.1f} s{mean}{finished}", fontsize=9)
     fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -123,11 +130,16 @@ def markdown_image(title: str, png: bytes, caption: str) -> str:
 def render_charts(data: ChartData) -> dict[str, tuple[str, bytes, str]]:
     """The charts there is data for: artifact key -> (title, PNG, caption)."""
     charts = {}
-    if data.throughput:
+    if len(data.throughput) > 1:
         charts[THROUGHPUT_ARTIFACT_KEY] = (
             f"BatchBin run {data.run_id}: throughput", throughput_png(data.throughput, data.run_id),
             "One point per checkpoint (results are stored in checkpoints): output tokens generated so far, "
             "and output tokens/s since the checkpoint before. A resumed run's gap shows as a flat stretch.")
+    elif len(data.finishes) > 1:  # one checkpoint would draw a single straight line: its requests instead
+        charts[THROUGHPUT_ARTIFACT_KEY] = (
+            f"BatchBin run {data.run_id}: throughput", throughput_png(data.finishes, data.run_id, per_request=True),
+            "The run's results were stored in one checkpoint, so each point is the moment requests finished "
+            "in vLLM: output tokens generated so far.")
     if data.bins:
         charts[BINS_ARTIFACT_KEY] = (
             f"BatchBin run {data.run_id}: output tokens per length bin", bins_png(data.bins, data.run_id),
@@ -151,6 +163,9 @@ def publish_charts(data: ChartData) -> list[str]:
     charts = render_charts(data)
     if not charts:
         logger.info("No chart artifacts for run %s: it has no finished results", data.run_id)
+    elif THROUGHPUT_ARTIFACT_KEY not in charts:
+        logger.info("No throughput chart for run %s: its results finished all at once (a single straight line)",
+                    data.run_id)
     for key, (title, png, caption) in charts.items():
         create_markdown_artifact(key=key, markdown=markdown_image(title, png, caption), description=title)
     return list(charts)
