@@ -23,6 +23,11 @@ SELECT run_id, row_number, request_id, NULL, NULL, NULL, NULL, NULL, reason, tru
 FROM rejects WHERE run_id = $run_id
 ORDER BY row_number;
 
+-- name: finished_now
+-- When the run finished, for its report: now, as the runs table's finished_at is stamped (the
+-- flow marks the run finished right after its report and output file are written).
+SELECT current_timestamp::TIMESTAMP;
+
 -- name: store_report
 INSERT OR REPLACE INTO run_reports (run_id, report, created_at) VALUES ($run_id, $report, current_timestamp);
 

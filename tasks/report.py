@@ -168,6 +168,7 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         summary["stage_seconds"] = {**(stage_seconds or {}), "report": round(time.perf_counter() - started, 3)}
         # the flow marks the run finished as soon as this report and the output file are written
         summary["status"] = "finished"
+        summary["finished_at"] = str(fetch_one(con, "report.finished_now")[0])
         execute(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
         chart_data = charts.read_chart_data(con, ref.run_id)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
 import duckdb
 import pytest
@@ -79,6 +80,15 @@ def test_every_valid_id_has_a_real_completion(job):
         assert reason in ("stop", "length")
     assert report["completed"] == len(VALID) and report["errors"] == 0
     assert report["output_tokens"] > 0 and report["output_tps"] > 0
+
+
+@pytest.mark.engine
+def test_report_says_when_the_run_finished(job):
+    """The report is written just before the run is marked finished: it says finished, and when."""
+    config, report = job
+    (finished_at,), = query(config, "select finished_at from runs")
+    assert report["status"] == "finished" and report["finished_at"] is not None
+    assert abs((datetime.fromisoformat(report["finished_at"]) - finished_at).total_seconds()) < 5
 
 
 @pytest.mark.engine
