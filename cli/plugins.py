@@ -8,6 +8,7 @@ imports the benchmark or what it needs.
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
@@ -34,3 +35,9 @@ class PluginGroup(click.Group):
             command = plugin_entry_points()[name].load()
             self.add_command(command, name)
         return command
+
+
+def fail(message: str) -> None:
+    """End a command with its error in one red line (exit code 1)."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
