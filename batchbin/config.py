@@ -69,7 +69,7 @@ class JobConfig(BaseModel):
     k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
     order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")
-    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:<run_id>', 'file:<path>' (your own predictions: id, predicted_tokens), or a registered version.")
+    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:RUN_ID', 'file:PATH' (your own predictions: id, predicted_tokens), or a registered version.")
     probe: float | None = Field(None, ge=0, le=0.5, description="In-job probe: this fraction of the requests "
                                 "(raised to one request per prompt template, within 10% of the job; at most 4,096) "
                                 "runs first, and their real lengths calibrate the predicted lengths of the rest before "
@@ -82,6 +82,9 @@ class JobConfig(BaseModel):
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")
+    reuse_results: bool = Field(True, description="Answer a request from the database when an earlier run answered "
+                                "it already (same model files, prompt tokens, output parameters, and seed where it "
+                                "samples; never an error or an unseeded sampled request): only the rest is generated.")
     engine: EngineOptions = Field(default_factory=EngineOptions, description="vLLM engine settings; each one "
                                   "left empty is chosen for this machine (see `batchbin doctor`).")
     ray_address: str | None = Field(None, description="Spread generation over the Ray cluster at this address "

@@ -17,6 +17,7 @@ from typing import Annotated, Callable, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from batchbin.store import db
@@ -39,13 +40,14 @@ from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.probe import finish_probe, start_probe
 from batchbin.tasks.report import check_output_folder, report
+from batchbin.tasks.reuse import reuse_results
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
 # The stages that keep their rows between runs, in order. Each is handed the completion stamp of
 # the one before it, so a stage that ran again makes every later one run again
 # (tasks/common.py); generate then runs what has no result yet, and report always runs.
-PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "probe", "schedule")
+PIPELINE = ("load", "tokenize", "reuse", "group_prefixes", "predict_lengths", "probe", "schedule")
 
 
 def stamp_before(ref: RunRef, stage: str) -> str:
@@ -153,30 +155,41 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
     with db.session(ref.db_path, say=say):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
+        with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
+            ref = reuse_results(ref, model_path, sampling_defaults(config), config.reuse_results,
+                                after=stamp_before(ref, "reuse"))
         with clock.stage("group_prefixes"):
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
         with clock.stage("predict_lengths"):
             ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
     with clock.stage("probe"):
-        probe(ref, config, model_path, settings, fraction=config.probe if with_probe else 0.0)
+        probed = probe(ref, config, model_path, settings, fraction=config.probe if with_probe else 0.0)
     with clock.stage("schedule"):
-        ref = schedule(ref, config.k_bins, config.order, min_shared_tokens=block,
-                       max_num_seqs=max_num_seqs, after=stamp_before(ref, "schedule"))
+        # the probe is the schedule's one upstream in Prefect's graph, which then draws the stages
+        # in the pipeline's order (quote: the RunRef is not taken for predict_lengths' result)
+        ref = schedule(quote(ref), config.k_bins, config.order, min_shared_tokens=block,
+                       max_num_seqs=max_num_seqs, after=stamp_before(ref, "schedule"), wait_for=[probed])
     return ref
 
 
-def probe(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings, fraction: float) -> None:
+def probe(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings, fraction: float) -> State:
     """The probe step: a few of the job's requests run first, and their real lengths calibrate
     the predictions of the rest before the schedule (tasks/probe.py). While the probe runs, the
     engine is kept full with the rest of the job in token order; what still runs when the probe
-    has finished goes on into the main generation (the engine holds it, `Engine.left_running`)."""
+    has finished goes on into the main generation (the engine holds it, `Engine.left_running`).
+    Returns the state of the step's last task run, for the schedule's `wait_for` (its tasks
+    return no RunRef that would tell Prefect what comes after them)."""
     max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
     probe_args = (fraction, config.order, config.predictor, config.max_tokens, max_num_seqs)
     after = stamp_before(ref, "probe")
-    if start_probe(ref, *probe_args, after=after):
-        probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
-                          until_probe_done=True, kv_admission=config.kv_admission)
-        finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after)
+    started = start_probe(ref, *probe_args, after=after, return_state=True)
+    if not started.result():  # raises what the task raised
+        return started
+    probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
+                      until_probe_done=True, kv_admission=config.kv_admission)
+    finished = finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after, return_state=True)
+    finished.result()
+    return finished
 
 
 def load_and_choose_engine(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str,

@@ -48,6 +48,7 @@ class Plan:
     reason: str
     engine: dict
     kv_admission: bool = False  # requests handed to vLLM by their predicted memory
+    answered: int = 0           # requests answered from earlier runs (tasks/reuse.py): not generated
     estimates: list[OrderEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     db_path: str | None = None  # kept database, if any
@@ -80,6 +81,7 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
         with db.connect(ref.db_path, read_only=True) as source:
             prefix = fetch_one(source, "simulate.prefix_stats", {"run_id": ref.run_id})
             predicted = fetch_one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
+            answered = fetch_one(source, "reuse.count_reused", {"run_id": ref.run_id})[0]
         requests, prompt_tokens, _, ideal_cached, groups = prefix or (len(stored.requests("predicted")), 0, 0, 0, 0)
         simulation = simulate_run(stored, [AS_RUN], lengths="predicted", cpu=cpu, gpu=gpu)
         if used != BASELINE_ORDER or stored.kv_admission:  # the capable user's run, to compare with
@@ -91,7 +93,7 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
     return Plan(run_id=ref.run_id, requests=requests, rejects=rejects, prompt_tokens=int(prompt_tokens or 0),
                 ideal_cached_tokens=int(ideal_cached or 0), prefix_groups=int(groups or 0),
                 predicted=dict(zip(names, predicted)), order=used, requested_order=requested, reason=reason,
-                engine=stored.engine, kv_admission=stored.kv_admission, estimates=simulation.estimates,
+                engine=stored.engine, kv_admission=stored.kv_admission, answered=answered, estimates=simulation.estimates,
                 warnings=simulation.warnings)
 
 
@@ -127,6 +129,8 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"BatchBin plan for run {plan.run_id} (nothing generated)",
         f"  requests        {plan.requests} valid, {plan.rejects} rejected",
+        f"  answered        {plan.answered} requests already, from earlier runs in the database (not generated"
+        + ("; give --db to look in one)" if plan.db_path is None and not plan.answered else ")"),
         f"  prompt tokens   {plan.prompt_tokens:,}",
         f"  output tokens   {p['total'] or 0:,.0f} predicted (mean {p['mean'] or 0:.0f}, median {p['median'] or 0:.0f}, "
         f"90th percentile {p['p90'] or 0:.0f}; predictor {p['predictor']})",

@@ -21,6 +21,7 @@ LEFT JOIN runs ru ON ru.run_id = r.run_id
 WHERE r.error IS NULL AND r.output_tokens IS NOT NULL
   -- a length the request fixed (ignore_eos, min_tokens) is not the model's to learn
   AND NOT coalesce(p.ignore_eos, false) AND coalesce(p.min_tokens, 0) <= 1
+  AND r.reused_from IS NULL  -- a copy of an earlier run's answer, learnt from there
 ORDER BY r.run_id, r.request_id;
 
 -- name: newest_trained_model

@@ -15,8 +15,8 @@ FROM prompt_groups g, common c
 WHERE g.run_id = $run_id;
 
 -- name: choose_probe
--- The probe's requests, in place of the run's earlier ones: $size requests whose length is
--- not fixed by the request (ignore_eos, min_tokens >= max_tokens), taken from the predicted
+-- The probe's requests, in place of the run's earlier ones: $size requests not answered from an
+-- earlier run (tasks/reuse.py) whose length is not fixed by the request (ignore_eos, min_tokens >= max_tokens), taken from the predicted
 -- quartiles in proportion to their size, and inside a quartile one request of every template group before a
 -- second of any; which one, by a hash of its id (a re-run picks the same). The candidates'
 -- template groups come registered as `probe_templates` (request_id, template_group).
@@ -28,7 +28,8 @@ WITH candidates AS (
     FROM predictions pr
     JOIN prompts p USING (run_id, request_id)
     JOIN probe_templates tg USING (request_id)
-    WHERE pr.run_id = $run_id AND NOT coalesce(p.ignore_eos, false)
+    LEFT JOIN results r USING (run_id, request_id)
+    WHERE pr.run_id = $run_id AND NOT coalesce(p.ignore_eos, false) AND r.reused_from IS NULL  -- not answered already
       AND coalesce(p.min_tokens, 0) < coalesce(p.max_tokens, $default_max_tokens)
 ),
 quartiles AS (
@@ -122,9 +123,12 @@ ORDER BY pr.request_id;
 SELECT run_id FROM runs WHERE status = 'finished' ORDER BY started_at DESC LIMIT 1;
 
 -- name: count_predictions
--- How many requests of a run have a prediction.
+-- How many requests of a run have a prediction and are to be generated (not answered from an
+-- earlier run, tasks/reuse.py).
 -- Parameters: $run_id.
-SELECT count(*) FROM predictions WHERE run_id = $run_id;
+SELECT count(*) FROM predictions pr
+LEFT JOIN results r USING (run_id, request_id)
+WHERE pr.run_id = $run_id AND r.reused_from IS NULL;
 
 -- name: count_probe
 -- How many requests the run's probe holds.

@@ -5,7 +5,7 @@ SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, created_at DESC LIM
 -- name: results_of_run
 -- Every result of a run with its input row and id, in input order (batchbin.results).
 SELECT run_id, row_number, id, input, output_text, finish_reason, prompt_tokens, output_tokens, cached_tokens, error,
-       latency_s, predicted_tokens, metadata::VARCHAR AS metadata
+       latency_s, predicted_tokens, metadata::VARCHAR AS metadata, reused_from
 FROM completions
 WHERE run_id = $run_id
 ORDER BY row_number;
@@ -19,6 +19,7 @@ ORDER BY row_number;
 
 -- name: all_runs
 -- One row per run, newest first (batchbin.runs): status, times, counts and tokens.
-SELECT run_id, status, input_path, model, started_at, finished_at, requests, rejects, completed, errors, output_tokens
+SELECT run_id, status, input_path, model, started_at, finished_at, requests, rejects, completed, errors, output_tokens,
+       answered_from_earlier_runs
 FROM run_summary
 ORDER BY started_at DESC NULLS LAST, created_at DESC;

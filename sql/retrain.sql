@@ -4,5 +4,5 @@
 -- run's `retrain_after` compares with its threshold (flows/retrain.py).
 SELECT count(*)
 FROM results r
-WHERE r.error IS NULL AND r.output_tokens IS NOT NULL
+WHERE r.error IS NULL AND r.output_tokens IS NOT NULL AND r.reused_from IS NULL  -- copies are not new
   AND r.finished_at > coalesce((SELECT max(created_at) FROM predictors), TIMESTAMP '-infinity');

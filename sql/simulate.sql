@@ -38,7 +38,7 @@ SELECT run_id, request_id, group_id, sort_rank, lcp_prev FROM prompt_groups WHER
 SELECT run_id, request_id, predicted_tokens, predictor, calibrated_tokens FROM predictions WHERE run_id = $run_id;
 
 -- name: copy_results
-SELECT run_id, request_id, output_tokens, cached_tokens, error FROM results WHERE run_id = $run_id;
+SELECT run_id, request_id, output_tokens, cached_tokens, error, reused_from FROM results WHERE run_id = $run_id;
 
 -- name: copy_schedule
 SELECT run_id, request_id, bin, batch, position, duplicate_of FROM schedule WHERE run_id = $run_id;
@@ -70,8 +70,8 @@ INSERT INTO predictions (run_id, request_id, predicted_tokens, predictor, calibr
 SELECT run_id, request_id, predicted_tokens, predictor, calibrated_tokens FROM incoming;
 
 -- name: paste_results
-INSERT INTO results (run_id, request_id, output_tokens, cached_tokens, error)
-SELECT run_id, request_id, output_tokens, cached_tokens, error FROM incoming;
+INSERT INTO results (run_id, request_id, output_tokens, cached_tokens, error, reused_from)
+SELECT run_id, request_id, output_tokens, cached_tokens, error, reused_from FROM incoming;
 
 -- name: paste_schedule
 INSERT INTO schedule (run_id, request_id, bin, batch, position, duplicate_of)
@@ -86,7 +86,8 @@ SELECT run_id, requested, used, reason FROM incoming;
 -- the real output length (NULL without a result; requests that failed are left out), the
 -- predicted one (calibrated by the probe where one ran) and the request's max_tokens (or the
 -- job's $max_tokens). A request that
--- repeats an earlier one (duplicate_of) is not generated, so it is left out.
+-- repeats an earlier one (duplicate_of) or was answered from an earlier run (reused_from) is
+-- not generated, so it is left out.
 -- Parameters: $run_id, $max_tokens.
 SELECT t.request_id, t.token_ids, t.prompt_tokens,
        r.output_tokens AS real_tokens,
@@ -98,7 +99,7 @@ JOIN tokens t USING (run_id, request_id)
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN planned_lengths pr USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
-WHERE s.run_id = $run_id AND r.error IS NULL AND s.duplicate_of IS NULL
+WHERE s.run_id = $run_id AND r.error IS NULL AND s.duplicate_of IS NULL AND r.reused_from IS NULL
 ORDER BY s.position;
 
 -- name: schedule_choice

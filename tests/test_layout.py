@@ -26,6 +26,7 @@ ABOVE_CORE = tuple(prefix for prefix, _ in LAYERS[1:]) + ("batchbin.bench", "bat
 STAGES = {
     "load": ("load", "load"),
     "tokenize": ("tokenize", "tokenize"),
+    "reuse": ("reuse", "reuse"),
     "prefixes": ("group_prefixes", "prefixes"),
     "predict": ("predict_lengths", "predictors"),
     "probe": ("probe", "probe"),

@@ -66,7 +66,7 @@ def test_a_stage_that_runs_again_runs_every_later_one_again(job, prefect_api, de
     assert changed(first, second) == ["schedule"]
 
     prepare(config.model_copy(update={"k_bins": 2, "max_model_len": 1024}), ref, default_model_path)
-    assert changed(second, stamps(ref)) == ["tokenize", "group_prefixes", "predict_lengths", "probe", "schedule"]
+    assert changed(second, stamps(ref)) == ["tokenize", "reuse", "group_prefixes", "predict_lengths", "probe", "schedule"]
 
 
 def test_a_newly_registered_predictor_predicts_the_next_run(job, prefect_api, default_model_path, tmp_path):
