@@ -40,14 +40,13 @@ from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.probe import finish_probe, start_probe
 from batchbin.tasks.report import check_output_folder, report
-from batchbin.tasks.reuse import reuse_results
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
 # The stages that keep their rows between runs, in order. Each is handed the completion stamp of
 # the one before it, so a stage that ran again makes every later one run again
 # (tasks/common.py); generate then runs what has no result yet, and report always runs.
-PIPELINE = ("load", "tokenize", "reuse", "group_prefixes", "predict_lengths", "probe", "schedule")
+PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "probe", "schedule")
 
 
 def stamp_before(ref: RunRef, stage: str) -> str:
@@ -155,9 +154,6 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
     with db.session(ref.db_path, say=say):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
-        with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
-            ref = reuse_results(ref, model_path, sampling_defaults(config), config.reuse_results,
-                                after=stamp_before(ref, "reuse"))
         with clock.stage("group_prefixes"):
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
         with clock.stage("predict_lengths"):
