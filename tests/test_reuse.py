@@ -333,3 +333,28 @@ def test_an_openai_batch_file_reuses_the_answers_of_a_plain_file(first_run):
     for line in map(json.loads, Path(report["output_path"]).read_text().splitlines()):
         content = line["response"]["body"]["choices"][0]["message"]["content"]
         assert content == monday[line["custom_id"]]
+
+
+def test_plan_counts_the_requests_answered_already(tmp_path, prefect_api, default_model_path):
+    """`batchbin plan --db` of a grown file: the rows an earlier run answered are counted and not simulated."""
+    from click.testing import CliRunner
+
+    from batchbin.cli.main import main
+
+    db_path = str(tmp_path / "bb.duckdb")
+    rows = first_rows()[:6]
+    monday = write(tmp_path / "monday.jsonl", rows)
+    result = CliRunner().invoke(main, ["plan", monday, "--db", db_path, "--max-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "answered        0 requests already" in result.output
+    con = db.connect(db_path)
+    try:  # Monday's run answered its first four requests
+        run_id, = con.execute("select run_id from runs").fetchone()
+        for row in rows[:4]:
+            add_result(con, run_id, row["id"], f"answer {row['id']}")
+    finally:
+        con.close()
+    tuesday = write(tmp_path / "tuesday.jsonl", rows + [{"id": "new", "messages": chat("Name a bird.")}])
+    result = CliRunner().invoke(main, ["plan", tuesday, "--db", db_path, "--max-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "answered        4 requests already" in result.output
