@@ -24,7 +24,8 @@ def missing_bench_packages() -> list[str]:
 
 @click.command("bench")
 @click.option("--workload", required=True, help="prefix-heavy, mixed-length, chat-mix, sharegpt, sharegpt-real, evals-mix, "
-                                                "table-labels (a table job: bench/table_labels.py), or a JSONL file.")
+                                                "table-labels (a table job: bench/table_labels.py), incremental (a job, then the "
+                                                "same job with 10% new and 5% changed rows), or a JSONL file.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Number of requests (default: the workload's size).")
 @click.option("--out", "out_dir", default=None, help="Output folder (default bench-out/WORKLOAD).")
 @click.option("--variants", default=",".join(("vllm", "vllm-tuned", "vllm-sorted", "vllm-run-batch", "batchbin", "oracle")),
@@ -55,6 +56,11 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
 
     _, engine = split_options(options)
     out = Path(out_dir or f"bench-out/{Path(workload).stem}")
+    if workload == "incremental":  # a job, then the same job grown (bench/incremental.py): its own summary
+        from batchbin.bench.incremental import run_incremental
+
+        run_incremental(out, n_requests, seed, engine_options=EngineOptions(**engine))
+        return
     if workload == "table-labels":  # a table job: its own variants (bench/table_labels.py)
         from batchbin.bench.table_labels import run_table_labels
 

@@ -32,7 +32,13 @@ SELECT request_id AS id, predicted_tokens FROM predictions WHERE run_id = $run_i
 -- The totals of a run's engine steps, every generation attempt (the probe's phase included), as
 -- bench.harness.engine_trace counts them for the plain vLLM variants. Parameters: $run_id.
 SELECT count(*) AS steps, sum(preempted)::BIGINT AS preempted, sum(prefill_tokens)::BIGINT AS prefill_tokens,
-       sum(decode_tokens)::BIGINT AS decode_tokens, round(avg(running), 1)::DOUBLE AS mean_running
+       sum(decode_tokens)::BIGINT AS decode_tokens, round(avg(running), 1)::DOUBLE AS mean_running,
+       round(sum(duration_s), 3)::DOUBLE AS steps_s
 FROM engine_steps
 WHERE run_id = $run_id
 HAVING count(*) > 0;
+
+-- name: generated_ids
+-- The requests a run generated itself (not answered from an earlier run): the incremental
+-- benchmark checks they are exactly the new and changed rows. Parameters: $run_id.
+SELECT request_id FROM results WHERE run_id = $run_id AND reused_from IS NULL;
