@@ -82,6 +82,9 @@ class JobConfig(BaseModel):
     checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")
+    reuse_results: bool = Field(True, description="Answer a request from the database when an earlier run answered "
+                                "it already (same model files, prompt tokens, output parameters, and seed where it "
+                                "samples; never an error or an unseeded sampled request): only the rest is generated.")
     engine: EngineOptions = Field(default_factory=EngineOptions, description="vLLM engine settings; each one "
                                   "left empty is chosen for this machine (see `batchbin doctor`).")
     ray_address: str | None = Field(None, description="Spread generation over the Ray cluster at this address "
