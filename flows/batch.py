@@ -40,13 +40,14 @@ from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.probe import finish_probe, start_probe
 from batchbin.tasks.report import check_output_folder, report
+from batchbin.tasks.reuse import reuse_results
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
 # The stages that keep their rows between runs, in order. Each is handed the completion stamp of
 # the one before it, so a stage that ran again makes every later one run again
 # (tasks/common.py); generate then runs what has no result yet, and report always runs.
-PIPELINE = ("load", "tokenize", "group_prefixes", "predict_lengths", "probe", "schedule")
+PIPELINE = ("load", "tokenize", "reuse", "group_prefixes", "predict_lengths", "probe", "schedule")
 
 
 def stamp_before(ref: RunRef, stage: str) -> str:
@@ -147,45 +148,68 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
                  say: Callable[[str], None] | None = None) -> RunRef:
     """The stages between load and generate, each handed the stamp of the one before it.
     `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
-    share one open of the database, but for the probe's generation, which lets readers in."""
+    share one open of the database, but for the probe's generation, which lets readers in (the
+    probe's calibration and the schedule then open it again)."""
     clock = clock or StageClock()
     block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
-    max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
     with db.session(ref.db_path, say=say):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
+        with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
+            ref = reuse_results(ref, model_path, sampling_defaults(config), config.reuse_results,
+                                after=stamp_before(ref, "reuse"))
         with clock.stage("group_prefixes"):
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
         with clock.stage("predict_lengths"):
             ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
-    with clock.stage("probe"):
-        probed = probe(ref, config, model_path, settings, fraction=config.probe if with_probe else 0.0)
+        probe = ProbeStep(ref, config, settings, fraction=config.probe if with_probe else 0.0)
+        with clock.stage("probe"):
+            probed = probe.start()
+        if not probed.result():  # no probe to run (raises what the task raised): schedule in this open
+            return scheduled(ref, config, settings, clock, upstream=probed)
+    with clock.stage("probe"):  # the probe's generation holds the file only at checkpoints: readers get in
+        probed = probe.run(model_path)
+    return scheduled(ref, config, settings, clock, upstream=probed)
+
+
+def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State) -> RunRef:
+    """The schedule stage. The probe is its one upstream in Prefect's graph, which then draws the
+    stages in the pipeline's order (quote: the RunRef is not taken for predict_lengths' result)."""
     with clock.stage("schedule"):
-        # the probe is the schedule's one upstream in Prefect's graph, which then draws the stages
-        # in the pipeline's order (quote: the RunRef is not taken for predict_lengths' result)
-        ref = schedule(quote(ref), config.k_bins, config.order, min_shared_tokens=block,
-                       max_num_seqs=max_num_seqs, after=stamp_before(ref, "schedule"), wait_for=[probed])
-    return ref
+        return schedule(quote(ref), config.k_bins, config.order,
+                        min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
+                        max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                        after=stamp_before(ref, "schedule"), wait_for=[upstream])
 
 
-def probe(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings, fraction: float) -> State:
+class ProbeStep:
     """The probe step: a few of the job's requests run first, and their real lengths calibrate
     the predictions of the rest before the schedule (tasks/probe.py). While the probe runs, the
     engine is kept full with the rest of the job in token order; what still runs when the probe
     has finished goes on into the main generation (the engine holds it, `Engine.left_running`).
-    Returns the state of the step's last task run, for the schedule's `wait_for` (its tasks
-    return no RunRef that would tell Prefect what comes after them)."""
-    max_num_seqs = settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS
-    probe_args = (fraction, config.order, config.predictor, config.max_tokens, max_num_seqs)
-    after = stamp_before(ref, "probe")
-    started = start_probe(ref, *probe_args, after=after, return_state=True)
-    if not started.result():  # raises what the task raised
-        return started
-    probed = generate(ref, model_path, settings, sampling_defaults(config), config.checkpoint_every,
-                      until_probe_done=True, kv_admission=config.kv_admission)
-    finished = finish_probe(ref, *probe_args, generate_s=probed["generate_s"], after=after, return_state=True)
-    finished.result()
-    return finished
+
+    `start` chooses the probe (inside the stages' shared open of the database); `run`, only
+    where it chose one, generates it and calibrates the rest. Each returns the state of its last
+    task run, for the schedule's `wait_for` (the probe's tasks return no RunRef that would tell
+    Prefect what comes after them)."""
+
+    def __init__(self, ref: RunRef, config: JobConfig, settings: EngineSettings, fraction: float) -> None:
+        self.ref, self.config, self.settings = ref, config, settings
+        self.args = (fraction, config.order, config.predictor, config.max_tokens,
+                     settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
+        self.after = stamp_before(ref, "probe")
+
+    def start(self) -> State:
+        return start_probe(self.ref, *self.args, after=self.after, return_state=True)
+
+    def run(self, model_path: str) -> State:
+        config = self.config
+        probed = generate(self.ref, model_path, self.settings, sampling_defaults(config), config.checkpoint_every,
+                          until_probe_done=True, kv_admission=config.kv_admission)
+        finished = finish_probe(self.ref, *self.args, generate_s=probed["generate_s"], after=self.after,
+                                return_state=True)
+        finished.result()
+        return finished
 
 
 def load_and_choose_engine(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str,
