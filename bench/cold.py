@@ -33,7 +33,7 @@ from batchbin.engine.settings import EngineSettings, choose_engine_settings
 from batchbin.engine.machine import detect_machine
 from batchbin.engine.models import resolve_model
 from batchbin.engine.preload import RESTARTED_FLAG, restart_with_preload
-from batchbin.engine.vllm_adapter import RUN_BATCH_MODULE
+from batchbin.bench.vllm_run_batch import RUN_BATCH_MODULE
 
 DEFAULT_MAX_TOKENS = 64  # for requests without a limit of their own, as in `batchbin bench`
 

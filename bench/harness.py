@@ -27,8 +27,10 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from batchbin.bench.baseline import vllm_default_settings
 from batchbin.bench.processes import run_command
@@ -114,7 +116,7 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
     params = [fixed_length_params(SamplingParams, rows[i], min(rows[i].get("max_tokens") or default_max_tokens,
                                                                 max_model_len - len(prompts[i])))
               for i in indices]
-    with steps_watched(engine.llm, keep=True) as watch:
+    with steps_watched(engine.llm, keep=True) as watch, timed_steps(engine.llm) as step_seconds:
         outputs = engine.llm.generate([{"prompt_token_ids": prompts[i]} for i in indices], params, use_tqdm=False)
     if output_path is not None:
         with open(output_path, "w", encoding="utf-8") as handle:
@@ -125,18 +127,46 @@ def plain_vllm(variant: str, engine, model_path: str, rows: list[dict] | Path, o
     return VariantRun(
         variant, wall, wall, len(rows), sum(len(p) for p in prompts), sum(lengths.values()),
         sum(out.num_cached_tokens or 0 for out in outputs), engine.settings.as_dict(), lengths,
-        engine_trace=engine_trace(watch.history) if watch is not None else None,
+        engine_trace=engine_trace(watch.history, step_seconds) if watch is not None else None,
     )
 
 
-def engine_trace(steps: list) -> dict | None:
+@contextmanager
+def timed_steps(llm) -> Iterator[list[float]]:
+    """The wall seconds of each engine step `LLM.generate` takes inside the block, timed as
+    BatchBin's step loop times its own (around `LLMEngine.step`), so that both sides' time
+    outside the engine's steps compares. (A wrap on this engine object for the block only.)"""
+    engine = llm.llm_engine
+    seconds: list[float] = []
+    step = engine.step
+
+    def timed():
+        began = time.perf_counter()
+        try:
+            return step()
+        finally:
+            seconds.append(time.perf_counter() - began)
+
+    engine.step = timed
+    try:
+        yield seconds
+    finally:
+        del engine.step  # the class's own method again
+
+
+def engine_trace(steps: list, step_seconds: list[float] | None = None) -> dict | None:
     """The totals of a generation's engine steps (vllm_adapter.StepShape): steps, preemptions,
-    prompt (or recomputed) tokens prefilled, tokens decoded, sequences per step on average."""
+    prompt (or recomputed) tokens prefilled, tokens decoded, sequences per step on average, and
+    the seconds spent in `LLMEngine.step` (`steps_s`: what the run took besides is its time
+    outside the engine's steps)."""
     if not steps:
         return None
-    return {"steps": len(steps), "preempted": sum(s.preempted for s in steps),
-            "prefill_tokens": sum(s.prefill_tokens for s in steps), "decode_tokens": sum(s.decode_tokens for s in steps),
-            "mean_running": round(sum(s.running for s in steps) / len(steps), 1)}
+    trace = {"steps": len(steps), "preempted": sum(s.preempted for s in steps),
+             "prefill_tokens": sum(s.prefill_tokens for s in steps), "decode_tokens": sum(s.decode_tokens for s in steps),
+             "mean_running": round(sum(s.running for s in steps) / len(steps), 1)}
+    if step_seconds:
+        trace["steps_s"] = round(sum(step_seconds), 3)
+    return trace
 
 
 def fixed_length_params(SamplingParams, row: dict, max_tokens: int):

@@ -95,6 +95,10 @@ def markdown(summary: dict) -> str:
         outside = wall - sum(stages.values())
         lines += ["", "batchbin's time by stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
                   + f"; outside the stages (Prefect's flow run, opening the database) {outside:.2f}"]
+    outside_steps = [f"{name} {v['wall_s'] - v['engine_trace']['steps_s']:.2f}" for name, v in summary["variants"].items()
+                     if (v.get("engine_trace") or {}).get("steps_s") is not None]
+    if outside_steps:
+        lines += ["", "time outside the engine's steps (s; wall time less the steps' own): " + ", ".join(outside_steps)]
     notes = (summary["variants"].get("batchbin") or {}).get("notes")
     if notes:
         lines += ["", f"batchbin's schedule: {notes}"]

@@ -64,6 +64,8 @@ def test_the_engine_steps_of_plain_vllm_and_batchbin_are_counted_alike(summary):
         assert trace["steps"] > 0 and trace["preempted"] == 0 and 1 <= trace["mean_running"] <= 6, name
         # every output token but each request's first (sampled at the end of its prefill) is one decode
         assert trace["decode_tokens"] == variant["output_tokens"] - variant["requests"], name
+        # the seconds in engine steps, for the time each side spends outside them
+        assert 0 < trace["steps_s"] <= variant["wall_s"], name
     assert result["variants"]["vllm-run-batch"]["engine_trace"] is None  # its engine is in another process
 
 
