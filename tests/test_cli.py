@@ -226,14 +226,16 @@ def test_run_whose_output_folder_cannot_be_made_fails_before_any_work(tmp_path, 
     assert not db_file.exists()  # nothing started
 
 
-def test_every_option_is_in_the_readme_configuration_reference():
+def test_every_option_is_in_the_configuration_reference():
     from batchbin.config import EngineOptions, JobConfig
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    reference = readme[readme.index("## Configuration"):readme.index("## Troubleshooting")]
+    root = Path(__file__).resolve().parent.parent
+    reference = (root / "docs" / "configuration.md").read_text()
     for name in [*JobConfig.model_fields, *EngineOptions.model_fields]:
         if name != "engine":
-            assert f"| `{name}` |" in reference, f"README's configuration reference lacks {name}"
+            assert f"| `{name}` |" in reference, f"docs/configuration.md lacks {name}"
+    readme = (root / "README.md").read_text()
+    assert "(docs/configuration.md)" in readme[readme.index("## Configuration"):readme.index("## Troubleshooting")]
 
 
 @pytest.mark.engine
