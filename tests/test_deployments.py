@@ -111,17 +111,19 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
 
 @contextmanager
 def prefect_stack(base: Path, *, ui: bool = False, scheduler: bool = False, worker_env: dict[str, str] | None = None,
-                  query_seconds: int = 1):
+                  query_seconds: int = 1, settings: dict[str, str] | None = None):
     """A Prefect server on loopback (in `base`, its own PREFECT_HOME) with the `batchbin` process
     work pool, a worker and prefect.yaml's deployments; every process stopped at the end.
     `ui`/`scheduler`: the server's UI and scheduler (off unless asked for); `worker_env`: added to
-    the worker's environment (its flow runs inherit it); `query_seconds`: how often the worker polls."""
+    the worker's environment (its flow runs inherit it); `query_seconds`: how often the worker polls;
+    `settings`: more PREFECT_* settings for the server and the worker."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(base / "home"), "PREFECT_API_URL": url,
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
-           "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)}  # pick runs up at once (default 10 s)
+           "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds),  # pick runs up at once (default 10 s)
+           **(settings or {})}
     env.pop("PREFECT_API_KEY", None)
     env.pop("PREFECT_PROFILE", None)
     env.pop("BATCHBIN_HOME", None)  # the default rule unless worker_env sets it: the checkout batchbin comes from

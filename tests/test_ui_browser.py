@@ -22,6 +22,7 @@ the worker's flow-run process, which is most of the time.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from batchbin.flows.batch import PIPELINE
 from tests.test_deployments import (ADHOC, NIGHTLY, PROMPTS, ROOT, RUN_TIMEOUT_S, client, prefect_stack, state_of,
@@ -43,12 +45,27 @@ DOCS = ROOT / "docs"
 WRITE_DOCS = os.environ.get("BATCHBIN_UI_DOCS") == "1"
 UI_TIMEOUT_MS = 60_000  # any one step in the browser (the slow CI CPU included)
 SCHEDULE_AHEAD_S = 30
-SCHEDULER_LOOP_S = 60  # Prefect's default: how often the scheduler looks for schedules that need runs
+# how often the server's scheduler looks for schedules that need runs (Prefect's default 60 s): a
+# schedule whose first time passes before the scheduler's next look gets its next time instead
+SCHEDULER_LOOP_S = 10
 # what a finished run shows (the user-visible keys and task names, spelled out on purpose)
 ARTIFACT_KEYS = ("batchbin-run-report", "batchbin-run-report-table", "batchbin-generation-progress",
                  "batchbin-run-throughput-chart", "batchbin-run-bins-chart")
 CHART_KEYS = ("batchbin-run-throughput-chart", "batchbin-run-bins-chart")
 STAGES = (*PIPELINE, "generate", "report")  # a task run each, in this order
+
+# the share of an image's pixels the browser paints (a chart's PNG is opaque: all of them)
+DRAWN_SHARE = """image => {
+    const canvas = document.createElement("canvas");
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let painted = 0;
+    for (let alpha = 3; alpha < pixels.length; alpha += 4) painted += pixels[alpha] > 0 ? 1 : 0;
+    return painted / (canvas.width * canvas.height);
+}"""
 
 pytestmark = pytest.mark.engine  # the worker's flow runs build vLLM engines
 
@@ -67,7 +84,8 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-home")
     (home / "flows").symlink_to(ROOT / "flows")  # a project directory holds the entrypoints
     with prefect_stack(tmp_path_factory.mktemp("ui-prefect"), ui=True, scheduler=True,
-                       worker_env={"BATCHBIN_HOME": str(home)}, query_seconds=2) as running:
+                       worker_env={"BATCHBIN_HOME": str(home)}, query_seconds=2,
+                       settings={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(SCHEDULER_LOOP_S)}) as running:
         yield {**running, "home": home}
 
 
@@ -115,10 +133,14 @@ def shot_on_failure(tab, name: str):
         raise
 
 
-def docs_shot(tab, name: str, **options) -> None:
-    """The screenshots of docs/deployment.md, written only when asked (BATCHBIN_UI_DOCS=1)."""
+def docs_shot(tab, name: str) -> None:
+    """The screenshots of docs/deployment.md, written only when asked (BATCHBIN_UI_DOCS=1), in
+    128 colours (a third of the size; the UI has few)."""
     if WRITE_DOCS:
-        tab.screenshot(path=str(DOCS / f"ui-{name}.png"), **options)
+        from PIL import Image
+
+        shot = Image.open(io.BytesIO(tab.screenshot())).convert("RGB")
+        shot.quantize(colors=128).save(DOCS / f"ui-{name}.png", optimize=True)
 
 
 def form_label(title: str) -> str:
@@ -197,11 +219,17 @@ def test_a_person_starts_a_run_from_the_form_and_reads_its_report_and_charts(sta
         for model, name, title in fields:
             description = plain(schema["definitions"][model]["properties"][name]["description"])
             assert description in form, f"the run form shows no description of {model}.{name} ({description!r})"
-        form_field(page, "Input Path").fill("ui/prompts.jsonl")
         form_field(page, "Db Path").fill("ui/batchbin.duckdb")
+        form_field(page, "Input Path").fill("ui/prompts.jsonl")
+        page.locator(form_label("Input Path")).first.evaluate("label => label.scrollIntoView({block: 'start'})")
         docs_shot(page, "run-form")
-        with page.expect_response(lambda answer: answer.url.endswith("/create_flow_run")) as created:
-            page.get_by_role("button", name="Submit", exact=True).click()
+        try:
+            with page.expect_response(lambda answer: answer.url.endswith("/create_flow_run")) as created:
+                page.get_by_role("button", name="Submit", exact=True).click()
+        except PlaywrightTimeout:
+            said = page.locator(".p-toast, [class*='error'], [class*='invalid']").all_inner_texts()
+            pytest.fail(f"the form started no run: Submit sent no request to create one in {UI_TIMEOUT_MS // 1000} s; "
+                        f"the page says: {[text for text in said if text.strip()]}")
         assert created.value.ok, f"the form did not start a run: {created.value.status} {created.value.text()[:2000]}"
         flow_run_id = created.value.json()["id"]
         assert created.value.json()["parameters"]["config"]["input_path"] == "ui/prompts.jsonl"
@@ -254,6 +282,8 @@ def test_a_person_starts_a_run_from_the_form_and_reads_its_report_and_charts(sta
                 page.wait_for_function("image => image.complete", arg=image.element_handle())
                 width = image.evaluate("image => image.naturalWidth")
                 assert width > 0, f"{key}: the chart's image does not load in the browser"
+                drawn = image.evaluate(DRAWN_SHARE)  # a broken PNG keeps its size and draws in part
+                assert drawn > 0.99, f"{key}: the chart's image draws only {drawn:.0%} of itself: its PNG is broken"
             elif key == "batchbin-generation-progress":
                 page.get_by_text(f"{len(PROMPTS)}/{len(PROMPTS)} requests").first.wait_for()
             else:
@@ -287,7 +317,7 @@ def test_a_schedule_fires_and_its_run_completes_with_its_artifacts(stack):
         deployment = api.read_deployment_by_name(NIGHTLY)
         api.create_deployment_schedules(deployment.id, [DeploymentScheduleCreate(
             schedule=IntervalSchedule(interval=timedelta(days=1), anchor_date=due), active=True)])
-        deadline = time.monotonic() + SCHEDULE_AHEAD_S + SCHEDULER_LOOP_S * 2
+        deadline = time.monotonic() + SCHEDULE_AHEAD_S + SCHEDULER_LOOP_S * 6
         while time.monotonic() < deadline:
             runs = api.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
@@ -298,7 +328,7 @@ def test_a_schedule_fires_and_its_run_completes_with_its_artifacts(stack):
             time.sleep(2)
         else:
             pytest.fail(f"the scheduler created no run of {NIGHTLY} for {due.isoformat()} within "
-                        f"{SCHEDULE_AHEAD_S + SCHEDULER_LOOP_S * 2} s; server log:\n"
+                        f"{SCHEDULE_AHEAD_S + SCHEDULER_LOOP_S * 6} s; server log:\n"
                         f"{stack['logs']['server'].read_text()[-5000:]}")
     assert runs[0].auto_scheduled, "the run was not created by the scheduler"
     flow_run = wait_final(stack, runs[0].id)
