@@ -62,9 +62,12 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
         run_incremental(out, n_requests, seed, engine_options=EngineOptions(**engine))
         return
     if workload == "table-labels":  # a table job: its own variants (bench/table_labels.py)
-        from batchbin.bench.table_labels import run_table_labels
+        from batchbin.bench.table_labels import TABLE_VARIANTS, run_table_labels
 
-        summary = run_table_labels(out, n_requests, seed, repeats, engine_options=EngineOptions(**engine))
+        asked = click.get_current_context().get_parameter_source("variants") != click.core.ParameterSource.DEFAULT
+        chosen = tuple(v.strip() for v in variants.split(",") if v.strip() in TABLE_VARIANTS) if asked else TABLE_VARIANTS
+        summary = run_table_labels(out, n_requests, seed, repeats, variants=chosen or TABLE_VARIANTS,
+                                   engine_options=EngineOptions(**engine))
     else:
         summary = run_benchmark(workload, out, n_requests, seed, tuple(v.strip() for v in variants.split(",") if v.strip()),
                                 repeats, engine_options=EngineOptions(**engine), order=order, k_bins=k_bins,

@@ -77,8 +77,7 @@ def run_table_labels(out_dir: Path, rows: int | None = None, seed: int = 0, repe
                      variants: tuple[str, ...] = TABLE_VARIANTS, engine_options: EngineOptions | None = None,
                      max_model_len: int = 2048, log=print) -> dict:
     """Run the variants (interleaved, `repeats` times) and return bench.json's content."""
-    from batchbin.bench.harness import (VariantRun, batchbin_pipeline, machine_record, plain_vllm, summarize,
-                                        write_jsonl)
+    from batchbin.bench.harness import VariantRun, machine_record, plain_vllm, summarize, write_jsonl
     from batchbin.engine.machine import detect_machine
     from batchbin.engine.models import resolve_model
     from batchbin.engine.pool import get_engine
