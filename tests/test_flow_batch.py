@@ -125,7 +125,7 @@ def test_every_engine_step_is_recorded_with_its_shape(job):
 def test_report_says_where_the_time_went(job):
     config, report = job
     stages = report["stage_seconds"]
-    assert list(stages) == ["start", "load", "tokenize", "group_prefixes", "predict_lengths", "probe", "schedule",
+    assert list(stages) == ["start", "load", "tokenize", "reuse", "group_prefixes", "predict_lengths", "probe", "schedule",
                             "generate", "report"]
     assert all(seconds >= 0 for seconds in stages.values())
     # the generate stage holds the generation itself (and, on a first run, the engine's start)
