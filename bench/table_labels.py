@@ -168,8 +168,8 @@ def answer_agreement(ours: Path, theirs: Path) -> tuple[float | None, float | No
     rows compared (the ids in both output files)."""
     if not ours.exists() or not theirs.exists():
         return None, None, 0
-    answers = [{(row := json.loads(line))["id"]: (row.get("output") or "") for line in path.read_text(encoding="utf-8").splitlines()}
-               for path in (ours, theirs)]
+    answers = [{str((row := json.loads(line))["id"]): (row.get("output") or "")
+                for line in path.read_text(encoding="utf-8").splitlines()} for path in (ours, theirs)]
     ids = answers[0].keys() & answers[1].keys()
     if not ids:
         return None, None, 0

@@ -106,3 +106,14 @@ def test_the_benchmark_creates_its_own_table(db_path):
     rows = con.execute("select variant from bench_runs where bench_id = $b order by variant", {"b": bench_id}).fetchall()
     con.close()
     assert rows == [("batchbin",), ("vllm",)]
+
+
+def test_table_labels_agreement_matches_answers_by_id_whatever_their_type(tmp_path):
+    """BatchBin's output file writes ids as text, the capable user's script as the query gave them."""
+    from batchbin.bench.table_labels import answer_agreement
+
+    ours, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
+    ours.write_text('{"id": "1", "output": "EARLY: yes"}\n{"id": "2", "output": "LATE"}\n{"id": "3", "output": "ON TIME"}\n')
+    theirs.write_text('{"id": 2, "output": "LATE"}\n{"id": 1, "output": "early, no"}\n{"id": 4, "output": "LATE"}\n')
+    assert answer_agreement(ours, theirs) == (0.5, 1.0, 2)
+    assert answer_agreement(ours, tmp_path / "missing.jsonl") == (None, None, 0)
