@@ -92,7 +92,8 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: `make setup` installs Debian's chromium as root (apt-get install chromium), "
+        # `make setup` installs it: a missing browser is a broken set-up, not a reason to check nothing
+        pytest.fail(f"no {CHROMIUM}: `make setup` installs Debian's chromium as root (apt-get install chromium), "
                     "or set BATCHBIN_CHROMIUM")
     from playwright.sync_api import sync_playwright
 
