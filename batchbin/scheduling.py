@@ -55,9 +55,13 @@ def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order
     with transaction(con):
         execute(con, "schedule.replace_schedule",
             {"run_id": run_id, "k_bins": k_bins, "order": choice.order, "min_shared_tokens": min_shared_tokens})
-        execute(con, "schedule.mark_duplicates", {"run_id": run_id})
+        mark_duplicates(con, run_id)
         execute(con, "schedule.record_choice", {"run_id": run_id, "requested": order, "used": choice.order,
                                             "reason": choice.reason})
     return fetch_one(con, "schedule.count_scheduled", {"run_id": run_id})[0]
 
 
+def mark_duplicates(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Mark the run's identical greedy requests so each answer is generated once, in whatever
+    schedule the run has now: the schedule's own, or the probe's (sql/schedule.sql)."""
+    execute(con, "schedule.mark_duplicates", {"run_id": run_id})

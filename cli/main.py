@@ -197,7 +197,8 @@ def scale_out_line(scale_out: dict | None) -> str | None:
 
 def time_line(report: dict) -> str:
     stages = report.get("stage_seconds") or {}
-    other = sum(seconds for stage, seconds in stages.items() if stage != "generate")
+    probe_generation = (report.get("length_probe") or {}).get("generate_s") or 0.0  # counted in generate_s
+    other = max(0.0, sum(seconds for stage, seconds in stages.items() if stage != "generate") - probe_generation)
     return (f"  time            {report.get('engine_start_s') or 0:.1f} s engine start, "
             f"{report.get('generate_s') or 0:.1f} s generation, {other:.1f} s other stages "
             "(batchbin sql \"select report->'stage_seconds' from run_reports\")")

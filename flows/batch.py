@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterator
 
@@ -143,9 +144,29 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
     return summary
 
 
+@dataclass(frozen=True)
+class PreparedWork:
+    """The run, scheduled; and what the probe's phase generated, if it ran (those requests are
+    the job's own: the run's summary counts them with the rest, see with_probe_phase)."""
+
+    ref: RunRef
+    probe_generation: dict | None = None
+
+
+def with_probe_phase(generation: dict, probe_generation: dict | None) -> dict:
+    """The generate stage's summary with the probe's phase counted in: requests, output tokens,
+    seconds and preemptions added up, the higher peak of KV-cache use."""
+    if not probe_generation:
+        return generation
+    summed = {key: (generation.get(key) or 0) + (probe_generation.get(key) or 0)
+              for key in ("generated", "generate_s", "output_tokens", "preemptions")}
+    peak = max(generation.get("peak_kv_cache_usage") or 0.0, probe_generation.get("peak_kv_cache_usage") or 0.0)
+    return {**generation, **summed, "peak_kv_cache_usage": peak}
+
+
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
                  clock: StageClock | None = None, with_probe: bool = True,
-                 say: Callable[[str], None] | None = None) -> RunRef:
+                 say: Callable[[str], None] | None = None) -> PreparedWork:
     """The stages between load and generate, each handed the stamp of the one before it.
     `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
     share one open of the database, but for the probe's generation, which lets readers in (the
@@ -166,10 +187,10 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
         with clock.stage("probe"):
             probed = probe.start()
         if not probed.result():  # no probe to run (raises what the task raised): schedule in this open
-            return scheduled(ref, config, settings, clock, upstream=probed)
+            return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed))
     with clock.stage("probe"):  # the probe's generation holds the file only at checkpoints: readers get in
         probed = probe.run(model_path)
-    return scheduled(ref, config, settings, clock, upstream=probed)
+    return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed), probe.generation)
 
 
 def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State) -> RunRef:
@@ -198,15 +219,16 @@ class ProbeStep:
         self.args = (fraction, config.order, config.predictor, config.max_tokens,
                      settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         self.after = stamp_before(ref, "probe")
+        self.generation: dict | None = None  # what `run` generated
 
     def start(self) -> State:
         return start_probe(self.ref, *self.args, after=self.after, return_state=True)
 
     def run(self, model_path: str) -> State:
         config = self.config
-        probed = generate(self.ref, model_path, self.settings, sampling_defaults(config), config.checkpoint_every,
-                          until_probe_done=True, kv_admission=config.kv_admission)
-        finished = finish_probe(self.ref, *self.args, generate_s=probed["generate_s"], after=self.after,
+        self.generation = generate(self.ref, model_path, self.settings, sampling_defaults(config),
+                                   config.checkpoint_every, until_probe_done=True, kv_admission=config.kv_admission)
+        finished = finish_probe(self.ref, *self.args, generate_s=self.generation["generate_s"], after=self.after,
                                 return_state=True)
         finished.result()
         return finished
@@ -261,7 +283,8 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             return Failed(message=str(error))
     try:
         # the probe runs in this process's engine: not with the engines of a Ray cluster
-        ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
+        prepared = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
+        ref = prepared.ref
     except BaseException:
         finish_run(ref, "failed")
         raise
@@ -274,6 +297,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             else:
                 generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors,
                                       kv_admission=config.kv_admission)
+            generation = with_probe_phase(generation, prepared.probe_generation)
         if config.check_agreement and not config.ray_address:  # a table job's answers in the user's field order
             with clock.stage("agreement"):
                 generation = {**generation, **answer_agreement(ref, config, model_path, settings)}

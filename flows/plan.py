@@ -67,7 +67,7 @@ def prepare(config: JobConfig) -> tuple[RunRef, int]:
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
     with db.session(ref.db_path):
         settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, StageClock())
-        ref = prepare_work(ref, config, model_path, settings, with_probe=False)  # no engine here
+        ref = prepare_work(ref, config, model_path, settings, with_probe=False).ref  # no engine here
         finish_run(ref, "planned")
     return ref, loaded.rejects
 

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 
 from batchbin.store.db import registered, scan_once, transaction
 from batchbin.predictors.predict import within_request_limits
+from batchbin.scheduling import mark_duplicates
 from batchbin.predictors.probe import (PROBE_FRACTION, PROBE_MIN_WAVES, TEMPLATE_TOKENS, ProbeCalibration, fit_probe,
                                        probe_size)
 from batchbin.store.queries import execute, fetch_arrow
@@ -80,6 +81,7 @@ def choose_probe(con, run_id: str, size: int, default_max_tokens: int, templates
         with registered(con, probe_templates=templates):
             execute(con, "probe.choose_probe", {"run_id": run_id, "size": size, "default_max_tokens": default_max_tokens})
         execute(con, "probe.schedule_probe", {"run_id": run_id})
+        mark_duplicates(con, run_id)  # identical requests run once in the probe's phase too
     return execute(con, "probe.count_probe", {"run_id": run_id}).fetchall()[0][0]
 
 
