@@ -28,6 +28,7 @@ from batchbin.engine.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
+from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
 from batchbin.flows.retrain import retrain_if_due
 from batchbin.flows.table_jobs import answer_agreement
@@ -122,6 +123,12 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
         retrain_after: After a finished run, start the retraining deployment when the database holds at least
             this many results no predictor has learnt from yet (none: never; needs `prefect deploy --all`).
     """
+    with kept_query_results():  # a table job's query runs once for the checks, the fingerprint and load
+        return run_job(config, retrain_after)
+
+
+def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
+    """The flow's work (batch_inference): checks, then the run's stages under the database's run lock."""
     try:
         check_input(config)
         model_path = resolve_model(config.model)
