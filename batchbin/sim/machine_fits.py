@@ -175,7 +175,10 @@ def stored_fit(con, key: FitKey) -> MachineFit | None:
 # --- learning from a run --------------------------------------------------------------------
 
 def run_steps(con, run_id: str, keep: int = KEEP_STEPS_PER_RUN) -> list[list[float]]:
-    """At most `keep` of the run's measured steps, as [prefill, decode, context, seconds]."""
+    """At most `keep` of the run's measured steps, as [prefill, decode, context, seconds]. Steps
+    without their context count (the engine core ran in its own process, where its scheduler is
+    out of reach) are left out: the KV cache's usage cannot stand in for it, as it counts a
+    shared prefix once and attention reads it once per sequence."""
     rows = fetch_arrow(con, "step_costs.run_steps", {"run_id": run_id, "keep": keep}).to_pylist()
     return [[int(r["prefill_tokens"]), int(r["decode_tokens"]), int(r["context_tokens"]), float(r["duration_s"])]
             for r in rows]
