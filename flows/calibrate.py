@@ -6,10 +6,12 @@
 
 Where no run has fitted this machine's step costs yet, `batchbin plan` estimates with a fit made
 on another CPU. The calibration runs a small synthetic job through the batch flow itself, into a
-temporary database: 64 requests whose prompt lengths (about 20 to 1,200 tokens) and output lengths
-(8 to 160 tokens, fixed by min_tokens = max_tokens and ignore_eos) are drawn independently, with 32
-sequences running at once, so that its engine steps vary prefill tokens, decoding sequences and
-context tokens independently of each other. The flow's last stage fits the step costs of this
+temporary database: 128 requests, three in four with a short prompt (about 30 to 150 tokens), one
+in four with a long one (about 500 to 1,300 tokens), and output lengths (8 to 160 tokens, fixed by
+min_tokens = max_tokens and ignore_eos) drawn independently of the prompt's. They all run at once
+(the machine's engine settings), so that the steps vary prefill tokens, decoding sequences (up to
+128, as in a real job) and context tokens independently of each other: many short sequences with
+little context early, few long ones with much context late. The flow's last stage fits the step costs of this
 machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
 refine that fit.
 """
@@ -28,20 +30,20 @@ from batchbin.config import EngineOptions, JobConfig
 from batchbin.errors import BatchBinError
 from batchbin.sim.machine_fits import MachineFit, learn_from_run
 
-CALIBRATION_REQUESTS = 64
-CALIBRATION_MAX_NUM_SEQS = 32  # fewer than the requests: new prompts are prefilled while others decode
-PROMPT_WORDS = (10, 700)       # log-uniform; a made-up word is one to three tokens of the default model
-OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request
+CALIBRATION_REQUESTS = 128
+SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
+LONG_PROMPT_WORDS = (250, 640)
+LONG_SHARE = 0.25              # of the requests, with a long prompt
+OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request, drawn apart from the prompt's length
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "ha", "ri", "mo", "sa", "te")
 
 
 def calibration_rows(requests: int = CALIBRATION_REQUESTS, seed: int = 0) -> list[dict]:
     """The synthetic job: distinct made-up prompts (no shared prefix), lengths drawn independently."""
     rng = random.Random(seed)
-    low, high = PROMPT_WORDS
     rows = []
     for index in range(requests):
-        words = int(round(low * (high / low) ** rng.random()))
+        words = rng.randint(*(LONG_PROMPT_WORDS if rng.random() < LONG_SHARE else SHORT_PROMPT_WORDS))
         text = " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(words))
         tokens = rng.randint(*OUTPUT_TOKENS)
         rows.append({"id": f"calibrate-{index:03d}", "prompt": f"Request {index}. Continue the list: {text}",
@@ -68,8 +70,8 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
 
     engine = engine or EngineOptions()
     updates: dict = {}
-    if engine.max_num_seqs is None:
-        updates["max_num_seqs"] = CALIBRATION_MAX_NUM_SEQS
+    if engine.in_process is None:  # the engine core's scheduler in reach: each step's context is recorded
+        updates["in_process"] = True
     if engine.enforce_eager is None:  # the kind of engine a job of `requests` requests runs on
         updates["enforce_eager"] = compile_choice(requests or CALIBRATION_REQUESTS, detect_machine())[0]
     engine = engine.model_copy(update=updates)

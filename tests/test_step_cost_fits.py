@@ -33,13 +33,14 @@ def engine_settings(eager: bool = True, dtype: str = "bfloat16") -> EngineSettin
 
 
 def measured_run(db_path: str, run_id: str, steps: int = 120, eager: bool = True, seed: int = 0,
-                 slowdown: float = 1.0, context: bool = True) -> None:
+                 slowdown: float = 1.0, context: bool = True, settings: EngineSettings | None = None,
+                 model: str = MODEL) -> None:
     """A run's row and engine steps, written through the product's own store functions; the
     steps' times follow TRUTH (with a little noise)."""
     rng = random.Random(seed)
     ref = RunRef(db_path=db_path, run_id=run_id)
-    start_run(ref, JobConfig(input_path="requests.jsonl", db_path=db_path), f"fingerprint-{run_id}", MODEL)
-    record_engine(ref, engine_settings(eager))
+    start_run(ref, JobConfig(input_path="requests.jsonl", db_path=db_path), f"fingerprint-{run_id}", model)
+    record_engine(ref, settings or engine_settings(eager))
     rows = []
     for step in range(steps):
         work = StepWork(0, rng.choice([0, 0, rng.randint(1, 4096)]), rng.randint(1, 32), rng.randint(0, 40_000))
@@ -186,9 +187,10 @@ def test_the_calibration_job_varies_prompt_and_output_lengths_independently():
     rows = calibration_rows()
     prompts = [len(row["prompt"].split()) for row in rows]
     outputs = [row["max_tokens"] for row in rows]
-    assert len({row["id"] for row in rows}) == len(rows) == 64
+    assert len({row["id"] for row in rows}) == len(rows) == 128
     assert all(row["min_tokens"] == row["max_tokens"] and row["ignore_eos"] for row in rows)
-    assert min(prompts) < 30 and max(prompts) > 400 and min(outputs) < 30 and max(outputs) > 120
+    assert min(prompts) < 20 and max(prompts) > 400 and min(outputs) < 20 and max(outputs) > 140
+    assert 0.15 < sum(p > 150 for p in prompts) / len(prompts) < 0.35  # one in four long
     # independent: long prompts come with short and long outputs alike
     long_prompts = [o for p, o in zip(prompts, outputs) if p > 150]
     assert min(long_prompts) < 60 and max(long_prompts) > 110
