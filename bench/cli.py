@@ -37,12 +37,22 @@ def missing_bench_packages() -> list[str]:
 @click.option("--k-bins", default=4, show_default=True, help="BatchBin's number of length bins.")
 @click.option("--probe", type=float, default=None, help="BatchBin's in-job probe fraction (default: auto).")
 @click.option("--db", "db_path", default="bench-out/bench.duckdb", show_default=True, help="Where bench results are stored.")
+@click.option("--validate-plan", is_flag=True,
+              help="Instead of the variants: plan the workload's job, run it with BatchBin, and print the plan's "
+                   "estimated generation time against the measured one (bench/validate_plan.py).")
+@click.option("--fixed-lengths", is_flag=True,
+              help="With --validate-plan: every request generates exactly its max_tokens (min_tokens = max_tokens), "
+                   "so the estimate tests the step costs, not the length predictor.")
 @engine_options
 def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_tokens, order, k_bins, probe, db_path,
-                  **options):
-    """Benchmark BatchBin against plain vLLM on one workload, side by side in one run.
+                  validate_plan, fixed_lengths, **options):
+    """Benchmark BatchBin against plain vLLM on one workload, side by side in one run; or check
+    `batchbin plan`'s estimate against a run (--validate-plan).
 
-    Example: batchbin bench --workload prefix-heavy --requests 120 --repeats 3
+    \b
+    Examples:
+      batchbin bench --workload prefix-heavy --requests 120 --repeats 3
+      batchbin bench --workload mixed-length --requests 240 --validate-plan --fixed-lengths
     """
     missing = missing_bench_packages()
     if missing:
@@ -56,6 +66,14 @@ def bench_command(workload, n_requests, out_dir, variants, repeats, seed, max_to
 
     _, engine = split_options(options)
     out = Path(out_dir or f"bench-out/{Path(workload).stem}")
+    if validate_plan:  # plan, run, compare (bench/validate_plan.py)
+        from batchbin.bench.validate_plan import format_validation, validate_plan as check_plan
+
+        result = check_plan(workload, out / "validate-plan", n_requests, seed, EngineOptions(**engine), fixed_lengths,
+                            max_tokens)
+        click.echo(format_validation(result))
+        click.echo(f"\nwrote {out / 'validate-plan' / 'validate-plan.json'}")
+        return
     if workload == "incremental":  # a job, then the same job grown (bench/incremental.py): its own summary
         from batchbin.bench.incremental import run_incremental
 

@@ -233,11 +233,18 @@ def sql_command(query: str, db_path: str, max_rows: int) -> None:
 @main.command("doctor")
 @click.option("--requests", type=int, default=None,
               help="Settings for a job of this many requests (default: a large job).")
+@click.option("--calibrate", is_flag=True,
+              help="Fit this machine's step costs with a synthetic job of about a minute on the default model "
+                   "(the engine kind a job of --requests gets; default: eager), for `batchbin plan`'s estimates.")
 @engine_options
-def doctor_command(requests: int | None, **options) -> None:
-    """Print this machine and the vLLM engine settings BatchBin chooses for it, with reasons.
+def doctor_command(requests: int | None, calibrate: bool, **options) -> None:
+    """Print this machine and the vLLM engine settings BatchBin chooses for it, with reasons,
+    and the step costs `batchbin plan` would estimate with; --calibrate fits this machine's.
 
-    Example: batchbin doctor --requests 50 --max-num-seqs 32
+    \b
+    Examples:
+      batchbin doctor --requests 50 --max-num-seqs 32
+      batchbin doctor --calibrate
     """
     from batchbin.config import EngineOptions
     from batchbin.engine.settings import choose_engine_settings
@@ -258,6 +265,35 @@ def doctor_command(requests: int | None, **options) -> None:
     for name, value in settings.as_dict().items():
         if name != "reasons":
             click.echo(f"  {name:24} {str(value):12} {settings.reasons.get(name, '')}")
+    if calibrate:
+        calibrate_step_costs(EngineOptions(**engine), requests)
+        return
+    from batchbin.engine.models import default_model_dir
+    from batchbin.sim.machine_fits import choose_cost
+
+    try:
+        chosen = choose_cost(settings.as_dict(reasons=False), str(default_model_dir()))
+    except BatchBinError as error:
+        fail(str(error))
+    click.echo(chosen.line + (f"\n  note: {chosen.warning}" if chosen.warning else ""))
+
+
+def calibrate_step_costs(engine, requests: int | None) -> None:
+    """`batchbin doctor --calibrate`: the calibration job (flows/calibrate.py), its fit printed."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from batchbin.flows.calibrate import calibrate, format_calibration
+
+    click.echo("calibrating this machine's step costs (a synthetic job of about a minute) ...")
+    with tempfile.TemporaryDirectory(prefix="batchbin-calibrate-") as folder:
+        where = SimpleNamespace(db_path=str(Path(folder) / "calibration.duckdb"))
+        try:
+            with quiet_terminal(where, verbose=False), in_process_flow_runs():
+                calibration = calibrate(engine, requests, folder=folder)
+        except BatchBinError as error:
+            fail(str(error))
+    click.echo(format_calibration(calibration))
 
 
 @main.command("prepare-model")

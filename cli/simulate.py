@@ -42,11 +42,14 @@ def simulate_group() -> None:
                    "(default: as the run did).")
 def simulate_run_command(db_path: str, run_id: str | None, orders: str, lengths: str, k_bins: int | None,
                          gpu: str | None, model_size: str | None, kv_admission: bool | None) -> None:
-    """Simulate a stored run in any order BatchBin implements, beside what it measured.
+    """Simulate a stored run in any order BatchBin implements, beside what it measured. The CPU
+    estimate uses this machine's own step costs (fitted after every run, or by `batchbin doctor
+    --calibrate`) and says which fit it used.
 
     Example: batchbin simulate run --db batchbin.duckdb --order all --gpu h100 --model-size 8b
     """
-    from batchbin.sim.stored_runs import AS_RUN, SIM_ORDERS, format_simulation, measured, open_run, simulate_run
+    from batchbin.sim.stored_runs import (AS_RUN, SIM_ORDERS, cpu_cost, format_simulation, measured, open_run,
+                                          simulate_run)
 
     if (gpu is None) != (model_size is None):
         fail("--gpu and --model-size go together (e.g. --gpu h100 --model-size 8b)")
@@ -57,7 +60,7 @@ def simulate_run_command(db_path: str, run_id: str | None, orders: str, lengths:
     try:
         stored = open_run(db_path, run_id)
         simulation = simulate_run(stored, names, lengths, gpu=(gpu, model_size) if gpu else None, k_bins=k_bins,
-                                  kv_admission=kv_admission)
+                                  kv_admission=kv_admission, step_cost=cpu_cost(stored.engine, stored.model, db_path))
         simulation.measured = measured(db_path, stored.run_id)
     except (BatchBinError, FileNotFoundError) as error:
         fail(str(error))

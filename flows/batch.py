@@ -44,6 +44,7 @@ from batchbin.tasks.probe import finish_probe, start_probe
 from batchbin.tasks.report import check_output_folder, report
 from batchbin.tasks.reuse import reuse_results
 from batchbin.tasks.schedule import schedule
+from batchbin.tasks.step_costs import learn_step_costs
 from batchbin.tasks.tokenize import load_tokenizer, tokenize
 
 # The stages that keep their rows between runs, in order. Each is handed the completion stamp of
@@ -146,6 +147,8 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
             summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
+    if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
+        learn_step_costs(ref.db_path, run_id)
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
         retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger())
     return summary

@@ -11,7 +11,9 @@ of the same file reuses them), builds no engine, and reports:
 - the order the schedule chose and why, and how requests would be handed to vLLM;
 - the generation time the simulator predicts on this machine with the fitted step costs
   (batchbin/sim/simulator.py, batchbin/sim/step_costs.py): as planned, and as a capable user's run
-  (token order, handed over as vLLM admits them);
+  (token order, handed over as vLLM admits them); and which step costs it used: this machine's
+  own fit (batchbin/sim/machine_fits.py), or another CPU's with a warning and the offer of
+  `batchbin doctor --calibrate`;
 - the same on a GPU for a model size named on the command line.
 """
 
@@ -26,7 +28,7 @@ from typing import Iterator
 from batchbin.store import db
 from batchbin.config import JobConfig
 from batchbin.io.query_jobs import kept_query_results
-from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, open_run, simulate_run
+from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, cpu_cost, open_run, simulate_run
 from batchbin.store.queries import fetch_one
 from batchbin.store.runs import RunRef
 
@@ -54,6 +56,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     db_path: str | None = None  # kept database, if any
     field_order: dict | None = None  # a table job with --field-order auto: prefix reuse in the user's order and the chosen one
+    step_costs: str | None = None    # which step costs the estimate on this machine used
+    own_step_costs: bool = False     # ... this machine's own fit of the engine's kind
 
 
 def prepare(config: JobConfig) -> tuple[RunRef, int]:
@@ -84,10 +88,11 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
             predicted = fetch_one(source, "simulate.prediction_stats", {"run_id": ref.run_id})
             answered = fetch_one(source, "reuse.count_reused", {"run_id": ref.run_id})[0]
         requests, prompt_tokens, _, ideal_cached, groups = prefix or (len(stored.requests("predicted")), 0, 0, 0, 0)
-        simulation = simulate_run(stored, [AS_RUN], lengths="predicted", cpu=cpu, gpu=gpu)
+        chosen = cpu_cost(stored.engine, stored.model, ref.db_path) if cpu else None
+        simulation = simulate_run(stored, [AS_RUN], lengths="predicted", cpu=cpu, gpu=gpu, step_cost=chosen)
         if used != BASELINE_ORDER or stored.kv_admission:  # the capable user's run, to compare with
             simulation.estimates += simulate_run(stored, [BASELINE_ORDER], lengths="predicted", cpu=cpu, gpu=gpu,
-                                                 kv_admission=False).estimates
+                                                 kv_admission=False, step_cost=chosen).estimates
     finally:
         stored.con.close()
     names = ("requests", "total", "mean", "median", "p90", "predictor")
@@ -95,7 +100,8 @@ def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool =
                 ideal_cached_tokens=int(ideal_cached or 0), prefix_groups=int(groups or 0),
                 predicted=dict(zip(names, predicted)), order=used, requested_order=requested, reason=reason,
                 engine=stored.engine, kv_admission=stored.kv_admission, answered=answered, estimates=simulation.estimates,
-                warnings=simulation.warnings)
+                warnings=simulation.warnings, step_costs=simulation.step_costs,
+                own_step_costs=bool(chosen and chosen.own))
 
 
 @contextmanager
@@ -154,6 +160,8 @@ def format_plan(plan: Plan) -> str:
                      f"{r.output_tokens / r.seconds if r.seconds else 0:,.0f} tokens/s, {r.preemptions} preemptions, "
                      f"{r.cached_tokens:,} cached prompt tokens, {format_seconds(r.prefill_s)} in prefill steps, "
                      f"{format_seconds(r.tail_s)} of tail")
+    if plan.step_costs:
+        lines.append(f"  {plan.step_costs.replace('step costs: ', 'step costs      ', 1)}")
     lines += [f"  note            {warning}" for warning in plan.warnings]
     if plan.db_path:
         lines.append(f"  database        {plan.db_path} (`batchbin run` of the same file with --db reuses these stages)")

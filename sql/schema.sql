@@ -222,6 +222,25 @@ CREATE TABLE IF NOT EXISTS engine_steps (
     PRIMARY KEY (run_id, attempt, step)
 );
 
+-- This machine's step costs, one fit per machine and engine kind (batchbin/sim/machine_fits.py):
+-- refitted after every finished run from its engine_steps and earlier runs' of the same key;
+-- `batchbin plan` and `batchbin simulate` use it. The same fits live in the user's cache folder.
+CREATE TABLE IF NOT EXISTS step_cost_fits (
+    fit_key VARCHAR PRIMARY KEY,   -- machine | dtype | eager or torch.compile | model
+    machine VARCHAR,               -- CPU model, bf16/AMX flags and cores, or the GPU's name
+    dtype VARCHAR,
+    enforce_eager BOOLEAN,
+    model VARCHAR,                 -- the model's folder name or hub id
+    intercept_s DOUBLE,            -- time = intercept + prefill * tokens + decode * sequences + context * tokens
+    per_prefill_token_s DOUBLE,
+    per_decode_token_s DOUBLE,
+    per_context_token_s DOUBLE,
+    run_ids VARCHAR[],             -- the runs whose steps the fit was made from
+    steps INTEGER,                 -- steps fitted on (capped per run)
+    fitted_on JSON,                -- the fit's own record: error per step, error of the summed time
+    updated_at TIMESTAMP DEFAULT current_timestamp
+);
+
 CREATE TABLE IF NOT EXISTS run_reports (
     run_id VARCHAR PRIMARY KEY,
     report JSON,

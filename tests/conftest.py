@@ -37,6 +37,23 @@ def pytest_runtest_teardown(item):
                     "add @pytest.mark.engine", pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def step_costs_of_the_session(tmp_path_factory):
+    """Every finished run refits this machine's step costs (batchbin/sim/machine_fits.py): the
+    session's runs write theirs to a file of its own, not to the user's cache folder."""
+    import os
+
+    from batchbin.sim.machine_fits import STEP_COSTS_ENV
+
+    before = os.environ.get(STEP_COSTS_ENV)
+    os.environ[STEP_COSTS_ENV] = str(tmp_path_factory.mktemp("step-costs") / "step_costs.json")
+    yield
+    if before is None:
+        os.environ.pop(STEP_COSTS_ENV, None)
+    else:
+        os.environ[STEP_COSTS_ENV] = before
+
+
 @pytest.fixture
 def fresh_db():
     """An in-memory DuckDB with the BatchBin schema."""

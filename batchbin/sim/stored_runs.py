@@ -24,9 +24,10 @@ from batchbin.store.db import registered
 from batchbin.errors import BatchBinError
 from batchbin.engine.machine import detect_machine
 from batchbin.engine.admission import planned_tokens
+from batchbin.sim.machine_fits import ChosenCost, choose_cost, machine_name
 from batchbin.sim.simulator import Admission, EngineLimits, SimRequest, SimResult, simulate
 from batchbin.store.queries import execute, fetch_arrow, fetch_one
-from batchbin.sim.step_costs import (DTYPE_BYTES, FITTED_PATH, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
+from batchbin.sim.step_costs import (DTYPE_BYTES, GIB, GpuStepCost, LinearStepCost, ModelShape, StepCost,
                                  fit_linear_step_cost, kv_blocks, named_gpu, named_model_size, step_work)
 
 AS_RUN = "as-run"  # the order the run was scheduled in (its schedule table)
@@ -42,9 +43,7 @@ GPU_BLOCK_SIZE = 16
 
 def cpu_description() -> str:
     """The CPU as docs and fits name it: model, bf16/AMX flags, cores."""
-    machine = detect_machine()
-    flags = sorted({"avx512_bf16", "amx_bf16"} & machine.cpu_flags)
-    return f"{machine.cpu_model} ({', '.join(flags) or 'no bf16'}, {len(machine.cores)} cores)"
+    return machine_name(detect_machine())
 
 
 def block_hashes(token_ids, block_size: int) -> tuple:
@@ -192,17 +191,18 @@ def measured(db_path: str | Path, run_id: str) -> dict:
 
 # --- costs: this machine, or a GPU --------------------------------------------------------
 
-def cpu_cost(engine: dict | None = None, path: Path | None = None) -> tuple[LinearStepCost, str | None]:
-    """The fitted CPU step cost for the engine's kind (dtype, eager or compiled) and, if none was
-    fitted on that kind, a warning saying which one stands in."""
+def cpu_cost(engine: dict | None = None, model: str | None = None, db_path: str | Path | None = None) -> ChosenCost:
+    """The step cost of the engine's kind on this machine (batchbin/sim/machine_fits.py: this
+    machine's own fit where one exists, else a stand-in with a warning), and the line saying which."""
     engine = engine or {}
-    kind = (engine.get("dtype"), engine.get("enforce_eager"))
-    cost = LinearStepCost.load(path or FITTED_PATH, *kind)
-    warning = None
-    if engine and cost.kind() != kind:
-        warning = (f"no step costs fitted on a {kind[0]} {'eager' if kind[1] else 'torch.compile'} engine; "
-                   f"using the {cost.kind()[0]} {'eager' if cost.kind()[1] else 'torch.compile'} fit")
-    return cost, warning
+    chosen = choose_cost(engine, model, db_path)
+    if engine and not chosen.own and chosen.fit is None:  # the shipped fit: of the engine's kind?
+        kind = (engine.get("dtype"), engine.get("enforce_eager"))
+        if chosen.cost.kind() != kind:
+            chosen.warning = (f"{chosen.warning}; it was fitted on a {chosen.cost.kind()[0]} "
+                              f"{'eager' if chosen.cost.kind()[1] else 'torch.compile'} engine, not a {kind[0]} "
+                              f"{'eager' if kind[1] else 'torch.compile'} one")
+    return chosen
 
 
 def gpu_setup(gpu_name: str, model_size: str) -> tuple[GpuStepCost, EngineLimits]:
@@ -236,22 +236,24 @@ class RunSimulation:
     estimates: list[OrderEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     kv_admission: bool = False
+    step_costs: str | None = None  # which step costs the CPU estimates use ("step costs: this machine (...)")
 
 
 def simulate_run(stored: StoredRun, orders: list[str], lengths: str = "real", cpu: bool = True,
                  gpu: tuple[str, str] | None = None, k_bins: int | None = None,
-                 kv_admission: bool | None = None) -> RunSimulation:
-    """Each order of `orders` on the run's requests: on this machine (fitted step costs) and,
-    with `gpu` = (GPU, model size), on that GPU. `kv_admission`: hand requests to the engine by
-    their predicted memory, as generation does (default: as the run did)."""
+                 kv_admission: bool | None = None, step_cost: ChosenCost | None = None) -> RunSimulation:
+    """Each order of `orders` on the run's requests: on this machine (its fitted step costs, or
+    `step_cost`) and, with `gpu` = (GPU, model size), on that GPU. `kv_admission`: hand requests
+    to the engine by their predicted memory, as generation does (default: as the run did)."""
     kv_admission = stored.kv_admission if kv_admission is None else kv_admission
     simulation = RunSimulation(stored.run_id, lengths, kv_admission=kv_admission)
     devices: list[tuple[str, StepCost, EngineLimits, int]] = []
     if cpu:
-        cost, warning = cpu_cost(stored.engine)
-        if warning:
-            simulation.warnings.append(warning)
-        devices.append(("this CPU", cost, stored.limits(), stored.block_size))
+        chosen = step_cost or cpu_cost(stored.engine, stored.model)
+        simulation.step_costs = chosen.line
+        if chosen.warning:
+            simulation.warnings.append(chosen.warning)
+        devices.append(("this CPU", chosen.cost, stored.limits(), stored.block_size))
     if gpu:
         gpu_cost, gpu_limits = gpu_setup(*gpu)
         devices.append((f"{gpu_cost.gpu.name}, {gpu_cost.model.name}", gpu_cost, gpu_limits, gpu_limits.block_size))
@@ -342,5 +344,7 @@ def format_simulation(simulation: RunSimulation) -> str:
                   and estimate.order == AS_RUN else "")
         lines.append(f"  {estimate.device:34} {order:14} {r.seconds:9.2f} {versus:>11} {r.steps:7} {r.preemptions:7} "
                      f"{r.cached_tokens:9,} {r.tail_s:8.1f}")
+    if simulation.step_costs:
+        lines.append(f"  {simulation.step_costs}")
     lines += [f"  note: {warning}" for warning in simulation.warnings]
     return "\n".join(lines)

@@ -1,0 +1,286 @@
+"""This machine's step costs: one fit per machine and engine kind, fed by every finished run.
+
+    from batchbin.sim.machine_fits import choose_cost, learn_from_run
+    learn_from_run("batchbin.duckdb", run_id)          # after a run: its steps refit this machine's
+    choose_cost(engine, model).line                    # "step costs: this machine (...), from 3 runs, 812 steps"
+
+A fit is keyed by the machine (CPU model, its bf16/AMX flags and cores; or the GPU's name), the
+dtype, eager or torch.compile, and the model: a step on another CPU, in another dtype or
+compiled costs something else. Each key's fit is kept twice:
+
+- in the user's cache folder (`step_costs.json` in $BATCHBIN_CACHE, else $XDG_CACHE_HOME/batchbin,
+  else ~/.cache/batchbin; $BATCHBIN_STEP_COSTS names another file), with a capped sample of
+  the steps of the key's last runs, so that the next run refits from them in milliseconds and
+  `batchbin plan` finds the fit whatever database it plans into;
+- in the run's database (table `step_cost_fits`), beside the steps it came from.
+
+Where this machine has no fit of the key, `choose_cost` takes this machine's fit of the other
+compile mode, else the fit shipped with BatchBin (another CPU), and says so with a warning.
+`batchbin doctor --calibrate` makes a fit in about a minute (flows/calibrate.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from batchbin.engine.machine import MachineInfo, detect_machine
+from batchbin.engine.models import cache_dir
+from batchbin.errors import BatchBinError
+from batchbin.sim.step_costs import FITTED_PATH, LinearStepCost, fit_linear_step_cost
+from batchbin.store import db
+from batchbin.store.queries import execute, fetch_arrow, fetch_one
+
+STEP_COSTS_ENV = "BATCHBIN_STEP_COSTS"  # another file for this machine's fits (tests, several users)
+CACHE_FILE = "step_costs.json"
+KEEP_STEPS_PER_RUN = 300  # steps kept of each run (spread evenly over it): the fit stays milliseconds
+KEEP_RUNS = 12            # the key's newest runs whose steps are kept
+MIN_FIT_STEPS = 8         # fit_linear_step_cost's least
+# What the fit shipped with BatchBin (another CPU) missed by on an Intel Xeon with AMX: +44% to
+# +210% of the measured generation (docs/simulator.md). Said with every estimate that uses it.
+SHIPPED_UNCERTAINTY = "may be off by 2-3x here"
+CALIBRATE_HINT = "run `batchbin doctor --calibrate` (about a minute)"
+
+
+def step_costs_path() -> Path:
+    """Where this machine's fits are kept: $BATCHBIN_STEP_COSTS, else step_costs.json in the cache folder."""
+    named = os.environ.get(STEP_COSTS_ENV)
+    return Path(named) if named else cache_dir() / CACHE_FILE
+
+
+def machine_name(machine: MachineInfo | None = None) -> str:
+    """The machine as a fit's key names it: the GPU, or the CPU model with its bf16/AMX flags and cores."""
+    machine = machine or detect_machine()
+    if machine.gpu:
+        return f"GPU {machine.gpu}"
+    flags = sorted({"avx512_bf16", "amx_bf16"} & machine.cpu_flags)
+    return f"{machine.cpu_model} ({', '.join(flags) or 'no bf16'}, {len(machine.cores)} cores)"
+
+
+def model_name(model: str | None) -> str:
+    """A local model folder by its name (the same model wherever its folder is), a hub id as is."""
+    if not model:
+        return "unknown model"
+    path = Path(model)
+    return path.name if path.is_absolute() or path.exists() else model
+
+
+def mode_name(enforce_eager: bool) -> str:
+    return "eager" if enforce_eager else "torch.compile"
+
+
+@dataclass(frozen=True)
+class FitKey:
+    """What a step's cost depends on besides its work: machine, dtype, compiled or eager, model."""
+
+    machine: str
+    dtype: str
+    enforce_eager: bool
+    model: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.machine} | {self.dtype} | {mode_name(self.enforce_eager)} | {self.model}"
+
+    def other_mode(self) -> "FitKey":
+        return FitKey(self.machine, self.dtype, not self.enforce_eager, self.model)
+
+    @classmethod
+    def for_engine(cls, engine: dict, model: str | None, machine: MachineInfo | str | None = None) -> "FitKey":
+        """The key of a run's engine settings (its `runs.engine`) and model on `machine` (default: this one)."""
+        name = machine if isinstance(machine, str) else machine_name(machine)
+        return cls(name, str(engine.get("dtype") or "auto"), bool(engine.get("enforce_eager")), model_name(model))
+
+
+@dataclass
+class MachineFit:
+    """A key's fit and where it came from; `kept_steps` are the steps it was fitted on, by run."""
+
+    key: FitKey
+    cost: LinearStepCost
+    run_ids: list[str]
+    steps: int
+    updated: str = ""
+    kept_steps: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        runs = len(self.run_ids)
+        return (f"this machine ({self.key.machine}, {self.key.dtype}, {mode_name(self.key.enforce_eager)}), "
+                f"from {runs} run{'s' if runs != 1 else ''}, {self.steps} steps")
+
+    def as_json(self) -> dict:
+        return {"key": asdict(self.key), "cost": asdict(self.cost), "run_ids": self.run_ids, "steps": self.steps,
+                "updated": self.updated, "kept_steps": self.kept_steps}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "MachineFit":
+        return cls(FitKey(**values["key"]), LinearStepCost(**values["cost"]), list(values["run_ids"]),
+                   int(values["steps"]), values.get("updated", ""), dict(values.get("kept_steps") or {}))
+
+
+# --- the cache file -------------------------------------------------------------------------
+
+def read_cache(path: Path | None = None) -> dict[str, MachineFit]:
+    """Every fit kept in the cache file, by key text (none: an empty dict)."""
+    path = path or step_costs_path()
+    if not path.is_file():
+        return {}
+    try:
+        fits = [MachineFit.from_json(values) for values in json.loads(path.read_text())["fits"]]
+    except (TypeError, KeyError, ValueError) as error:
+        raise BatchBinError(f"{path} is not a file of step-cost fits ({error}); delete it, and the next run (or "
+                            "`batchbin doctor --calibrate`) fits this machine again")
+    return {fit.key.text: fit for fit in fits}
+
+
+def write_cache(fits: dict[str, MachineFit], path: Path | None = None) -> Path:
+    """Write the cache file whole (a new file moved into place: a reader never sees half of it)."""
+    path = path or step_costs_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps({"fits": [fit.as_json() for fit in fits.values()]}) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+# --- the database ---------------------------------------------------------------------------
+
+def store_fit(con, fit: MachineFit) -> None:
+    """Keep `fit` in the database's step_cost_fits table (replacing the key's older fit)."""
+    c = fit.cost
+    execute(con, "step_costs.put_fit", {
+        "fit_key": fit.key.text, "machine": fit.key.machine, "dtype": fit.key.dtype,
+        "enforce_eager": fit.key.enforce_eager, "model": fit.key.model, "intercept_s": c.intercept_s,
+        "per_prefill_token_s": c.per_prefill_token_s, "per_decode_token_s": c.per_decode_token_s,
+        "per_context_token_s": c.per_context_token_s, "run_ids": fit.run_ids, "steps": fit.steps,
+        "fitted_on": json.dumps(c.fitted_on)})
+
+
+def stored_fit(con, key: FitKey) -> MachineFit | None:
+    """The key's fit kept in the database (None: none, or a database without the table)."""
+    if not fetch_one(con, "step_costs.has_fits")[0]:
+        return None
+    row = fetch_one(con, "step_costs.get_fit", {"fit_key": key.text})
+    if row is None:
+        return None
+    (_, machine, dtype, eager, model, a, b, c, d, run_ids, steps, fitted_on, updated) = row
+    cost = LinearStepCost(a, b, c, d, fitted_on=json.loads(fitted_on or "{}"))
+    return MachineFit(FitKey(machine, dtype, bool(eager), model), cost, list(run_ids or []), int(steps or 0),
+                      updated or "")
+
+
+# --- learning from a run --------------------------------------------------------------------
+
+def run_steps(con, run_id: str, keep: int = KEEP_STEPS_PER_RUN) -> list[list[float]]:
+    """At most `keep` of the run's measured steps, as [prefill, decode, context, seconds]. Steps
+    without their context count (the engine core ran in its own process, where its scheduler is
+    out of reach) are left out: the KV cache's usage cannot stand in for it, as it counts a
+    shared prefix once and attention reads it once per sequence."""
+    rows = fetch_arrow(con, "step_costs.run_steps", {"run_id": run_id, "keep": keep}).to_pylist()
+    return [[int(r["prefill_tokens"]), int(r["decode_tokens"]), int(r["context_tokens"]), float(r["duration_s"])]
+            for r in rows]
+
+
+def fit_steps(key: FitKey, kept_steps: dict[str, list[list[float]]]) -> MachineFit:
+    """Fit time = a + b*prefill + c*decode + d*context (least squares, no negative term) on the kept steps."""
+    steps = [{"prefill_tokens": p, "decode_tokens": d, "context_tokens": c, "duration_s": s}
+             for rows in kept_steps.values() for p, d, c, s in rows]
+    cost = fit_linear_step_cost(steps, {"cpu": key.machine, "dtype": key.dtype, "enforce_eager": key.enforce_eager,
+                                        "model": key.model, "runs": list(kept_steps)})
+    return MachineFit(key, cost, list(kept_steps), len(steps), time.strftime("%Y-%m-%dT%H:%M:%S"), kept_steps)
+
+
+def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
+                   machine: MachineInfo | str | None = None) -> MachineFit | None:
+    """Refit this machine's step costs of the run's key with the run's steps and the key's
+    earlier runs' (kept in the cache file, or named by the database's fit), and keep the new fit
+    in both. None where the run has no usable steps (a Ray run records none) or too few in all."""
+    con = db.connect(db_path)
+    try:
+        settings = fetch_one(con, "step_costs.run_engine", {"run_id": run_id})
+        if settings is None:
+            raise BatchBinError(f"no run '{run_id}' in {db_path}")
+        key = FitKey.for_engine(json.loads(settings[0] or "{}"), settings[1], machine)
+        new = run_steps(con, run_id)
+        if not new:
+            return None
+        cached = read_cache(path)
+        earlier = cached.get(key.text)
+        kept = dict(earlier.kept_steps) if earlier else {}
+        in_db = stored_fit(con, key)
+        for other in (in_db.run_ids if in_db else []):  # runs of this key in this database the cache lost
+            if other != run_id and other not in kept:
+                kept[other] = run_steps(con, other)
+        kept.pop(run_id, None)  # a resumed run: its steps again, now as the newest
+        kept[run_id] = new
+        kept = {rid: rows for rid, rows in list(kept.items())[-KEEP_RUNS:] if rows}
+        if sum(len(rows) for rows in kept.values()) < MIN_FIT_STEPS:
+            return None
+        fit = fit_steps(key, kept)
+        store_fit(con, fit)
+    finally:
+        con.close()
+    cached[key.text] = fit
+    write_cache(cached, path)
+    return fit
+
+
+def find_fit(key: FitKey, db_path: str | Path | None = None, path: Path | None = None) -> MachineFit | None:
+    """This machine's fit of `key`: from the cache file, or from the database where it holds one
+    made from more runs."""
+    found = read_cache(path).get(key.text)
+    if db_path and Path(db_path).is_file():
+        try:
+            con = db.connect(db_path, read_only=True)
+        except Exception:  # held by a run, or not a database: the cache's fit will do
+            return found
+        try:
+            in_db = stored_fit(con, key)
+        finally:
+            con.close()
+        if in_db is not None and (found is None or len(in_db.run_ids) > len(found.run_ids)):
+            return in_db
+    return found
+
+
+# --- which fit an estimate uses -------------------------------------------------------------
+
+@dataclass
+class ChosenCost:
+    """The step cost an estimate uses, the line that says which, and a warning where it is not
+    this machine's own fit of the engine's kind."""
+
+    cost: LinearStepCost
+    line: str
+    own: bool
+    warning: str | None = None
+    fit: MachineFit | None = None
+
+
+def choose_cost(engine: dict, model: str | None, db_path: str | Path | None = None, path: Path | None = None,
+                machine: MachineInfo | str | None = None) -> ChosenCost:
+    """This machine's fit of the engine's kind; else its fit of the other compile mode; else the
+    fit shipped with BatchBin, fitted on another CPU (with a warning and its uncertainty)."""
+    key = FitKey.for_engine(engine, model, machine)
+    fit = find_fit(key, db_path, path)
+    if fit is not None:
+        return ChosenCost(fit.cost, f"step costs: {fit.describe()}", True, fit=fit)
+    mode = mode_name(key.enforce_eager)
+    calibrate = f"`batchbin doctor --calibrate{' --requests 500' if not key.enforce_eager else ''}`"
+    other = find_fit(key.other_mode(), db_path, path)
+    if other is not None:
+        return ChosenCost(other.cost, f"step costs: {other.describe()}, standing in for {mode}", False,
+                          warning=f"no step costs of a {mode} engine on this machine yet: the {mode_name(not key.enforce_eager)} "
+                                  f"fit stands in (torch.compile'd steps are faster than eager ones); run {calibrate} "
+                                  "or a job of that kind to fit it",
+                          fit=other)
+    shipped = LinearStepCost.load(FITTED_PATH, key.dtype, key.enforce_eager)
+    dtype, eager = shipped.kind()
+    where = shipped.fitted_on.get("cpu", "another CPU")
+    return ChosenCost(shipped, f"step costs: shipped fit from another CPU ({where}, {dtype}, {mode_name(bool(eager))})",
+                      False, warning=f"no step costs of this machine yet: the estimate uses a fit made on {where} and "
+                                     f"{SHIPPED_UNCERTAINTY}; {CALIBRATE_HINT.replace('`batchbin doctor --calibrate`', calibrate)} "
+                                     "or run any job, then plan again")

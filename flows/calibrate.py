@@ -1,0 +1,116 @@
+"""`batchbin doctor --calibrate`: this machine's step costs from a job of about a minute.
+
+    python flows/calibrate.py            # eager engine, the default model
+    batchbin doctor --calibrate          # the same through the CLI
+    batchbin doctor --calibrate --requests 2000   # the engine kind a job of 2,000 requests gets (compiled)
+
+Where no run has fitted this machine's step costs yet, `batchbin plan` estimates with a fit made
+on another CPU. The calibration runs a small synthetic job through the batch flow itself, into a
+temporary database: 128 requests, three in four with a short prompt (about 30 to 150 tokens), one
+in four with a long one (about 500 to 1,300 tokens), and output lengths (8 to 160 tokens, fixed by
+min_tokens = max_tokens and ignore_eos) drawn independently of the prompt's. They all run at once
+(the machine's engine settings), so that the steps vary prefill tokens, decoding sequences (up to
+128, as in a real job) and context tokens independently of each other: many short sequences with
+little context early, few long ones with much context late. The flow's last stage fits the step costs of this
+machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
+refine that fit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchbin.config import EngineOptions, JobConfig
+from batchbin.errors import BatchBinError
+from batchbin.sim.machine_fits import MachineFit, learn_from_run
+
+CALIBRATION_REQUESTS = 128
+SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
+LONG_PROMPT_WORDS = (250, 640)
+LONG_SHARE = 0.25              # of the requests, with a long prompt
+OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request, drawn apart from the prompt's length
+SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "ha", "ri", "mo", "sa", "te")
+
+
+def calibration_rows(requests: int = CALIBRATION_REQUESTS, seed: int = 0) -> list[dict]:
+    """The synthetic job: distinct made-up prompts (no shared prefix), lengths drawn independently."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(requests):
+        words = rng.randint(*(LONG_PROMPT_WORDS if rng.random() < LONG_SHARE else SHORT_PROMPT_WORDS))
+        text = " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(words))
+        tokens = rng.randint(*OUTPUT_TOKENS)
+        rows.append({"id": f"calibrate-{index:03d}", "prompt": f"Request {index}. Continue the list: {text}",
+                     "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True})
+    return rows
+
+
+@dataclass
+class Calibration:
+    fit: MachineFit
+    run_id: str
+    seconds: float       # the whole calibration, engine start included
+    generate_s: float    # its generation
+
+
+def calibrate(engine: EngineOptions | None = None, requests: int | None = None, model: str = "default",
+              folder: str | Path | None = None) -> Calibration:
+    """Run the calibration job through the batch flow on a temporary database (in `folder`, if
+    given, which then keeps it) and return this machine's refitted step costs. `requests`: fit
+    the engine kind a job of that many requests gets (torch.compile from 500 with bf16)."""
+    from batchbin.engine.machine import detect_machine
+    from batchbin.engine.settings import compile_choice
+    from batchbin.flows.batch import batch_inference
+
+    engine = engine or EngineOptions()
+    updates: dict = {}
+    if engine.in_process is None:  # the engine core's scheduler in reach: each step's context is recorded
+        updates["in_process"] = True
+    if engine.enforce_eager is None:  # the kind of engine a job of `requests` requests runs on
+        updates["enforce_eager"] = compile_choice(requests or CALIBRATION_REQUESTS, detect_machine())[0]
+    engine = engine.model_copy(update=updates)
+    with tempfile.TemporaryDirectory(prefix="batchbin-calibrate-") as scratch:
+        where = Path(folder or scratch)
+        where.mkdir(parents=True, exist_ok=True)
+        input_path = where / "calibration.jsonl"
+        input_path.write_text("".join(json.dumps(row) + "\n" for row in calibration_rows()))
+        db_path = where / "calibration.duckdb"
+        config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(where / "calibration-out.jsonl"),
+                           model=model, max_tokens=OUTPUT_TOKENS[1], order="input", probe=0.0, predictor="fallback",
+                           reuse_results=False, engine=engine)
+        started = time.perf_counter()
+        state = batch_inference(config, return_state=True)
+        if not state.is_completed():
+            raise BatchBinError(f"the calibration job failed: {state.message or 'see the log above'}")
+        report = state.result()
+        fit = learn_from_run(str(db_path), report["run_id"])  # the flow fitted it already: the same fit again
+        if fit is None:
+            raise BatchBinError("the calibration job recorded no engine steps to fit (does the engine run in a process "
+                                "of its own? try --in-process)")
+        return Calibration(fit, report["run_id"], time.perf_counter() - started, float(report.get("generate_s") or 0.0))
+
+
+def format_calibration(calibration: Calibration) -> str:
+    fit = calibration.fit
+    cost = fit.cost
+    return "\n".join([
+        f"calibrated in {calibration.seconds:.0f} s ({calibration.generate_s:.1f} s of generation, run {calibration.run_id})",
+        f"step costs: {fit.describe()}",
+        f"  per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
+        f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
+        f"{cost.per_context_token_s * 1e9:.1f} ns (median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)",
+        "  `batchbin plan` and `batchbin simulate` use it now; every finished run of this kind refines it.",
+    ])
+
+
+if __name__ == "__main__":
+    from batchbin.flows.runtime import in_process_flow_runs
+
+    with in_process_flow_runs():
+        print(format_calibration(calibrate(requests=int(sys.argv[1]) if len(sys.argv) > 1 else None)))

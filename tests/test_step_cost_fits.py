@@ -1,0 +1,198 @@
+"""This machine's step costs (batchbin/sim/machine_fits.py, tasks/step_costs.py): the fit's key,
+kept in a real DuckDB file and a cache file, refitted when a run's engine steps come in, and the
+line that says which fit an estimate uses (or the warning where it is another CPU's)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from batchbin.config import JobConfig
+from batchbin.engine.machine import MachineInfo
+from batchbin.errors import BatchBinError
+from batchbin.sim import machine_fits
+from batchbin.sim.machine_fits import (KEEP_RUNS, KEEP_STEPS_PER_RUN, FitKey, choose_cost, find_fit, learn_from_run,
+                                       read_cache)
+from batchbin.sim.step_costs import LinearStepCost, StepWork
+from batchbin.store import db
+from batchbin.store.checkpoints import store_steps
+from batchbin.store.runs import RunRef, record_engine, start_run
+from batchbin.engine.settings import EngineSettings
+
+XEON = MachineInfo("Intel(R) Xeon(R) Processor", frozenset({"avx512_bf16", "amx_bf16", "avx2"}), (0, 1), 24.0)
+EPYC = MachineInfo("AMD EPYC 7B13", frozenset({"avx2"}), (0, 1, 2, 3), 16.0)
+MODEL = "/somewhere/models/SmolLM2-135M-Instruct"
+TRUTH = LinearStepCost(0.02, 2e-4, 6e-4, 1e-6)
+
+
+def engine_settings(eager: bool = True, dtype: str = "bfloat16") -> EngineSettings:
+    return EngineSettings(device="cpu", dtype=dtype, threads="0-1", kv_cache_gib=1.0, gpu_memory_utilization=None,
+                          max_num_seqs=32, max_num_batched_tokens=4096, block_size=32, enforce_eager=eager)
+
+
+def measured_run(db_path: str, run_id: str, steps: int = 120, eager: bool = True, seed: int = 0,
+                 slowdown: float = 1.0, context: bool = True, settings: EngineSettings | None = None,
+                 model: str = MODEL) -> None:
+    """A run's row and engine steps, written through the product's own store functions; the
+    steps' times follow TRUTH (with a little noise)."""
+    rng = random.Random(seed)
+    ref = RunRef(db_path=db_path, run_id=run_id)
+    start_run(ref, JobConfig(input_path="requests.jsonl", db_path=db_path), f"fingerprint-{run_id}", model)
+    record_engine(ref, settings or engine_settings(eager))
+    rows = []
+    for step in range(steps):
+        work = StepWork(0, rng.choice([0, 0, rng.randint(1, 4096)]), rng.randint(1, 32), rng.randint(0, 40_000))
+        rows.append({"step": step, "started_s": float(step), "duration_s": TRUTH.seconds(work) * slowdown * rng.uniform(0.98, 1.02),
+                     "running": work.decode_tokens, "waiting": 0, "prefill_tokens": work.prefill_tokens,
+                     "decode_tokens": work.decode_tokens, "context_tokens": work.context_tokens if context else None,
+                     "kv_cache_usage": 0.5, "preempted": 0})
+    con = db.connect(db_path)
+    try:
+        store_steps(con, run_id, 1, rows)
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache" / "step_costs.json"
+    monkeypatch.setenv(machine_fits.STEP_COSTS_ENV, str(path))
+    return path
+
+
+def test_the_key_names_the_machine_the_dtype_compiled_or_eager_and_the_model():
+    key = FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": True}, MODEL, XEON)
+    assert key.text == ("Intel(R) Xeon(R) Processor (amx_bf16, avx512_bf16, 2 cores) | bfloat16 | eager | "
+                        "SmolLM2-135M-Instruct")
+    assert FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": False}, MODEL, XEON) == key.other_mode()
+    assert key.other_mode().text.split(" | ")[2] == "torch.compile"
+    # another CPU, another dtype, another model, a GPU: each its own key
+    others = {FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": True}, MODEL, EPYC).text,
+              FitKey.for_engine({"dtype": "float32", "enforce_eager": True}, MODEL, XEON).text,
+              FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": True}, "HuggingFaceTB/SmolLM2-360M", XEON).text,
+              FitKey.for_engine({"dtype": "auto", "enforce_eager": False}, MODEL, MachineInfo("x", frozenset(), (0,), 8.0,
+                                                                                             gpu="NVIDIA L4")).text}
+    assert len(others) == 4 and key.text not in others
+    assert any(text.startswith("GPU NVIDIA L4 | auto | torch.compile") for text in others)
+    assert "AMD EPYC 7B13 (no bf16, 4 cores)" in " ".join(others)
+
+
+def test_a_runs_steps_make_the_fit_kept_in_the_database_and_the_cache(db_path, cache):
+    measured_run(db_path, "first")
+    fit = learn_from_run(db_path, "first", machine=XEON)
+    assert fit.run_ids == ["first"] and fit.steps == 120
+    assert fit.cost.per_prefill_token_s == pytest.approx(TRUTH.per_prefill_token_s, rel=0.1)
+    assert fit.cost.per_decode_token_s == pytest.approx(TRUTH.per_decode_token_s, rel=0.2)
+    assert abs(fit.cost.fitted_on["sum_error"]) < 0.01
+    # the cache file holds it, with the steps it was made from
+    cached = read_cache(cache)[fit.key.text]
+    assert cached.cost == fit.cost and len(cached.kept_steps["first"]) == 120
+    # the database holds it too: found there when the cache is gone
+    cache.unlink()
+    in_db = find_fit(fit.key, db_path)
+    assert in_db.run_ids == ["first"] and in_db.steps == 120
+    assert in_db.cost.per_prefill_token_s == pytest.approx(fit.cost.per_prefill_token_s)
+    con = db.connect(db_path, read_only=True)
+    try:
+        assert con.execute("select machine, dtype, enforce_eager, model from step_cost_fits").fetchall() == [
+            ("Intel(R) Xeon(R) Processor (amx_bf16, avx512_bf16, 2 cores)", "bfloat16", True, "SmolLM2-135M-Instruct")]
+    finally:
+        con.close()
+
+
+def test_each_run_refits_with_the_earlier_runs_steps_capped(db_path, cache):
+    measured_run(db_path, "a", steps=40, seed=1)
+    learn_from_run(db_path, "a", machine=XEON)
+    measured_run(db_path, "b", steps=KEEP_STEPS_PER_RUN * 3, seed=2)  # a long run adds a capped sample
+    fit = learn_from_run(db_path, "b", machine=XEON)
+    assert fit.run_ids == ["a", "b"] and fit.steps == 40 + KEEP_STEPS_PER_RUN
+    again = learn_from_run(db_path, "b", machine=XEON)  # a run fed twice (a resumed run) counts once
+    assert again.run_ids == ["a", "b"] and again.steps == fit.steps
+    # a compiled run of the same machine and model is a fit of its own
+    measured_run(db_path, "compiled", eager=False, seed=3)
+    compiled = learn_from_run(db_path, "compiled", machine=XEON)
+    assert compiled.run_ids == ["compiled"] and compiled.key == fit.key.other_mode()
+    assert set(read_cache(cache)) == {fit.key.text, compiled.key.text}
+    # the oldest runs make room for new ones
+    for index in range(KEEP_RUNS):
+        measured_run(db_path, f"later-{index}", steps=10, seed=10 + index)
+        newest = learn_from_run(db_path, f"later-{index}", machine=XEON)
+    assert len(newest.run_ids) == KEEP_RUNS and "a" not in newest.run_ids
+
+
+def test_a_run_without_usable_steps_makes_no_fit_and_names_a_missing_run(db_path, cache):
+    measured_run(db_path, "own-process", context=False)  # the engine core in its own process: no context counts
+    assert learn_from_run(db_path, "own-process", machine=XEON) is None
+    measured_run(db_path, "short", steps=3)
+    assert learn_from_run(db_path, "short", machine=XEON) is None  # 3 steps: too few to fit yet
+    assert not cache.exists()
+    with pytest.raises(BatchBinError, match="no run 'nope'"):
+        learn_from_run(db_path, "nope", machine=XEON)
+
+
+def test_a_broken_cache_file_is_a_clear_error_and_never_fails_the_run(db_path, cache):
+    from batchbin.tasks.step_costs import learn_step_costs
+
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    with pytest.raises(BatchBinError, match="delete it"):
+        read_cache(cache)
+    measured_run(db_path, "run")
+    assert learn_step_costs.fn(db_path, "run") is None  # a warning in the run's log, no exception
+
+
+def test_the_estimate_says_this_machines_fit_with_its_runs_and_steps(db_path, cache):
+    engine = {"dtype": "bfloat16", "enforce_eager": True}
+    measured_run(db_path, "a", seed=1)
+    measured_run(db_path, "b", seed=2)
+    learn_from_run(db_path, "a", machine=XEON)
+    learn_from_run(db_path, "b", machine=XEON)
+    chosen = choose_cost(engine, MODEL, machine=XEON)
+    assert chosen.own and chosen.warning is None
+    assert chosen.line == ("step costs: this machine (Intel(R) Xeon(R) Processor (amx_bf16, avx512_bf16, 2 cores), "
+                           "bfloat16, eager), from 2 runs, 240 steps")
+    # a compiled job on a machine with an eager fit only: that fit stands in, said so
+    stand_in = choose_cost({**engine, "enforce_eager": False}, MODEL, machine=XEON)
+    assert not stand_in.own and stand_in.cost == chosen.cost
+    assert "standing in for torch.compile" in stand_in.line
+    assert "batchbin doctor --calibrate --requests 500" in stand_in.warning
+
+
+def test_without_a_fit_of_this_machine_the_shipped_one_comes_with_a_warning(cache):
+    chosen = choose_cost({"dtype": "bfloat16", "enforce_eager": True}, MODEL, machine=EPYC)
+    assert not chosen.own
+    assert chosen.line.startswith("step costs: shipped fit from another CPU (AMD EPYC")
+    assert "may be off by 2-3x here" in chosen.warning and "batchbin doctor --calibrate" in chosen.warning
+    # another machine's fit in the cache is not this one's
+    assert find_fit(FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": True}, MODEL, XEON)) is None
+
+
+def test_the_cache_folder_follows_batchbin_cache_then_xdg(monkeypatch, tmp_path):
+    from batchbin.engine.models import cache_dir
+
+    monkeypatch.delenv(machine_fits.STEP_COSTS_ENV, raising=False)
+    monkeypatch.delenv("BATCHBIN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert machine_fits.step_costs_path() == tmp_path / "xdg" / "batchbin" / "step_costs.json"
+    monkeypatch.setenv("BATCHBIN_CACHE", str(tmp_path / "own"))
+    assert cache_dir() == tmp_path / "own"
+    assert machine_fits.step_costs_path() == tmp_path / "own" / "step_costs.json"
+
+
+def test_the_calibration_job_varies_prompt_and_output_lengths_independently():
+    from batchbin.flows.calibrate import calibration_rows
+
+    rows = calibration_rows()
+    prompts = [len(row["prompt"].split()) for row in rows]
+    outputs = [row["max_tokens"] for row in rows]
+    assert len({row["id"] for row in rows}) == len(rows) == 128
+    assert all(row["min_tokens"] == row["max_tokens"] and row["ignore_eos"] for row in rows)
+    assert min(prompts) < 20 and max(prompts) > 400 and min(outputs) < 20 and max(outputs) > 140
+    assert 0.15 < sum(p > 150 for p in prompts) / len(prompts) < 0.35  # one in four long
+    # independent: long prompts come with short and long outputs alike
+    long_prompts = [o for p, o in zip(prompts, outputs) if p > 150]
+    assert min(long_prompts) < 60 and max(long_prompts) > 110
+    assert len({row["prompt"].split(":")[1][:40] for row in rows}) == len(rows)  # no shared prefix
+    json.dumps(rows)  # what the calibration writes as its input file
