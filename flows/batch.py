@@ -30,6 +30,7 @@ from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
 from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.scheduling import kv_cache_capacity
 from batchbin.flows.retrain import retrain_if_due
 from batchbin.flows.table_jobs import answer_agreement
 from batchbin.store.run_lock import run_lock
@@ -207,7 +208,9 @@ def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: S
         return schedule(quote(ref), config.k_bins, config.order,
                         min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
                         max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-                        after=stamp_before(ref, "schedule"), wait_for=[upstream])
+                        after=stamp_before(ref, "schedule"), wait_for=[upstream],
+                        kv_cache_tokens=kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib,
+                                                          settings.dtype))
 
 
 class ProbeStep:
@@ -227,16 +230,20 @@ class ProbeStep:
                      settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         self.after = stamp_before(ref, "probe")
         self.generation: dict | None = None  # what `run` generated
+        # the KV cache's size where it is known before the engine is built (lengths matter where
+        # the job's requests cannot all hold it at their limits)
+        self.kv_cache_tokens = kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib, settings.dtype)
 
     def start(self) -> State:
-        return start_probe(self.ref, *self.args, after=self.after, return_state=True)
+        return start_probe(self.ref, *self.args, after=self.after, kv_cache_tokens=self.kv_cache_tokens,
+                           return_state=True)
 
     def run(self, model_path: str) -> State:
         config = self.config
         self.generation = generate(self.ref, model_path, self.settings, sampling_defaults(config),
                                    config.checkpoint_every, until_probe_done=True, kv_admission=config.kv_admission)
         finished = finish_probe(self.ref, *self.args, generate_s=self.generation["generate_s"], after=self.after,
-                                return_state=True)
+                                kv_cache_tokens=self.kv_cache_tokens, return_state=True)
         finished.result()
         return finished
 

@@ -81,6 +81,11 @@ SELECT count(*) FROM results WHERE run_id = $run_id AND error IS NULL AND output
 -- Remove a run's predictions before they are made again.
 DELETE FROM predictions WHERE run_id = $run_id;
 
+-- name: record_choice
+-- Which predictor a run's predictions came from, and why (a run's one row, replaced on a re-run).
+-- Parameters: $run_id, $spec, $predictor, $reason.
+INSERT OR REPLACE INTO predictor_choices (run_id, spec, predictor, reason) VALUES ($run_id, $spec, $predictor, $reason);
+
 -- name: insert_predictions
 -- Add the rows registered as `incoming_predictions` (request_id, predicted_tokens, predictor).
 -- Parameters: $run_id.
