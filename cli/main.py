@@ -160,6 +160,7 @@ def print_summary(report: dict) -> None:
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         tail_line(report.get("schedule_trace")),
+        *predictor_summary_lines(report),
         f"  agreement       {report['answer_agreement']:.0%} of {report['answer_agreement_rows']} sampled rows answered "
         f"the same with the fields in the query's order (greedy; {report.get('answer_first_word_agreement') or 0:.0%} "
         "the same first word)" if report.get("answer_agreement") is not None else None,
@@ -173,6 +174,13 @@ def print_summary(report: dict) -> None:
         f"  batchbin sql --db {report['db_path']} \"{sql('report.example_query')}\"",
     ]
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+def predictor_summary_lines(report: dict) -> list[str]:
+    """Which length predictor the run used, why, and how honest it was on this run."""
+    from batchbin.tasks.report import predictor_lines
+
+    return [f"  {label:<15} {text}".rstrip() for label, text in predictor_lines(report)]
 
 
 def tail_line(trace: dict | None) -> str | None:

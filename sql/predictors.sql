@@ -136,3 +136,13 @@ ORDER BY pr.request_id;
 -- The number of length bins a run was scheduled with (NULL if unknown).
 -- Parameters: $run_id.
 SELECT try_cast(json_extract_string(config, '$.k_bins') AS INTEGER) FROM runs WHERE run_id = $run_id;
+
+-- name: choice_of_run
+-- Which predictor made a run's predictions, and why (the predict stage's words).
+-- Parameters: $run_id.
+SELECT predictor, reason FROM predictor_choices WHERE run_id = $run_id;
+
+-- name: probe_choice_of_run
+-- Whether the run's in-job probe ran, and why (the probe stage's words).
+-- Parameters: $run_id.
+SELECT size, reason FROM probe_choices WHERE run_id = $run_id;

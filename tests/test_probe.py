@@ -181,6 +181,16 @@ def test_a_probed_run_generates_every_request_once_and_calibrates_the_rest(probe
     quality = report["predictor_quality"]
     assert quality["n"] == 30 and quality["predictor"].endswith("+ probe")
     assert set(quality["without_probe"]) == {"kendall_tau", "spearman", "bin_accuracy_k4", "mae"}
+    # the report's honesty: the shipped predictor, not trained on the served model, with its
+    # held-out scores; the probe's 10 left out of this run's scores, with and without it
+    honesty = quality["honesty"]
+    (origin,) = honesty["origins"]
+    assert origin["trained_on"].startswith("ShareGPT") and not origin["own"] and origin["train_rows"] > 1000
+    assert origin["held_out"]["kendall_tau"] is not None and "shipped predictor" in honesty["why"]
+    assert honesty["probe_requests"] == 10 and honesty["scored_requests"] == 30
+    assert honesty["probe_why"].startswith("10 of 40 requests")
+    assert honesty["raw"] == quality["without_probe"]
+    assert honesty["planned"] == {key: quality[key] for key in ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")}
 
 
 @pytest.mark.engine
