@@ -121,8 +121,10 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
 
     Args:
         config: The job: input file, model, database, output file, sampling, scheduling and engine settings.
-        retrain_after: After a finished run, start the retraining deployment when the database holds at least
-            this many results no predictor has learnt from yet (none: never; needs `prefect deploy --all`).
+        retrain_after: After a finished run, retrain the served model's length predictor (quickly) when the
+            database holds at least this many of its results that its predictor has not learnt from yet: on the
+            retraining deployment where the server has it (`prefect deploy --all`), else in this process.
+            None: never.
     """
     with kept_query_results():  # a table job's query runs once for the checks, the fingerprint and load
         return run_job(config, retrain_after)
@@ -148,7 +150,11 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
-        retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger())
+        outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
+        if isinstance(outcome, dict):  # trained in this process
+            summary = {**summary, "retrained": {key: outcome.get(key) for key in ("version", "model", "train_rows")}}
+        elif outcome is not None:      # the retraining deployment's flow run
+            summary = {**summary, "retraining_flow_run": str(outcome)}
     return summary
 
 

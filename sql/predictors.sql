@@ -1,13 +1,13 @@
 -- name: training_rows
 -- What the length predictor learns from: every finished request without error, of every run,
--- with its run's model, text, limit and real output length (the trainer keeps one model's). A request without its own max_tokens had its
+-- with its run's model, text, limit, real output length and when it finished (the trainer keeps one model's). A request without its own max_tokens had its
 -- run's default (runs.config), else $default_max_tokens. Ordered, so training is reproducible.
 -- Parameters: $default_max_tokens.
 WITH group_sizes AS (
     SELECT run_id, request_id, count(*) OVER (PARTITION BY run_id, group_id) AS group_size
     FROM prompt_groups
 )
-SELECT r.run_id, ru.model, r.request_id, p.prompt, p.messages::VARCHAR AS messages,
+SELECT r.run_id, ru.model, r.request_id, r.finished_at, p.prompt, p.messages::VARCHAR AS messages,
        coalesce(p.max_tokens, try_cast(json_extract_string(ru.config, '$.max_tokens') AS INTEGER),
                 $default_max_tokens) AS max_tokens,
        coalesce(t.prompt_tokens, r.prompt_tokens) AS prompt_tokens,
