@@ -30,6 +30,7 @@ from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
 from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.scheduling import kv_cache_capacity
 from batchbin.flows.retrain import retrain_if_due
 from batchbin.flows.table_jobs import answer_agreement
 from batchbin.store.run_lock import run_lock
@@ -121,8 +122,10 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
 
     Args:
         config: The job: input file, model, database, output file, sampling, scheduling and engine settings.
-        retrain_after: After a finished run, start the retraining deployment when the database holds at least
-            this many results no predictor has learnt from yet (none: never; needs `prefect deploy --all`).
+        retrain_after: After a finished run, retrain the served model's length predictor (quickly) when the
+            database holds at least this many of its results that its predictor has not learnt from yet: on the
+            retraining deployment where the server has it (`prefect deploy --all`), else in this process.
+            None: never.
     """
     with kept_query_results():  # a table job's query runs once for the checks, the fingerprint and load
         return run_job(config, retrain_after)
@@ -150,7 +153,11 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
     if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
         learn_step_costs(ref.db_path, run_id)
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
-        retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger())
+        outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
+        if isinstance(outcome, dict):  # trained in this process
+            summary = {**summary, "retrained": {key: outcome.get(key) for key in ("version", "model", "train_rows")}}
+        elif outcome is not None:      # the retraining deployment's flow run
+            summary = {**summary, "retraining_flow_run": str(outcome)}
     return summary
 
 
@@ -210,7 +217,9 @@ def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: S
         return schedule(quote(ref), config.k_bins, config.order,
                         min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
                         max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-                        after=stamp_before(ref, "schedule"), wait_for=[upstream])
+                        after=stamp_before(ref, "schedule"), wait_for=[upstream],
+                        kv_cache_tokens=kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib,
+                                                          settings.dtype))
 
 
 class ProbeStep:
@@ -230,16 +239,20 @@ class ProbeStep:
                      settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         self.after = stamp_before(ref, "probe")
         self.generation: dict | None = None  # what `run` generated
+        # the KV cache's size where it is known before the engine is built (lengths matter where
+        # the job's requests cannot all hold it at their limits)
+        self.kv_cache_tokens = kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib, settings.dtype)
 
     def start(self) -> State:
-        return start_probe(self.ref, *self.args, after=self.after, return_state=True)
+        return start_probe(self.ref, *self.args, after=self.after, kv_cache_tokens=self.kv_cache_tokens,
+                           return_state=True)
 
     def run(self, model_path: str) -> State:
         config = self.config
         self.generation = generate(self.ref, model_path, self.settings, sampling_defaults(config),
                                    config.checkpoint_every, until_probe_done=True, kv_admission=config.kv_admission)
         finished = finish_probe(self.ref, *self.args, generate_s=self.generation["generate_s"], after=self.after,
-                                return_state=True)
+                                kv_cache_tokens=self.kv_cache_tokens, return_state=True)
         finished.result()
         return finished
 

@@ -90,13 +90,19 @@ WHERE schedule.run_id = $run_id AND schedule.request_id = d.request_id AND d.lea
 SELECT count(*) FROM schedule WHERE run_id = $run_id;
 
 -- name: prediction_spread
--- How many requests the run has and how much their predicted lengths differ (coefficient of
--- variation: standard deviation over mean; 0 when there are no predictions).
+-- How many requests the run has, how much their planned lengths differ (coefficient of
+-- variation: standard deviation over mean; 0 when there are no predictions), and the KV tokens
+-- they need at their limits (prompt + max_tokens, the run's default where a request sets none).
+-- Parameters: $run_id.
 SELECT count(*) AS requests,
-       coalesce(stddev_pop(p.planned_tokens)
-                / nullif(avg(p.planned_tokens), 0), 0) AS spread
+       coalesce(stddev_pop(pl.planned_tokens)
+                / nullif(avg(pl.planned_tokens), 0), 0) AS spread,
+       sum(t.prompt_tokens + coalesce(p.max_tokens, try_cast(json_extract_string(ru.config, '$.max_tokens') AS INTEGER),
+                                      0))::BIGINT AS kv_tokens_needed
 FROM tokens t
-LEFT JOIN planned_lengths p USING (run_id, request_id)
+LEFT JOIN prompts p USING (run_id, request_id)
+LEFT JOIN runs ru USING (run_id)
+LEFT JOIN planned_lengths pl USING (run_id, request_id)
 WHERE t.run_id = $run_id;
 
 -- name: record_choice
