@@ -251,7 +251,7 @@ def test_the_probe_neither_counts_nor_picks_answered_requests(fresh_db):
                     [f"q{i}"])
     for i in range(4):
         add_result(con, "r", f"q{i}", "stored", reused_from="earlier")
-    assert fetch_one(con, "probe.count_predictions", {"run_id": "r"})[0] == 2
+    assert fetch_one(con, "probe.count_predictions", {"run_id": "r", "default_max_tokens": 16})[0] == 2
     templates = pa.table({"request_id": [f"q{i}" for i in range(6)], "template_group": [1] * 6})
     with registered(con, probe_templates=templates):
         execute(con, "probe.choose_probe", {"run_id": "r", "size": 6, "default_max_tokens": 16})
