@@ -144,10 +144,10 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
     except BatchBinError as error:
         return Failed(message=str(error))
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
-    say = get_run_logger().warning
+    on_wait = get_run_logger().warning
     try:
-        with run_lock(ref.db_path, run_id, say):  # one run at a time on a database: the next one waits
-            summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
+        with run_lock(ref.db_path, run_id, on_wait):  # one run at a time on a database: the next one waits
+            summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, on_wait)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
     if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
@@ -183,14 +183,14 @@ def with_probe_phase(generation: dict, probe_generation: dict | None) -> dict:
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
                  clock: StageClock | None = None, with_probe: bool = True,
-                 say: Callable[[str], None] | None = None) -> PreparedWork:
+                 on_wait: Callable[[str], None] | None = None) -> PreparedWork:
     """The stages between load and generate, each handed the stamp of the one before it.
     `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
     share one open of the database, but for the probe's generation, which lets readers in (the
     probe's calibration and the schedule then open it again)."""
     clock = clock or StageClock()
     block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
-    with db.session(ref.db_path, say=say):
+    with db.session(ref.db_path, on_wait=on_wait):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
         with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
@@ -297,16 +297,16 @@ def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, setting
 
 
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
-               output_format: str, say: Callable[[str], None]) -> dict:
+               output_format: str, on_wait: Callable[[str], None]) -> dict:
     clock = StageClock()
-    with db.session(ref.db_path, say=say):  # the first stages share one open of the file
+    with db.session(ref.db_path, on_wait=on_wait):  # the first stages share one open of the file
         try:
             settings, _ = load_and_choose_engine(ref, config, fingerprint, model_path, clock)
         except BatchBinError as error:  # no valid request, or an engine option the engine would refuse
             return Failed(message=str(error))
     try:
         # the probe runs in this process's engine: not with the engines of a Ray cluster
-        prepared = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
+        prepared = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, on_wait=on_wait)
         ref = prepared.ref
     except BaseException:
         finish_run(ref, "failed")
@@ -324,7 +324,7 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
         if config.check_agreement and not config.ray_address:  # a table job's answers in the user's field order
             with clock.stage("agreement"):
                 generation = {**generation, **answer_agreement(ref, config, model_path, settings)}
-        with db.session(ref.db_path, say=say):
+        with db.session(ref.db_path, on_wait=on_wait):
             summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
             if "scale_out" in generation:
                 summary = {**summary, "scale_out": generation["scale_out"]}

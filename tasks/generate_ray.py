@@ -71,9 +71,9 @@ class Coordinator:
     """What the engine tasks of one run share: the pool, the writer, the database; one lock."""
 
     def __init__(self, pool: WorkPool, writer: CheckpointWriter, total: int, actors: list, feed_ahead: int,
-                 say: Callable[[str], None]) -> None:
-        self.pool, self.writer, self.total, self.actors, self.feed_ahead, self.say = \
-            pool, writer, total, actors, feed_ahead, say
+                 log_progress: Callable[[str], None]) -> None:
+        self.pool, self.writer, self.total, self.actors, self.feed_ahead, self.log_progress = \
+            pool, writer, total, actors, feed_ahead, log_progress
         self.started = time.perf_counter()
         self.lock = threading.Lock()
         self.last_log = time.perf_counter()
@@ -112,7 +112,7 @@ class Coordinator:
             publish(snapshot)
             if time.perf_counter() - self.last_log >= PROGRESS_EVERY_S:
                 self.last_log = time.perf_counter()
-                self.say(f"generated {snapshot.line()}")
+                self.log_progress(f"generated {snapshot.line()}")
 
     def progress(self) -> GenerationProgress:
         return GenerationProgress(requests_done=len(self.writer.stored_ids), requests_total=self.total,
