@@ -7,7 +7,8 @@ model's last-layer hidden states over the chat-templated prompt (transformers on
 prefill computes, mean-pooled and at the last token), and BatchBin's own features
 (predictors/features.py). The same ridge regression on log1p(tokens) is fitted on one run and
 scored on another (prompts of other tasks), and on a split by request id (the same tasks on
-both sides); the registered MLP predictor of the model is scored beside them.
+both sides); the model's registered MLP predictor, trained on the --train run, is scored beside
+them on the --test run.
 
     python -m batchbin.bench.hidden_state_study --db runs.duckdb --train RUN_ID --test RUN_ID
 """
@@ -41,7 +42,7 @@ def hidden_states(model_path: str, rows: list[dict], max_tokens: int = 1024) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.eval()
     mean, last, started = [], [], time.perf_counter()
     with torch.no_grad():
@@ -101,7 +102,8 @@ def main() -> None:
         for name, x in representations.items():
             result = score(true[test_rows], ridge_scores(x[fit_rows], y[fit_rows], x[test_rows]))
             print(json.dumps({"split": split, "representation": name, **result}))
-        if entry is not None and entry.get("model"):
+        # the registered predictor learnt the --train run (retrained after it): scored on the other only
+        if entry is not None and entry.get("model") and split.startswith(f"fit {args.train}"):
             predicted = load_predictor(entry["path"]).predict([rows[i] for i in np.flatnonzero(test_rows)])
             result = prediction_metrics(true[test_rows], predicted)
             print(json.dumps({"split": split, "representation": f"registered {entry['version']}",

@@ -164,9 +164,7 @@ def print_summary(report: dict) -> None:
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         tail_line(report.get("schedule_trace")),
         *predictor_summary_lines(report),
-        f"  retrained       {report['retrained']['version']} learnt {report['retrained']['train_rows']} answers of "
-        f"{report['retrained']['model']} (the next --predictor auto run takes it from 200)"
-        if report.get("retrained") else None,
+        retrained_line(report.get("retrained")),
         f"  retraining      started: flow run {report['retraining_flow_run']}" if report.get("retraining_flow_run") else None,
         f"  agreement       {report['answer_agreement']:.0%} of {report['answer_agreement_rows']} sampled rows answered "
         f"the same with the fields in the query's order (greedy; {report.get('answer_first_word_agreement') or 0:.0%} "
@@ -181,6 +179,18 @@ def print_summary(report: dict) -> None:
         f"  batchbin sql --db {report['db_path']} \"{sql('report.example_query')}\"",
     ]
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+def retrained_line(retrained: dict | None) -> str | None:
+    """The model's predictor retrained in this process after the run (--retrain-after)."""
+    if not retrained:
+        return None
+    from batchbin.predictors.registry import AUTO_MIN_OWN_ROWS
+
+    enough = (retrained.get("train_rows") or 0) >= AUTO_MIN_OWN_ROWS
+    return (f"  retrained       {retrained['version']} learnt {retrained['train_rows']} answers of {retrained['model']}; "
+            + ("the next --predictor auto run takes it" if enough
+               else f"--predictor auto takes it from {AUTO_MIN_OWN_ROWS} answers"))
 
 
 def predictor_summary_lines(report: dict) -> list[str]:

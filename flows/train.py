@@ -64,8 +64,10 @@ def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens:
                 con.close()
         new_rows = unused_results(db_path, model) if model else 0
         if new_rows < min_new_rows:
-            return {"trained": False, "reason": f"not due: {new_rows} results of {model} not yet learnt from "
-                                                f"(min_new_rows {min_new_rows})"}
+            from batchbin.predictors.registry import model_key
+
+            return {"trained": False, "reason": f"not due: {new_rows} results of {model_key(model)} not yet learnt "
+                                                f"from (min_new_rows {min_new_rows})"}
     registered = train(db_path, default_max_tokens, seed, model, quick)
     if "error" in registered:
         return Failed(message=registered["error"])

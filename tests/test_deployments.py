@@ -405,3 +405,10 @@ def test_without_its_deployment_the_served_models_predictor_retrains_here_once_e
     assert said[-1][0] == "info" and said[-1][1].startswith(f"retrained here: {registered['version']} learnt 250")
     assert unused_results(db_path, MODEL) == 0 and unused_results(db_path, "org/other-llm") == 300
     assert retrain_if_due(db_path, 200, 256, said, model=MODEL) is None
+    # the weekly schedule's run (min_new_rows): not due for this model, due for the other
+    from batchbin.flows.train import train_length_predictor
+
+    assert train_length_predictor(db_path=db_path, model=MODEL, quick=True, min_new_rows=200) == {
+        "trained": False, "reason": "not due: 0 results of SmolLM2-135M-Instruct not yet learnt from (min_new_rows 200)"}
+    theirs = train_length_predictor(db_path=db_path, model="org/other-llm", quick=True, min_new_rows=200)
+    assert theirs["model"] == "org/other-llm" and theirs["train_rows"] == 300
