@@ -25,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 from batchbin.engine.machine import MachineInfo, detect_machine
@@ -53,11 +54,18 @@ def step_costs_path() -> Path:
 
 def machine_name(machine: MachineInfo | None = None) -> str:
     """The machine as a fit's key names it: the GPU, or the CPU model with its bf16/AMX flags and cores."""
-    machine = machine or detect_machine()
+    if machine is None:
+        return this_machine_name()
     if machine.gpu:
         return f"GPU {machine.gpu}"
     flags = sorted({"avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     return f"{machine.cpu_model} ({', '.join(flags) or 'no bf16'}, {len(machine.cores)} cores)"
+
+
+@cache
+def this_machine_name() -> str:
+    """This machine's name (detected once a process: it does not change while it runs)."""
+    return machine_name(detect_machine())
 
 
 def model_name(model: str | None) -> str:
