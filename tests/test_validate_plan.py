@@ -27,7 +27,7 @@ def test_validate_plan_plans_runs_and_compares(tmp_path, prefect_api, default_mo
     # fixed lengths: the plan knew every output length, and the run generated exactly those
     assert result["output_tokens"] == result["predicted_output_tokens"] == 60
     assert result["measured_s"] > 0 and result["estimate_s"] > 0 and result["real_lengths_estimate_s"] > 0
-    assert result["error"] == pytest.approx(result["estimate_s"] / result["measured_s"] - 1, abs=0.01)
+    assert result["error"] == pytest.approx(result["estimate_s"] / result["measured_s"] - 1, rel=0.02)  # of rounded seconds
     assert result["step_costs"].startswith("step costs: ")
     assert json.loads((tmp_path / "validate-plan.json").read_text()) == result
     text = format_validation(result)
