@@ -37,8 +37,8 @@ from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
 STEP_COSTS_ENV = "BATCHBIN_STEP_COSTS"  # another file for this machine's fits (tests, several users)
 CACHE_FILE = "step_costs.json"
-KEEP_STEPS_PER_RUN = 300  # steps kept of each run (spread evenly over it): the fit stays milliseconds
-KEEP_RUNS = 12            # the key's newest runs whose steps are kept
+KEEP_STEPS_PER_RUN = 200  # steps kept of each run (spread evenly over it): the fit stays well under a second
+KEEP_RUNS = 8             # the key's newest runs whose steps are kept
 MIN_FIT_STEPS = 8         # fit_linear_step_cost's least
 STEP_COLUMNS = ("prefill_tokens", "decode_tokens", "context_tokens", "kv_tokens", "duration_s")  # a kept step
 # What the fit shipped with BatchBin (another CPU) missed by on an Intel Xeon with AMX: +44% to
@@ -212,11 +212,14 @@ def run_steps(con, run_id: str, keep: int = KEEP_STEPS_PER_RUN, capacity: int | 
 
 
 def fit_steps(key: FitKey, kept_steps: dict[str, list[list[float]]]) -> MachineFit:
-    """Fit time = a + b*prefill + c*decode + d*context (least squares, no negative term) on the kept steps."""
+    """Fit time = a + b*prefill + c*decode + d*context + e*KV tokens (no negative term) on the
+    kept steps, by least absolute deviations: the typical step, which steps slowed down two- or
+    threefold by another process on a shared machine cannot drag (least squares followed them:
+    docs/simulator.md)."""
     steps = [{"prefill_tokens": p, "decode_tokens": d, "context_tokens": c, "kv_tokens": kv, "duration_s": s}
              for rows in kept_steps.values() for p, d, c, kv, s in rows]
     cost = fit_linear_step_cost(steps, {"cpu": key.machine, "dtype": key.dtype, "enforce_eager": key.enforce_eager,
-                                        "model": key.model, "runs": list(kept_steps)})
+                                        "model": key.model, "runs": list(kept_steps)}, robust=True)
     return MachineFit(key, cost, list(kept_steps), len(steps), time.strftime("%Y-%m-%dT%H:%M:%S"), kept_steps)
 
 
