@@ -6,15 +6,14 @@
 
 Where no run has fitted this machine's step costs yet, `batchbin plan` estimates with a fit made
 on another CPU. The calibration runs a small synthetic job through the batch flow itself, into a
-temporary database: 128 requests in two halves, at most 64 sequences running at once. The first
-half has short prompts (about 30 to 150 tokens) and short outputs (8 to 120 tokens); the second,
-long prompts (about 500 to 1,300 tokens) or a short question after one of four long shared
-prefixes (about 800 tokens: prefix-cache hits), with longer outputs (40 to 160 tokens). Every
-output length is fixed (min_tokens = max_tokens, ignore_eos). So the steps go from many sequences
-with little context, through new prompts prefilled while others decode, to few sequences with
-much context, some of it a prefix read by many sequences: they vary prefill tokens, decoding
-sequences, context tokens and the tokens held in the KV cache independently of each other. The
-flow's last stage fits the step costs of this
+temporary database: 128 requests, half with a short prompt (about 30 to 150 tokens), a quarter
+with a long one (about 500 to 1,300 tokens), a quarter with a short question after one of four
+long shared prefixes (about 800 tokens: prefix-cache hits), and output lengths (8 to 160 tokens,
+fixed by min_tokens = max_tokens and ignore_eos) drawn independently of the prompt's. They all
+run at once (the machine's engine settings), so that the steps vary prefill tokens, decoding
+sequences (up to 128, as in a real job), context tokens and the distinct tokens held in the KV
+cache independently of each other: many short sequences with little context early, few long ones
+with much context late, and context that is a shared prefix read by many sequences. The flow's last stage fits the step costs of this
 machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
 refine that fit.
 """
@@ -34,13 +33,12 @@ from batchbin.errors import BatchBinError
 from batchbin.sim.machine_fits import MachineFit, learn_from_run
 
 CALIBRATION_REQUESTS = 128
-CALIBRATION_MAX_NUM_SEQS = 64  # half the job: the second half comes in as the first finishes
 SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
 LONG_PROMPT_WORDS = (250, 640)
 SHARED_PREFIX_WORDS = 400
+SHARES = (0.5, 0.75)           # below the first: a short prompt; then a long one; then a shared prefix
 SHARED_PREFIXES = 4
-SHORT_OUTPUT_TOKENS = (8, 120)  # fixed per request
-LONG_OUTPUT_TOKENS = (40, 160)
+OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request, drawn apart from the prompt's length
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "ha", "ri", "mo", "sa", "te")
 
 
@@ -54,15 +52,14 @@ def calibration_rows(requests: int = CALIBRATION_REQUESTS, seed: int = 0) -> lis
     prefixes = [f"Document {number}: {words(SHARED_PREFIX_WORDS)}" for number in range(SHARED_PREFIXES)]
     rows = []
     for index in range(requests):
-        if index < requests // 2:  # many short sequences
+        kind = rng.random()
+        if kind < SHARES[0]:
             prompt = f"Request {index}. Continue the list: {words(rng.randint(*SHORT_PROMPT_WORDS))}"
-            tokens = rng.randint(*SHORT_OUTPUT_TOKENS)
-        else:  # fewer, with long contexts: their own, or a shared prefix
-            if rng.random() < 0.5:
-                prompt = f"Request {index}. Continue the list: {words(rng.randint(*LONG_PROMPT_WORDS))}"
-            else:
-                prompt = f"{rng.choice(prefixes)}\nRequest {index}. Continue the list: {words(rng.randint(*SHORT_PROMPT_WORDS))}"
-            tokens = rng.randint(*LONG_OUTPUT_TOKENS)
+        elif kind < SHARES[1]:
+            prompt = f"Request {index}. Continue the list: {words(rng.randint(*LONG_PROMPT_WORDS))}"
+        else:
+            prompt = f"{rng.choice(prefixes)}\nRequest {index}. Continue the list: {words(rng.randint(*SHORT_PROMPT_WORDS))}"
+        tokens = rng.randint(*OUTPUT_TOKENS)
         rows.append({"id": f"calibrate-{index:03d}", "prompt": prompt, "max_tokens": tokens, "min_tokens": tokens,
                      "ignore_eos": True})
     return rows
@@ -87,8 +84,6 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
 
     engine = engine or EngineOptions()
     updates: dict = {}
-    if engine.max_num_seqs is None:
-        updates["max_num_seqs"] = CALIBRATION_MAX_NUM_SEQS
     if engine.in_process is None:  # the engine core's scheduler in reach: each step's context is recorded
         updates["in_process"] = True
     if engine.enforce_eager is None:  # the kind of engine a job of `requests` requests runs on
@@ -101,7 +96,7 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
         input_path.write_text("".join(json.dumps(row) + "\n" for row in calibration_rows()))
         db_path = where / "calibration.duckdb"
         config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(where / "calibration-out.jsonl"),
-                           model=model, max_tokens=LONG_OUTPUT_TOKENS[1], order="input", probe=0.0, predictor="fallback",
+                           model=model, max_tokens=OUTPUT_TOKENS[1], order="input", probe=0.0, predictor="fallback",
                            reuse_results=False, engine=engine)
         started = time.perf_counter()
         state = batch_inference(config, return_state=True)
