@@ -69,12 +69,14 @@ class JobConfig(BaseModel):
     k_bins: int = Field(4, ge=1, le=64, description="Multi-Bin Batching: number of length bins.")
     order: Order = Field("auto", description="Schedule order: auto (default: hybrid where length order can shorten the "
                                           "job, else sorted), hybrid, group, bin, sorted (token order), input.")
-    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:RUN_ID', 'file:PATH' (your own predictions: id, predicted_tokens), or a registered version.")
+    predictor: str = Field("auto", description="'auto' (the run's model's newest trained predictor once it learnt 200 of its answers, else the shipped ShareGPT one, else the fallback rule), 'fallback', 'oracle:RUN_ID', 'file:PATH' (your own predictions: id, predicted_tokens), or a registered version.")
     probe: float | None = Field(None, ge=0, le=0.5, description="In-job probe: this fraction of the requests "
                                 "(raised to one request per prompt template, within 10% of the job; at most 4,096) "
                                 "runs first, and their real lengths calibrate the predicted lengths of the rest before "
-                                "they are scheduled; only where lengths decide the order and requests queue. None "
-                                "(auto): 0.02, in jobs of at least 4 engine waves. 0: no probe.")
+                                "they are scheduled; only where lengths decide the order and requests queue (by count "
+                                "or KV cache). None (auto): where the predictor has not learnt the served model's "
+                                "answers, 0.02 but at least 8 requests, within the first engine wave; with its own "
+                                "predictor, 0.02 in jobs of at least 4 engine waves. 0: no probe.")
     kv_admission: bool = Field(True, description="Memory-centric admission (BatchLLM): hand a request to vLLM only "
                                "while its KV cache can hold every request inside at its predicted peak length, so "
                                "none is preempted and computed again; off: vLLM takes whatever fits its prompt now. "

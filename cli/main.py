@@ -37,7 +37,10 @@ def main() -> None:
 @engine_options
 @click.option("--verbose", is_flag=True, help="Show every log line of the run and the engine's own output "
                                               "(default: a progress bar; the engine's output goes to DB.engine.log).")
-def run_command(input_path: str, verbose: bool, **options) -> None:
+@click.option("--retrain-after", type=click.IntRange(min=1), default=None,
+              help="After the run, retrain the model's length predictor (quickly) when at least this many of its "
+                   "results are new to it; `--predictor auto` takes it from 200 rows. Default: never.")
+def run_command(input_path: str, verbose: bool, retrain_after: int | None, **options) -> None:
     """Run a batch job: every request of INPUT_PATH (JSONL, Parquet or CSV; a .sql file: a query)
     or of --query through the model.
 
@@ -59,7 +62,7 @@ def run_command(input_path: str, verbose: bool, **options) -> None:
                 from batchbin.flows.batch import batch_inference, warm_up
 
                 warm_up(config)
-            state = batch_inference(config, return_state=True)
+            state = batch_inference(config, retrain_after=retrain_after, return_state=True)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (entry turns it into this)
         from batchbin.store.runs import stopped_message
 
@@ -160,6 +163,9 @@ def print_summary(report: dict) -> None:
         + (f" ({reuse:.0%} of the ideal {report['ideal_cached_tokens']})" if reuse is not None else ""),
         f"  schedule        {report['schedule_order']} ({report['schedule_reason']})" if report.get("schedule_order") else None,
         tail_line(report.get("schedule_trace")),
+        *predictor_summary_lines(report),
+        retrained_line(report.get("retrained")),
+        f"  retraining      started: flow run {report['retraining_flow_run']}" if report.get("retraining_flow_run") else None,
         f"  agreement       {report['answer_agreement']:.0%} of {report['answer_agreement_rows']} sampled rows answered "
         f"the same with the fields in the query's order (greedy; {report.get('answer_first_word_agreement') or 0:.0%} "
         "the same first word)" if report.get("answer_agreement") is not None else None,
@@ -173,6 +179,25 @@ def print_summary(report: dict) -> None:
         f"  batchbin sql --db {report['db_path']} \"{sql('report.example_query')}\"",
     ]
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+def retrained_line(retrained: dict | None) -> str | None:
+    """The model's predictor retrained in this process after the run (--retrain-after)."""
+    if not retrained:
+        return None
+    from batchbin.predictors.registry import AUTO_MIN_OWN_ROWS
+
+    enough = (retrained.get("train_rows") or 0) >= AUTO_MIN_OWN_ROWS
+    return (f"  retrained       {retrained['version']} learnt {retrained['train_rows']} answers of {retrained['model']}; "
+            + ("the next --predictor auto run takes it" if enough
+               else f"--predictor auto takes it from {AUTO_MIN_OWN_ROWS} answers"))
+
+
+def predictor_summary_lines(report: dict) -> list[str]:
+    """Which length predictor the run used, why, and how honest it was on this run."""
+    from batchbin.tasks.report import predictor_lines
+
+    return [f"  {label:<15} {text}".rstrip() for label, text in predictor_lines(report)]
 
 
 def tail_line(trace: dict | None) -> str | None:
@@ -197,7 +222,8 @@ def scale_out_line(scale_out: dict | None) -> str | None:
 
 def time_line(report: dict) -> str:
     stages = report.get("stage_seconds") or {}
-    other = sum(seconds for stage, seconds in stages.items() if stage != "generate")
+    probe_generation = (report.get("length_probe") or {}).get("generate_s") or 0.0  # counted in generate_s
+    other = max(0.0, sum(seconds for stage, seconds in stages.items() if stage != "generate") - probe_generation)
     return (f"  time            {report.get('engine_start_s') or 0:.1f} s engine start, "
             f"{report.get('generate_s') or 0:.1f} s generation, {other:.1f} s other stages "
             "(batchbin sql \"select report->'stage_seconds' from run_reports\")")

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterator
 
@@ -27,7 +28,9 @@ from batchbin.engine.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
+from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
+from batchbin.scheduling import kv_cache_capacity
 from batchbin.flows.retrain import retrain_if_due
 from batchbin.flows.table_jobs import answer_agreement
 from batchbin.store.run_lock import run_lock
@@ -119,9 +122,17 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
 
     Args:
         config: The job: input file, model, database, output file, sampling, scheduling and engine settings.
-        retrain_after: After a finished run, start the retraining deployment when the database holds at least
-            this many results no predictor has learnt from yet (none: never; needs `prefect deploy --all`).
+        retrain_after: After a finished run, retrain the served model's length predictor (quickly) when the
+            database holds at least this many of its results that its predictor has not learnt from yet: on the
+            retraining deployment where the server has it (`prefect deploy --all`), else in this process.
+            None: never.
     """
+    with kept_query_results():  # a table job's query runs once for the checks, the fingerprint and load
+        return run_job(config, retrain_after)
+
+
+def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
+    """The flow's work (batch_inference): checks, then the run's stages under the database's run lock."""
     try:
         check_input(config)
         model_path = resolve_model(config.model)
@@ -133,10 +144,10 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
     except BatchBinError as error:
         return Failed(message=str(error))
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=run_id)
-    say = get_run_logger().warning
+    on_wait = get_run_logger().warning
     try:
-        with run_lock(ref.db_path, run_id, say):  # one run at a time on a database: the next one waits
-            summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, say)
+        with run_lock(ref.db_path, run_id, on_wait):  # one run at a time on a database: the next one waits
+            summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, on_wait)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
     if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
@@ -145,20 +156,44 @@ def batch_inference(config: JobConfig, retrain_after: Annotated[int, Field(ge=1)
         except Exception as error:  # never the run's failure (the task logs its own problems)
             say(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
-        retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger())
+        outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
+        if isinstance(outcome, dict):  # trained in this process
+            summary = {**summary, "retrained": {key: outcome.get(key) for key in ("version", "model", "train_rows")}}
+        elif outcome is not None:      # the retraining deployment's flow run
+            summary = {**summary, "retraining_flow_run": str(outcome)}
     return summary
+
+
+@dataclass(frozen=True)
+class PreparedWork:
+    """The run, scheduled; and what the probe's phase generated, if it ran (those requests are
+    the job's own: the run's summary counts them with the rest, see with_probe_phase)."""
+
+    ref: RunRef
+    probe_generation: dict | None = None
+
+
+def with_probe_phase(generation: dict, probe_generation: dict | None) -> dict:
+    """The generate stage's summary with the probe's phase counted in: requests, output tokens,
+    seconds and preemptions added up, the higher peak of KV-cache use."""
+    if not probe_generation:
+        return generation
+    summed = {key: (generation.get(key) or 0) + (probe_generation.get(key) or 0)
+              for key in ("generated", "generate_s", "output_tokens", "preemptions")}
+    peak = max(generation.get("peak_kv_cache_usage") or 0.0, probe_generation.get("peak_kv_cache_usage") or 0.0)
+    return {**generation, **summed, "peak_kv_cache_usage": peak}
 
 
 def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
                  clock: StageClock | None = None, with_probe: bool = True,
-                 say: Callable[[str], None] | None = None) -> RunRef:
+                 on_wait: Callable[[str], None] | None = None) -> PreparedWork:
     """The stages between load and generate, each handed the stamp of the one before it.
     `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
     share one open of the database, but for the probe's generation, which lets readers in (the
     probe's calibration and the schedule then open it again)."""
     clock = clock or StageClock()
     block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
-    with db.session(ref.db_path, say=say):
+    with db.session(ref.db_path, on_wait=on_wait):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
         with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
@@ -172,10 +207,10 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
         with clock.stage("probe"):
             probed = probe.start()
         if not probed.result():  # no probe to run (raises what the task raised): schedule in this open
-            return scheduled(ref, config, settings, clock, upstream=probed)
+            return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed))
     with clock.stage("probe"):  # the probe's generation holds the file only at checkpoints: readers get in
         probed = probe.run(model_path)
-    return scheduled(ref, config, settings, clock, upstream=probed)
+    return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed), probe.generation)
 
 
 def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State) -> RunRef:
@@ -185,7 +220,9 @@ def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: S
         return schedule(quote(ref), config.k_bins, config.order,
                         min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
                         max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-                        after=stamp_before(ref, "schedule"), wait_for=[upstream])
+                        after=stamp_before(ref, "schedule"), wait_for=[upstream],
+                        kv_cache_tokens=kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib,
+                                                          settings.dtype))
 
 
 class ProbeStep:
@@ -204,16 +241,21 @@ class ProbeStep:
         self.args = (fraction, config.order, config.predictor, config.max_tokens,
                      settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         self.after = stamp_before(ref, "probe")
+        self.generation: dict | None = None  # what `run` generated
+        # the KV cache's size where it is known before the engine is built (lengths matter where
+        # the job's requests cannot all hold it at their limits)
+        self.kv_cache_tokens = kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib, settings.dtype)
 
     def start(self) -> State:
-        return start_probe(self.ref, *self.args, after=self.after, return_state=True)
+        return start_probe(self.ref, *self.args, after=self.after, kv_cache_tokens=self.kv_cache_tokens,
+                           return_state=True)
 
     def run(self, model_path: str) -> State:
         config = self.config
-        probed = generate(self.ref, model_path, self.settings, sampling_defaults(config), config.checkpoint_every,
-                          until_probe_done=True, kv_admission=config.kv_admission)
-        finished = finish_probe(self.ref, *self.args, generate_s=probed["generate_s"], after=self.after,
-                                return_state=True)
+        self.generation = generate(self.ref, model_path, self.settings, sampling_defaults(config),
+                                   config.checkpoint_every, until_probe_done=True, kv_admission=config.kv_admission)
+        finished = finish_probe(self.ref, *self.args, generate_s=self.generation["generate_s"], after=self.after,
+                                kv_cache_tokens=self.kv_cache_tokens, return_state=True)
         finished.result()
         return finished
 
@@ -258,16 +300,17 @@ def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, setting
 
 
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
-               output_format: str, say: Callable[[str], None]) -> dict:
+               output_format: str, on_wait: Callable[[str], None]) -> dict:
     clock = StageClock()
-    with db.session(ref.db_path, say=say):  # the first stages share one open of the file
+    with db.session(ref.db_path, on_wait=on_wait):  # the first stages share one open of the file
         try:
             settings, _ = load_and_choose_engine(ref, config, fingerprint, model_path, clock)
         except BatchBinError as error:  # no valid request, or an engine option the engine would refuse
             return Failed(message=str(error))
     try:
         # the probe runs in this process's engine: not with the engines of a Ray cluster
-        ref = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, say=say)
+        prepared = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, on_wait=on_wait)
+        ref = prepared.ref
     except BaseException:
         finish_run(ref, "failed")
         raise
@@ -280,10 +323,11 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             else:
                 generation = generate(ref, model_path, settings, defaults, config.checkpoint_every, config.retry_errors,
                                       kv_admission=config.kv_admission)
+            generation = with_probe_phase(generation, prepared.probe_generation)
         if config.check_agreement and not config.ray_address:  # a table job's answers in the user's field order
             with clock.stage("agreement"):
                 generation = {**generation, **answer_agreement(ref, config, model_path, settings)}
-        with db.session(ref.db_path, say=say):
+        with db.session(ref.db_path, on_wait=on_wait):
             summary = report(ref, str(output_path), generation, clock.seconds, output_format, model_path)
             if "scale_out" in generation:
                 summary = {**summary, "scale_out": generation["scale_out"]}

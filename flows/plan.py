@@ -27,6 +27,7 @@ from typing import Iterator
 
 from batchbin.store import db
 from batchbin.config import JobConfig
+from batchbin.io.query_jobs import kept_query_results
 from batchbin.sim.stored_runs import AS_RUN, OrderEstimate, cpu_cost, open_run, simulate_run
 from batchbin.store.queries import fetch_one
 from batchbin.store.runs import RunRef
@@ -71,7 +72,7 @@ def prepare(config: JobConfig) -> tuple[RunRef, int]:
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
     with db.session(ref.db_path):
         settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, StageClock())
-        ref = prepare_work(ref, config, model_path, settings, with_probe=False)  # no engine here
+        ref = prepare_work(ref, config, model_path, settings, with_probe=False).ref  # no engine here
         finish_run(ref, "planned")
     return ref, loaded.rejects
 
@@ -119,11 +120,12 @@ def make_plan(config: JobConfig, gpu: tuple[str, str] | None = None, keep_db: bo
     from batchbin.engine.settings import DEFAULT_BLOCK_TOKENS
     from batchbin.flows.table_jobs import field_order_reuse
 
-    ref, rejects = prepare(config)
-    plan = describe(ref, rejects, gpu)
-    plan.db_path = ref.db_path if keep_db else None
-    plan.field_order = field_order_reuse(config, resolve_model(config.model),
-                                         plan.engine.get("block_size") or DEFAULT_BLOCK_TOKENS)
+    with kept_query_results():  # a table job's query runs once
+        ref, rejects = prepare(config)
+        plan = describe(ref, rejects, gpu)
+        plan.db_path = ref.db_path if keep_db else None
+        plan.field_order = field_order_reuse(config, resolve_model(config.model),
+                                             plan.engine.get("block_size") or DEFAULT_BLOCK_TOKENS)
     return plan
 
 

@@ -23,14 +23,16 @@ from batchbin.errors import BatchBinError
 
 
 @task(name="train predictor", cache_policy=NO_CACHE, retries=0)
-def train(db_path: str, default_max_tokens: int, seed: int, model: str | None = None) -> dict:
-    """Train, evaluate and register a new predictor version ({"error": ...} when it cannot)."""
-    from batchbin.predictors.train import train_predictor
+def train(db_path: str, default_max_tokens: int, seed: int, model: str | None = None, quick: bool = False) -> dict:
+    """Train, evaluate and register a new predictor version ({"error": ...} when it cannot);
+    `quick`: the newest QUICK_MAX_ROWS rows and QUICK_TRAIN_CONFIG's few epochs."""
+    from batchbin.predictors.train import QUICK_MAX_ROWS, QUICK_TRAIN_CONFIG, train_predictor
 
     con = db.connect(db_path)
     try:
         return train_predictor(con, str(Path(db_path).resolve().parent / "predictors"), default_max_tokens, seed,
-                               model=model)
+                               model=model, **({"train_config": QUICK_TRAIN_CONFIG, "max_rows": QUICK_MAX_ROWS}
+                                               if quick else {}))
     except BatchBinError as error:  # e.g. too few finished requests: a message, not a traceback
         return {"error": str(error)}
     finally:
@@ -39,12 +41,34 @@ def train(db_path: str, default_max_tokens: int, seed: int, model: str | None = 
 
 @flow(name="train-length-predictor", log_prints=True)
 def train_length_predictor(db_path: str = "batchbin.duckdb", default_max_tokens: int = 256, seed: int = 0,
-                           model: str | None = None) -> dict:
+                           model: str | None = None, quick: bool = False, min_new_rows: int = 0) -> dict:
     """(Re)train the output-length predictor of `model` (default: the newest run's) on the real
-    lengths of its finished runs."""
+    lengths of its finished runs.
+
+    Args:
+        quick: Learn from the newest 20,000 rows in few epochs (seconds, not minutes).
+        min_new_rows: Train only when the model has at least this many finished results its newest
+            predictor has not learnt from (0: always); the weekly schedule sets it.
+    """
     if not Path(db_path).exists():
         return Failed(message=f"no BatchBin database at {db_path}; run `batchbin run` first")
-    registered = train(db_path, default_max_tokens, seed, model)
+    if min_new_rows > 0:
+        from batchbin.flows.retrain import unused_results
+        from batchbin.predictors.train import newest_run_model
+
+        if model is None:
+            con = db.connect(db_path, read_only=True)
+            try:
+                model = newest_run_model(con)
+            finally:
+                con.close()
+        new_rows = unused_results(db_path, model) if model else 0
+        if new_rows < min_new_rows:
+            from batchbin.predictors.registry import model_key
+
+            return {"trained": False, "reason": f"not due: {new_rows} results of {model_key(model)} not yet learnt "
+                                                f"from (min_new_rows {min_new_rows})"}
+    registered = train(db_path, default_max_tokens, seed, model, quick)
     if "error" in registered:
         return Failed(message=registered["error"])
     metrics = registered.get("metrics") or {}

@@ -2,7 +2,8 @@
 
     prediction_metrics(true_tokens, predicted_tokens, k_bins=4)
     run_prediction_quality(con, run_id)   # a run's predictions against its results, with n_test
-                                          # (its compared rows) and n_train (the predictor's rows)
+                                          # (its compared rows) and n_train (the predictor's rows),
+                                          # and the predictor's honesty (`honesty`, below)
 
 Metrics:
   mae                      mean absolute error in tokens;
@@ -26,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from batchbin.store.queries import execute, fetch_arrow
+from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -129,22 +130,24 @@ def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict 
     k_bins defaults to the run's own k_bins (runs.config), else 4. The result names the
     predictor(s) that made the predictions. After an in-job probe, the scores are of the
     calibrated predictions on the requests the probe did not run, and `without_probe` holds the
-    same scores of the predictor's own numbers for those requests.
+    same scores of the predictor's own numbers for those requests. `honesty` says which predictor
+    it was and how it did (`predictor_honesty`).
     """
     if k_bins is None:
         rows = execute(con, "predictors.run_k_bins", {"run_id": run_id}).fetchall()  # fetchall: DuckDB 2.0
         k_bins = int(rows[0][0]) if rows and rows[0][0] else 4  # refuses register() after a partial fetch
     rows = pl.from_arrow(fetch_arrow(con, "predictors.predictions_with_results", {"run_id": run_id}))
     probed = bool(rows["in_probe"].any()) if not rows.is_empty() else False
+    probe_rows = int(rows["in_probe"].sum()) if probed else 0
     if probed:  # scored on the requests the probe did not run, with and without its calibration
         rows = rows.filter(~pl.col("in_probe"))
     if rows.is_empty():
         return None
     true = rows["output_tokens"].to_numpy().astype(np.float64)
     metrics = prediction_metrics(true, rows["predicted_tokens"].to_numpy().astype(np.float64), k_bins)
+    raw = prediction_metrics(true, rows["uncalibrated_tokens"].to_numpy().astype(np.float64), k_bins)
     if probed:
-        without = prediction_metrics(true, rows["uncalibrated_tokens"].to_numpy().astype(np.float64), k_bins)
-        metrics["without_probe"] = {key: without[key] for key in WITHOUT_PROBE_KEYS}
+        metrics["without_probe"] = {key: raw[key] for key in WITHOUT_PROBE_KEYS}
     names = sorted(rows["predictor"].drop_nulls().unique().to_list())
     metrics["predictor"] = ", ".join(names) + (" + probe" if probed else "")
     from batchbin.predictors.registry import train_rows_of
@@ -152,4 +155,29 @@ def run_prediction_quality(con, run_id: str, k_bins: int | None = None) -> dict 
     trained = [train_rows_of(con, name) for name in names]
     metrics["n_test"] = metrics["n"]  # this run's requests, predicted and then generated
     metrics["n_train"] = sum(trained) if trained and all(t is not None for t in trained) else None
+    metrics["honesty"] = predictor_honesty(con, run_id, names, metrics, raw, probe_rows)
     return metrics
+
+
+def predictor_honesty(con, run_id: str, names: list[str], planned: dict, raw: dict, probe_rows: int) -> dict:
+    """What a report says of the run's predictor: which one and why (predictor_choices), what it
+    was trained on, how many rows, its held-out metrics; whether a probe ran and why
+    (probe_choices); and on this run's finished requests (the probe's left out) Kendall tau,
+    Spearman, k=4 bin accuracy and mean absolute error of the lengths the schedule used
+    (`planned`: calibrated where a probe ran) and of the predictor's own numbers (`raw`)."""
+    from batchbin.predictors.registry import predictor_origin
+
+    model = fetch_one(con, "predictors.run_model", {"run_id": run_id})
+    choice = fetch_one(con, "predictors.choice_of_run", {"run_id": run_id})
+    probe = fetch_one(con, "predictors.probe_choice_of_run", {"run_id": run_id})
+    origins = [predictor_origin(con, name, model[0] if model else None) for name in names]
+    return {
+        "predictor": ", ".join(names),
+        "why": choice[1] if choice else None,
+        "origins": [origin for origin in origins if origin is not None],
+        "probe_requests": probe_rows,
+        "probe_why": probe[1] if probe else None,
+        "scored_requests": planned["n"],
+        "planned": {key: planned[key] for key in WITHOUT_PROBE_KEYS},
+        "raw": {key: raw[key] for key in WITHOUT_PROBE_KEYS},
+    }

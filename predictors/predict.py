@@ -3,8 +3,9 @@
     predict_lengths(con, run_id, spec="auto", default_max_tokens=256)
 
 spec chooses the predictor:
-  "auto"              for the run's model: its newest registered predictor, else the shipped
-                      ShareGPT predictor, else the fallback (registry.auto_predictor);
+  "auto"              for the run's model: its newest registered predictor once it learnt enough
+                      of the model's answers, else the shipped ShareGPT predictor, else the
+                      fallback (registry.auto_choice; the reason is kept in `predictor_choices`);
   "fallback"          the fallback rule below;
   "oracle:<run_id>"   the real output tokens of the same request ids in a finished run (the
                       benchmark's perfect predictor); ids missing there get the fallback;
@@ -42,7 +43,7 @@ from batchbin.store.db import CHUNK_ROWS, registered, scan_once, transaction
 from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
-from batchbin.predictors.registry import PredictorNotFound, auto_predictor, get_predictor, load_predictor
+from batchbin.predictors.registry import AutoChoice, PredictorNotFound, auto_choice, get_predictor, load_predictor
 from batchbin.store.queries import execute, row_batches
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,13 @@ def run_model(con, run_id: str) -> str | None:
 
 
 def auto_entry(con, run_id: str) -> dict | None:
-    """The predictor "auto" picks for a run (registry.auto_predictor of its model), or None."""
-    return auto_predictor(con, run_model(con, run_id))
+    """The predictor "auto" picks for a run (registry.auto_choice of its model), or None."""
+    return auto_choice_of(con, run_id).entry
+
+
+def auto_choice_of(con, run_id: str) -> AutoChoice:
+    """The predictor "auto" picks for a run, with the reason."""
+    return auto_choice(con, run_model(con, run_id))
 
 
 def fallback_base(con, run_id: str) -> float | None:
@@ -184,22 +190,31 @@ def _oracle(con, run_id: str, source_run_id: str) -> Predict:
 def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
     """The predictor a spec names (see the module's doc) and a function from requests to
     (predicted lengths, the predictor of each)."""
+    name, predict, _ = choose_predictor_why(con, run_id, spec)
+    return name, predict
+
+
+def choose_predictor_why(con, run_id: str, spec: str) -> tuple[str, Predict, str]:
+    """choose_predictor, and why that predictor, in words."""
     spec = (spec or "auto").strip()
     if spec.startswith("file:"):
-        return spec, _from_file(spec)
+        return spec, _from_file(spec), "set by the user: the lengths of a file"
     if spec.startswith("oracle:") or spec == "oracle":
         source = spec.partition(":")[2].strip()
-        return f"oracle:{source}", _oracle(con, run_id, source)
+        return f"oracle:{source}", _oracle(con, run_id, source), "set by the user: a finished run's real lengths"
+    reason = "set by the user"
     if spec == "auto":
-        entry = auto_entry(con, run_id)
+        choice = auto_choice_of(con, run_id)
+        entry, reason = choice.entry, choice.reason
         if entry is not None:
             try:
                 model = load_predictor(entry["path"])
             except PredictorNotFound as error:  # auto: any predictor that loads, else the fallback
                 log.warning("auto: %s; using the fallback", error)
-                entry = None
+                entry, reason = None, f"auto: the fallback rule: {error}"
             else:
-                return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests))
+                return (entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests)),
+                        reason)
     elif spec == FALLBACK:
         entry = None
     else:
@@ -211,19 +226,22 @@ def choose_predictor(con, run_id: str, spec: str) -> tuple[str, Predict]:
             )
     if entry is None:
         base = fallback_base(con, run_id)
-        return FALLBACK, lambda requests: (fallback_lengths(requests, base), [FALLBACK] * len(requests))
+        return FALLBACK, lambda requests: (fallback_lengths(requests, base), [FALLBACK] * len(requests)), reason
     model = load_predictor(entry["path"])
-    return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests))
+    return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests)), reason
 
 
 def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256,
                     rows_per_batch: int = CHUNK_ROWS) -> dict:
     """Write `predictions` for every prompt of the run, `rows_per_batch` requests at a time, in
-    place of the run's earlier ones (one transaction); returns {"predictor", "rows", "fallback_rows"}."""
-    name, predict = choose_predictor(con, run_id, spec)
-    counts = {"predictor": name, "rows": 0, "fallback_rows": 0}
+    place of the run's earlier ones (one transaction), and which predictor and why
+    (`predictor_choices`); returns {"predictor", "reason", "rows", "fallback_rows"}."""
+    name, predict, reason = choose_predictor_why(con, run_id, spec)
+    counts = {"predictor": name, "reason": reason, "rows": 0, "fallback_rows": 0}
     with transaction(con):
         execute(con, "predictors.clear_predictions", {"run_id": run_id})
+        execute(con, "predictors.record_choice", {"run_id": run_id, "spec": spec or "auto", "predictor": name,
+                                                  "reason": reason})
         for requests in run_request_batches(con, run_id, default_max_tokens, rows_per_batch):
             values, names = predict(requests)
             if not name.startswith("file:"):

@@ -48,16 +48,18 @@ PRIOR_WEIGHT = 1.0
 TEMPLATE_TOKENS = 8
 
 
-def probe_size(requests: int, fraction: float, templates: int = 0) -> int:
+def probe_size(requests: int, fraction: float, templates: int = 0, at_least: int = 0,
+               at_most: int | None = None) -> int:
     """How many requests probe a job of `requests` with `templates` template groups:
-    ceil(fraction * requests), raised to one request a template as long as that stays within
-    MAX_PROBE_FRACTION of the job (what a template's offset needs most is its first row), at
-    most MAX_PROBE; 0 when that is fewer than MIN_PROBE (too few to fit anything) or the job
-    would be the probe itself."""
+    ceil(fraction * requests), raised to one request a template and to `at_least` as long as
+    that stays within MAX_PROBE_FRACTION of the job (what a template's offset needs most is its
+    first row), at most MAX_PROBE and `at_most`; 0 when that is fewer than MIN_PROBE (too few to
+    fit anything) or the job would be the probe itself."""
     if fraction <= 0 or requests <= 0:
         return 0
-    size = max(math.ceil(fraction * requests), min(templates, math.floor(MAX_PROBE_FRACTION * requests)))
-    size = min(MAX_PROBE, size)
+    within = math.floor(MAX_PROBE_FRACTION * requests)
+    size = max(math.ceil(fraction * requests), min(templates, within), min(at_least, within))
+    size = min(MAX_PROBE, size, at_most if at_most is not None else MAX_PROBE)
     return size if MIN_PROBE <= size < requests else 0
 
 

@@ -64,6 +64,15 @@ TINY_TRAIN_CONFIG = dict(
     patience=15,         # stop sooner once the validation loss is flat
 )
 
+# Quick retraining after a run, or on the deployment's schedule (flows/retrain.py): the newest
+# QUICK_MAX_ROWS finished requests and fewer epochs, so it costs seconds and not the run's time.
+QUICK_TRAIN_CONFIG = dict(
+    learning_rate=3e-3,  # bigger steps: converges in tens of epochs on a few thousand rows
+    max_epochs=40,       # a bound on the time, whatever the data
+    patience=8,          # stop soon once the validation loss is flat
+)
+QUICK_MAX_ROWS = 20_000
+
 # The shipped ShareGPT predictor: chosen on the validation conversations (docs/predictor.md).
 SHAREGPT_MODEL_CONFIG = dict(
     dropout=0.5,       # 34k rows overfit within a few epochs at 0.2
@@ -94,14 +103,18 @@ def split_mask(request_ids: list[str], fraction: float) -> np.ndarray:
     return mask
 
 
-def training_rows(con, default_max_tokens: int, model: str | None = None) -> list[dict]:
+def training_rows(con, default_max_tokens: int, model: str | None = None, max_rows: int | None = None) -> list[dict]:
     """Finished requests without error, as dicts (sql/predictors.sql training_rows): of the runs
-    of `model` (a model_key), or of every run when None."""
+    of `model` (a model_key), or of every run when None; with `max_rows`, the newest that many
+    (by when they finished), still in the query's order."""
     rows = pl.from_arrow(fetch_arrow(con, "predictors.training_rows", {"default_max_tokens": default_max_tokens}))
     if model is not None:  # model_key looks at the file system: once per model, not once per row
         names = [name for name in rows.get_column("model").unique().to_list() if model_key(name) == model]
         rows = rows.filter(pl.col("model").is_in(names))
-    return rows.to_dicts()
+    if max_rows is not None and rows.height > max_rows:
+        rows = (rows.with_row_index("query_order").sort("finished_at", "query_order", nulls_last=False)
+                .tail(max_rows).sort("query_order").drop("query_order"))
+    return rows.drop("finished_at").to_dicts()
 
 
 def newest_run_model(con) -> str | None:
@@ -190,17 +203,19 @@ def baseline_metrics(train_true: np.ndarray, test_rows: list[dict], test_true: n
 
 def train_predictor(con, models_dir: str, default_max_tokens: int = 256, seed: int = 0, *,
                     model: str | None = None, model_config: dict | None = None,
-                    train_config: dict | None = None, features: FeatureSettings | None = None) -> dict:
+                    train_config: dict | None = None, features: FeatureSettings | None = None,
+                    max_rows: int | None = None) -> dict:
     """Train on the finished runs of one model (`model`: a model name or path, default the model
     of the newest run with results), save the checkpoint under models_dir, register it for that
     model. model_config / train_config override fields of PredictorConfig / TrainConfig (e.g.
-    TINY_CONFIG, TINY_TRAIN_CONFIG). Returns the new `predictors` row as a dict."""
+    TINY_CONFIG, TINY_TRAIN_CONFIG, QUICK_TRAIN_CONFIG); `max_rows`: learn from the newest that
+    many rows only. Returns the new `predictors` row as a dict."""
     features = features or FeatureSettings()
     config = replace(PredictorConfig(n_features=n_features(features)), **(model_config or {}))
     tc = replace(TrainConfig(), **(train_config or {}))
     key = model_key(model) if model else newest_run_model(con)
 
-    rows = training_rows(con, default_max_tokens, key) if key else []
+    rows = training_rows(con, default_max_tokens, key, max_rows) if key else []
     if len(rows) < MIN_TRAIN_ROWS:
         raise NotEnoughTrainingData(
             f"training the length predictor needs at least {MIN_TRAIN_ROWS} finished requests "

@@ -38,7 +38,15 @@ FROM engine_steps
 WHERE run_id = $run_id
 HAVING count(*) > 0;
 
--- name: generated_ids
--- The requests a run generated itself (not answered from an earlier run): the incremental
--- benchmark checks they are exactly the new and changed rows. Parameters: $run_id.
-SELECT request_id FROM results WHERE run_id = $run_id AND reused_from IS NULL;
+-- name: answered_how
+-- How each request of a run got its answer: 'reused' (an earlier run's, results.reused_from),
+-- 'copied' (an identical request of the run, schedule.duplicate_of) or 'generated'. The
+-- incremental benchmark checks that only new and changed rows were generated.
+-- Parameters: $run_id.
+SELECT r.request_id,
+       CASE WHEN r.reused_from IS NOT NULL THEN 'reused'
+            WHEN s.duplicate_of IS NOT NULL THEN 'copied'
+            ELSE 'generated' END AS how
+FROM results r
+LEFT JOIN schedule s USING (run_id, request_id)
+WHERE r.run_id = $run_id;

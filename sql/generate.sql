@@ -39,11 +39,13 @@ ON CONFLICT DO NOTHING;
 -- result, once it has one: the same text and tokens, no prefill of its own (its prompt counts
 -- as cached). $leaders: the ids of one checkpoint, to copy theirs only (each checkpoint does);
 -- NULL copies every one (generation starts so: a stop between a checkpoint and its copies leaves
--- none behind). Parameters: $run_id, $leaders.
+-- none behind). A copy of an answer an earlier run gave names that run too (reused_from).
+-- Parameters: $run_id, $leaders.
 INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens,
-                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s)
-SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens, r.prompt_tokens,
-       r.finish_reason, r.error, s.batch, r.latency_s, r.finished_at, r.attempt, r.finished_s
+                     finish_reason, error, batch, latency_s, finished_at, attempt, finished_s, reused_from)
+SELECT s.run_id, s.request_id, r.output_text, r.prompt_tokens, r.output_tokens,
+       CASE WHEN r.reused_from IS NULL THEN r.prompt_tokens ELSE 0 END,
+       r.finish_reason, r.error, s.batch, r.latency_s, r.finished_at, r.attempt, r.finished_s, r.reused_from
 FROM schedule s
 JOIN results r ON r.run_id = s.run_id AND r.request_id = s.duplicate_of
 WHERE s.run_id = $run_id AND s.duplicate_of IS NOT NULL

@@ -1,13 +1,13 @@
 -- name: training_rows
 -- What the length predictor learns from: every finished request without error, of every run,
--- with its run's model, text, limit and real output length (the trainer keeps one model's). A request without its own max_tokens had its
+-- with its run's model, text, limit, real output length and when it finished (the trainer keeps one model's). A request without its own max_tokens had its
 -- run's default (runs.config), else $default_max_tokens. Ordered, so training is reproducible.
 -- Parameters: $default_max_tokens.
 WITH group_sizes AS (
     SELECT run_id, request_id, count(*) OVER (PARTITION BY run_id, group_id) AS group_size
     FROM prompt_groups
 )
-SELECT r.run_id, ru.model, r.request_id, p.prompt, p.messages::VARCHAR AS messages,
+SELECT r.run_id, ru.model, r.request_id, r.finished_at, p.prompt, p.messages::VARCHAR AS messages,
        coalesce(p.max_tokens, try_cast(json_extract_string(ru.config, '$.max_tokens') AS INTEGER),
                 $default_max_tokens) AS max_tokens,
        coalesce(t.prompt_tokens, r.prompt_tokens) AS prompt_tokens,
@@ -81,6 +81,11 @@ SELECT count(*) FROM results WHERE run_id = $run_id AND error IS NULL AND output
 -- Remove a run's predictions before they are made again.
 DELETE FROM predictions WHERE run_id = $run_id;
 
+-- name: record_choice
+-- Which predictor a run's predictions came from, and why (a run's one row, replaced on a re-run).
+-- Parameters: $run_id, $spec, $predictor, $reason.
+INSERT OR REPLACE INTO predictor_choices (run_id, spec, predictor, reason) VALUES ($run_id, $spec, $predictor, $reason);
+
 -- name: insert_predictions
 -- Add the rows registered as `incoming_predictions` (request_id, predicted_tokens, predictor).
 -- Parameters: $run_id.
@@ -131,3 +136,13 @@ ORDER BY pr.request_id;
 -- The number of length bins a run was scheduled with (NULL if unknown).
 -- Parameters: $run_id.
 SELECT try_cast(json_extract_string(config, '$.k_bins') AS INTEGER) FROM runs WHERE run_id = $run_id;
+
+-- name: choice_of_run
+-- Which predictor made a run's predictions, and why (the predict stage's words).
+-- Parameters: $run_id.
+SELECT predictor, reason FROM predictor_choices WHERE run_id = $run_id;
+
+-- name: probe_choice_of_run
+-- Whether the run's in-job probe ran, and why (the probe stage's words).
+-- Parameters: $run_id.
+SELECT size, reason FROM probe_choices WHERE run_id = $run_id;

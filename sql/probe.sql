@@ -124,11 +124,24 @@ SELECT run_id FROM runs WHERE status = 'finished' ORDER BY started_at DESC LIMIT
 
 -- name: count_predictions
 -- How many requests of a run have a prediction and are to be generated (not answered from an
--- earlier run, tasks/reuse.py).
--- Parameters: $run_id.
-SELECT count(*) FROM predictions pr
+-- earlier run, tasks/reuse.py), and the KV tokens they need at their limits (prompt + max_tokens).
+-- Parameters: $run_id, $default_max_tokens.
+SELECT count(*), coalesce(sum(coalesce(t.prompt_tokens, 0) + coalesce(p.max_tokens, $default_max_tokens)), 0)::BIGINT
+FROM predictions pr
+JOIN prompts p USING (run_id, request_id)
+LEFT JOIN tokens t USING (run_id, request_id)
 LEFT JOIN results r USING (run_id, request_id)
 WHERE pr.run_id = $run_id AND r.reused_from IS NULL;
+
+-- name: run_predictors
+-- The predictors that made a run's predictions (one, but for ids an oracle or file lacked).
+-- Parameters: $run_id.
+SELECT DISTINCT predictor FROM predictions WHERE run_id = $run_id ORDER BY predictor;
+
+-- name: record_choice
+-- Whether the run's probe runs, and why (a run's one row).
+-- Parameters: $run_id, $size, $reason.
+INSERT OR REPLACE INTO probe_choices (run_id, size, reason) VALUES ($run_id, $size, $reason);
 
 -- name: count_probe
 -- How many requests the run's probe holds.

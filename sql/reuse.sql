@@ -32,7 +32,8 @@ UPDATE runs SET model_fingerprint = $fingerprint WHERE run_id = $run_id;
 -- name: reuse_answers
 -- Answer every request of the run that has no result yet and whose key another run's request
 -- has, with that request's stored result (never one that ended in an error). Where several
--- runs have it, the newest answer. `reused_from` names the run that generated it (an answer
+-- have it, the answer to the request of the same id (an unchanged row keeps its own answer),
+-- else the newest. `reused_from` names the run that generated it (an answer
 -- reused twice still names its first run); it was not generated now, so no prompt token is
 -- counted as cached and it has no batch, latency or attempt. Parameters: $run_id.
 INSERT INTO results (run_id, request_id, output_text, prompt_tokens, output_tokens, cached_tokens, finish_reason,
@@ -45,7 +46,8 @@ JOIN results src ON src.run_id = k.run_id AND src.request_id = k.request_id
 LEFT JOIN results r ON r.run_id = mine.run_id AND r.request_id = mine.request_id
 WHERE mine.run_id = $run_id AND mine.reuse_key IS NOT NULL AND r.request_id IS NULL
   AND src.error IS NULL AND src.output_text IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY mine.request_id ORDER BY src.finished_at DESC, k.run_id, k.request_id) = 1
+QUALIFY row_number() OVER (PARTITION BY mine.request_id
+                           ORDER BY k.request_id = mine.request_id DESC, src.finished_at DESC, k.run_id, k.request_id) = 1
 ON CONFLICT DO NOTHING;
 
 -- name: count_reused

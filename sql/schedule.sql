@@ -64,20 +64,23 @@ FROM keyed;
 
 -- name: mark_duplicates
 -- Identical greedy requests (same token ids, limits, stops and response format, temperature 0
--- by their own or the run's default): every one but the first in schedule order names that
--- first one in `duplicate_of`; generation runs the first only and copies its result.
--- Parameters: $run_id.
+-- by their own or the run's default): every one but the leader names it in `duplicate_of`;
+-- generation runs the leader only and copies its result. The leader is one that has a result
+-- already (the probe's phase ran it, or an earlier run answered it), else the first in
+-- schedule order: an answer is never generated twice in a run. Parameters: $run_id.
+UPDATE schedule SET duplicate_of = NULL WHERE run_id = $run_id AND duplicate_of IS NOT NULL;
 UPDATE schedule SET duplicate_of = d.leader
 FROM (
     SELECT s.request_id,
            first_value(s.request_id) OVER (
                PARTITION BY t.token_ids, p.max_tokens, p.min_tokens, coalesce(p.ignore_eos, false), p.stop,
                             p.response_format::VARCHAR
-               ORDER BY s.position) AS leader
+               ORDER BY r.request_id IS NULL, s.position) AS leader
     FROM schedule s
     JOIN tokens t USING (run_id, request_id)
     JOIN prompts p USING (run_id, request_id)
     LEFT JOIN runs ru USING (run_id)
+    LEFT JOIN results r ON r.run_id = s.run_id AND r.request_id = s.request_id AND r.error IS NULL
     WHERE s.run_id = $run_id
       AND coalesce(p.temperature, try_cast(json_extract_string(ru.config, '$.temperature') AS DOUBLE), 0) = 0
 ) d
@@ -87,13 +90,19 @@ WHERE schedule.run_id = $run_id AND schedule.request_id = d.request_id AND d.lea
 SELECT count(*) FROM schedule WHERE run_id = $run_id;
 
 -- name: prediction_spread
--- How many requests the run has and how much their predicted lengths differ (coefficient of
--- variation: standard deviation over mean; 0 when there are no predictions).
+-- How many requests the run has, how much their planned lengths differ (coefficient of
+-- variation: standard deviation over mean; 0 when there are no predictions), and the KV tokens
+-- they need at their limits (prompt + max_tokens, the run's default where a request sets none).
+-- Parameters: $run_id.
 SELECT count(*) AS requests,
-       coalesce(stddev_pop(p.planned_tokens)
-                / nullif(avg(p.planned_tokens), 0), 0) AS spread
+       coalesce(stddev_pop(pl.planned_tokens)
+                / nullif(avg(pl.planned_tokens), 0), 0) AS spread,
+       sum(t.prompt_tokens + coalesce(p.max_tokens, try_cast(json_extract_string(ru.config, '$.max_tokens') AS INTEGER),
+                                      0))::BIGINT AS kv_tokens_needed
 FROM tokens t
-LEFT JOIN planned_lengths p USING (run_id, request_id)
+LEFT JOIN prompts p USING (run_id, request_id)
+LEFT JOIN runs ru USING (run_id)
+LEFT JOIN planned_lengths pl USING (run_id, request_id)
 WHERE t.run_id = $run_id;
 
 -- name: record_choice

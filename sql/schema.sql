@@ -164,6 +164,19 @@ CREATE TABLE IF NOT EXISTS schedule (
 -- ids and output parameters) is generated once; its result is copied (generate.copy_duplicates)
 ALTER TABLE schedule ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
 
+CREATE TABLE IF NOT EXISTS predictor_choices (
+    run_id VARCHAR PRIMARY KEY,
+    spec VARCHAR,           -- the --predictor asked for (auto by default)
+    predictor VARCHAR,      -- the version that predicted ('fallback' for the rule)
+    reason VARCHAR          -- why, in words
+);
+
+CREATE TABLE IF NOT EXISTS probe_choices (
+    run_id VARCHAR PRIMARY KEY,
+    size INTEGER,           -- requests the probe runs (0: none)
+    reason VARCHAR          -- why it runs or not, in words
+);
+
 CREATE TABLE IF NOT EXISTS schedule_choices (
     run_id VARCHAR PRIMARY KEY,
     requested VARCHAR,      -- the --order asked for (auto by default)

@@ -131,7 +131,7 @@ def stage_task_options(name: str, cache_policy: CachePolicy = NO_CACHE) -> dict[
 PROGRESS_EVERY_S = float(os.environ.get("BATCHBIN_PROGRESS_EVERY_S", "5"))
 
 
-def chunk_progress(say: Callable[[str], None], what: str, total: int | None = None,
+def chunk_progress(log_progress: Callable[[str], None], what: str, total: int | None = None,
                    every_s: float = PROGRESS_EVERY_S) -> Callable[[int], None]:
     """A callback for a stage that works in chunks: called with how many `what` are done so
     far, it says so (at most once every `every_s` seconds), with the total when it is known.
@@ -143,6 +143,6 @@ def chunk_progress(say: Callable[[str], None], what: str, total: int | None = No
         if time.perf_counter() - last < every_s:
             return
         last = time.perf_counter()
-        say(f"{done:,} of {total:,} {what}" if total is not None else f"{done:,} {what}")
+        log_progress(f"{done:,} of {total:,} {what}" if total is not None else f"{done:,} {what}")
 
     return progress

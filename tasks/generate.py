@@ -60,7 +60,7 @@ def generate_run(
     defaults: SamplingDefaults,
     checkpoint_every: int = 32,
     progress: Callable[[GenerationStats, int], None] | None = None,
-    say: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
     until_probe_done: bool = False,
     kv_admission: bool = False,
     retry_errors: bool = False,
@@ -76,7 +76,7 @@ def generate_run(
 
     `kv_admission`: hand requests over by memory (see generate_in_order), not by count alone."""
     running = take_left_running(engine, run_id)
-    database = BriefConnection(db_path, say)
+    database = BriefConnection(db_path, on_wait)
     writer = CheckpointWriter(database, run_id)
     try:
         attempt = begin_attempt(database, run_id, retry_errors)
@@ -165,7 +165,7 @@ def generate(ref: RunRef, model_path: str, settings: EngineSettings, defaults: S
     logger = get_run_logger()
     try:
         stats = generate_run(ref.db_path, ref.run_id, engine, defaults, checkpoint_every,
-                             progress_reporter(engine, logger), say=logger.warning, until_probe_done=until_probe_done,
+                             progress_reporter(engine, logger), on_wait=logger.warning, until_probe_done=until_probe_done,
                              kv_admission=kv_admission, retry_errors=retry_errors)
     except EngineFailure:
         shutdown_engine()  # a dead engine is not kept for the next run

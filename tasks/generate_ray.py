@@ -71,9 +71,9 @@ class Coordinator:
     """What the engine tasks of one run share: the pool, the writer, the database; one lock."""
 
     def __init__(self, pool: WorkPool, writer: CheckpointWriter, total: int, actors: list, feed_ahead: int,
-                 say: Callable[[str], None]) -> None:
-        self.pool, self.writer, self.total, self.actors, self.feed_ahead, self.say = \
-            pool, writer, total, actors, feed_ahead, say
+                 log_progress: Callable[[str], None]) -> None:
+        self.pool, self.writer, self.total, self.actors, self.feed_ahead, self.log_progress = \
+            pool, writer, total, actors, feed_ahead, log_progress
         self.started = time.perf_counter()
         self.lock = threading.Lock()
         self.last_log = time.perf_counter()
@@ -112,7 +112,7 @@ class Coordinator:
             publish(snapshot)
             if time.perf_counter() - self.last_log >= PROGRESS_EVERY_S:
                 self.last_log = time.perf_counter()
-                self.say(f"generated {snapshot.line()}")
+                self.log_progress(f"generated {snapshot.line()}")
 
     def progress(self) -> GenerationProgress:
         return GenerationProgress(requests_done=len(self.writer.stored_ids), requests_total=self.total,
@@ -138,7 +138,7 @@ def engine_share(run_id: str, engine: int, planned_requests: int, planned_cost: 
     logger = get_run_logger()
     tally = coordinator.tallies[engine] = EngineTally(engine, planned_requests, round(planned_cost))
 
-    def ask(call, what: str):
+    def answer_of(call, what: str):
         """The answer of an actor call; an engine that died or failed becomes EngineLost."""
         try:
             return ray.get(call, timeout=START_TIMEOUT_S)
@@ -153,7 +153,7 @@ def engine_share(run_id: str, engine: int, planned_requests: int, planned_cost: 
                              "requests went back to the other engines") from error
 
     try:
-        drive_engine(coordinator, actor, engine, tally, ask, logger, tensor_parallel_size, model_path, options,
+        drive_engine(coordinator, actor, engine, tally, answer_of, logger, tensor_parallel_size, model_path, options,
                      engines_on_host, slot, defaults)
     except EngineLost:
         raise
@@ -165,12 +165,12 @@ def engine_share(run_id: str, engine: int, planned_requests: int, planned_cost: 
     return tally.__dict__
 
 
-def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTally, ask, logger,
+def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTally, answer_of, logger,
                  tensor_parallel_size: int, model_path: str, options: EngineOptions, engines_on_host: int, slot: int,
                  defaults: SamplingDefaults) -> None:
     """Start the engine, then keep it fed from the pool and its results going to the writer
     until the run's work is done."""
-    started = ask(actor.start.remote(model_path, options, coordinator.total, engines_on_host, slot, defaults,
+    started = answer_of(actor.start.remote(model_path, options, coordinator.total, engines_on_host, slot, defaults,
                                      tensor_parallel_size), "starting")
     tally.start_s, tally.threads = round(started["start_s"], 1), started["threads"]
     with coordinator.lock:
@@ -190,7 +190,7 @@ def drive_engine(coordinator: Coordinator, actor, engine: int, tally: EngineTall
                 break
             time.sleep(IDLE_POLL_S)  # another engine may still give work back
             continue
-        results = ask(actor.collect.remote(), "generating")
+        results = answer_of(actor.collect.remote(), "generating")
         coordinator.finished_results(engine, results)
         tally.results += len(results)
         tally.output_tokens += sum(result["output_tokens"] or 0 for result in results)

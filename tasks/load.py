@@ -34,7 +34,7 @@ REJECT_SCHEMA = pa.schema([
 
 def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str | None, chunk_rows: int = CHUNK_ROWS,
                   progress: Callable[[int], None] | None = None, query_job: QueryJob | None = None,
-                  say: Callable[[str], None] | None = None) -> dict:
+                  log_progress: Callable[[str], None] | None = None) -> dict:
     """Read, validate and store one input file (or a table job's query rows), `chunk_rows` rows
     at a time, in place of the run's prompts and load-time rejects; return how many rows were
     valid / rejected.
@@ -43,8 +43,8 @@ def load_requests(con: duckdb.DuckDBPyConnection, run_id: str, input_path: str |
     A table job's query runs first, outside it: its problems are found before anything is written."""
     counts = {"requests": 0, "rejects": 0}
     rows = iter_rows(input_path) if query_job is None else query_requests(query_job)
-    if query_job is not None and say and (line := describe_fields(rows)):
-        say(line)
+    if query_job is not None and log_progress and (line := describe_fields(rows)):
+        log_progress(line)
     with transaction(con):
         execute(con, "load.clear_requests", {"run_id": run_id})
         for valid, rejects in validated_chunks(rows, chunk_rows):
@@ -78,7 +78,7 @@ def load(ref: RunRef, input_path: str | None, input_fingerprint: str, query: str
             job = QueryJob(query, template, field_order) if query is not None else None
             counts = load_requests(con, ref.run_id, input_path,
                                    progress=chunk_progress(get_run_logger().info, "rows read"), query_job=job,
-                                   say=get_run_logger().info)
+                                   log_progress=get_run_logger().info)
             STAGE.mark_done(con, ref.run_id, params, counts["requests"])
         requests, rejects = fetch_one(con, "load.counts", {"run_id": ref.run_id})
     return LoadResult(db_path=ref.db_path, run_id=ref.run_id, requests=requests, rejects=rejects)

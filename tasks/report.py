@@ -130,10 +130,51 @@ def report_table(report: dict) -> list[dict]:
         {"metric": f"schedule {key}", "value": str(value)} for key, value in (report.get("schedule_trace") or {}).items()]
 
 
+def scores_text(scores: dict) -> str:
+    """Kendall tau, Spearman, k=4 bin accuracy and mean absolute error, in one line."""
+    def number(key: str, digits: int = 2) -> str:
+        value = scores.get(key)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    return (f"Kendall tau {number('kendall_tau')}, Spearman {number('spearman')}, "
+            f"k=4 bin accuracy {number('bin_accuracy_k4')}, mean absolute error {number('mae', 1)} tokens")
+
+
+def predictor_lines(report: dict) -> list[tuple[str, str]]:
+    """The predictor's honesty in plain words, as (label, text) lines: which predictor, trained on
+    what and how many rows, its held-out scores, why it was chosen, whether the probe ran and why,
+    and how the lengths the schedule used and the predictor's own did on this run."""
+    quality = report.get("predictor_quality") or {}
+    honesty = quality.get("honesty")
+    if not honesty:
+        return []
+    lines = []
+    for origin in honesty.get("origins") or []:
+        rows = origin.get("train_rows")
+        held = origin.get("held_out") or {}
+        lines.append(("predictor", f"{origin['version']} ({origin['kind']}), trained on {origin['trained_on']}"
+                      + (f", {rows:,} rows" if rows else "")
+                      + ("; the served model's own" if origin.get("own") else "; not the served model's answers")))
+        if held:
+            lines.append(("", f"held out ({held.get('n_test') or '?'} rows): {scores_text(held)}"))
+    if honesty.get("why"):
+        lines.append(("", f"chosen: {honesty['why']}"))
+    if honesty.get("probe_why"):
+        lines.append(("in-job probe", (f"{honesty['probe_requests']} requests ran first: " if honesty.get("probe_requests")
+                                else "none: ") + honesty["probe_why"]))
+    left_out = f" (the probe's {honesty['probe_requests']} left out)" if honesty.get("probe_requests") else ""
+    lines.append(("lengths", f"on {honesty['scored_requests']} finished requests{left_out}:"))
+    lines.append(("", f"as scheduled: {scores_text(honesty['planned'])}"))
+    if honesty.get("probe_requests"):
+        lines.append(("", f"predictor alone (without the probe): {scores_text(honesty['raw'])}"))
+    return lines
+
+
 def report_markdown(report: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in report.items() if not isinstance(value, (dict, list)))
     quality = report.get("predictor_quality") or {}
-    quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items())
+    quality_rows = "\n".join(f"| {key} | {value} |" for key, value in quality.items() if not isinstance(value, dict))
+    honesty_rows = "\n".join(f"| {label} | {text} |" for label, text in predictor_lines(report))
     probe_rows = "\n".join(f"| {key} | {value} |" for key, value in (report.get("length_probe") or {}).items())
     stage_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in (report.get("stage_seconds") or {}).items())
     trace_rows = "\n".join(f"| {key} | {value} |" for key, value in (report.get("schedule_trace") or {}).items())
@@ -143,6 +184,7 @@ def report_markdown(report: dict) -> str:
             + (f"## What the schedule did\n\n| metric | value |\n|---|---|\n{trace_rows}\n\n" if trace_rows else "")
             + (f"## Bins (0 = longest predicted)\n\n| bin | requests | predicted tokens | output tokens | first finished s "
                f"| last finished s |\n|---|---|---|---|---|---|\n{bin_rows}\n\n" if bin_rows else "")
+            + (f"## The length predictor on this run\n\n| | |\n|---|---|\n{honesty_rows}\n\n" if honesty_rows else "")
             + (f"## Predictor quality\n\n| metric | value |\n|---|---|\n{quality_rows}\n\n" if quality_rows else "")
             + (f"## In-job probe\n\n| metric | value |\n|---|---|\n{probe_rows}\n\n" if probe_rows else "")
             + (f"## Time by stage\n\n| stage | seconds |\n|---|---|\n{stage_rows}\n" if stage_rows else ""))

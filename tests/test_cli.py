@@ -95,6 +95,10 @@ def test_summary_time_line_splits_engine_start_generation_and_the_rest():
     line = time_line({"engine_start_s": 27.94, "generate_s": 11.5,
                       "stage_seconds": {"load": 0.05, "tokenize": 0.12, "generate": 39.5, "report": 0.05}})
     assert "27.9 s engine start" in line and "11.5 s generation" in line and "0.2 s other stages" in line
+    # a probed run: the probe's phase is generation (in generate_s), not another stage's time
+    line = time_line({"engine_start_s": 1.0, "generate_s": 30.0, "length_probe": {"generate_s": 12.0},
+                      "stage_seconds": {"load": 0.1, "probe": 12.3, "generate": 19.2, "report": 0.1}})
+    assert "30.0 s generation" in line and "0.5 s other stages" in line
 
 
 @pytest.mark.engine

@@ -144,7 +144,7 @@ def test_a_database_another_process_holds_is_waited_for_then_opened(tmp_path):
             db.connect_when_free(path, read_only=True, wait_s=1)
         said = []
         started = time.monotonic()
-        con = db.connect_when_free(path, say=said.append)
+        con = db.connect_when_free(path, on_wait=said.append)
         con.close()
         assert time.monotonic() - started > 1
         assert said and f"process {holder.pid} has it open" in said[0]

@@ -380,6 +380,35 @@ def test_retraining_is_not_started_below_the_threshold(db_path):
 def test_retraining_without_its_deployment_says_how_to_get_it(db_path, prefect_api):
     db.connect(db_path).close()
     said = Said()
-    assert retrain_if_due(db_path, 0, 256, said) is None
+    assert retrain_if_due(db_path, 0, 256, said, in_process=False) is None
     assert said[0][0] == "warning" and "no deployment train-length-predictor/retrain-predictor" in said[0][1]
     assert "prefect deploy --all" in said[0][1] and f"batchbin train-predictor --db {db_path}" in said[0][1]
+
+
+def test_without_its_deployment_the_served_models_predictor_retrains_here_once_enough_is_new(db_path, prefect_api):
+    """Counted per model: another model's results do not make this one's due; trained quickly in
+    this process where the server has no retraining deployment; then nothing is new."""
+    from tests.test_predictors import MODEL, add_run, synthetic_requests
+
+    con = db.connect(db_path)
+    add_run(con, "ours", synthetic_requests(250, seed=1, prefix="h"), with_results=True)
+    add_run(con, "theirs", synthetic_requests(300, seed=2, prefix="t"), with_results=True, model="org/other-llm")
+    con.execute("UPDATE results SET finished_at = current_timestamp")
+    con.close()
+    assert unused_results(db_path, MODEL) == 250 and unused_results(db_path, "org/other-llm") == 300
+    said = Said()
+    assert retrain_if_due(db_path, 251, 256, said, model=MODEL) is None
+    assert said == [("info", "retraining not due: 250 results of SmolLM2-135M-Instruct not yet learnt from, "
+                             "retrain_after is 251")]
+    registered = retrain_if_due(db_path, 200, 256, said, model=MODEL)
+    assert registered["model"] == "SmolLM2-135M-Instruct" and registered["train_rows"] == 250
+    assert said[-1][0] == "info" and said[-1][1].startswith(f"retrained here: {registered['version']} learnt 250")
+    assert unused_results(db_path, MODEL) == 0 and unused_results(db_path, "org/other-llm") == 300
+    assert retrain_if_due(db_path, 200, 256, said, model=MODEL) is None
+    # the weekly schedule's run (min_new_rows): not due for this model, due for the other
+    from batchbin.flows.train import train_length_predictor
+
+    assert train_length_predictor(db_path=db_path, model=MODEL, quick=True, min_new_rows=200) == {
+        "trained": False, "reason": "not due: 0 results of SmolLM2-135M-Instruct not yet learnt from (min_new_rows 200)"}
+    theirs = train_length_predictor(db_path=db_path, model="org/other-llm", quick=True, min_new_rows=200)
+    assert theirs["model"] == "org/other-llm" and theirs["train_rows"] == 300

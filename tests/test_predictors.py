@@ -429,3 +429,60 @@ def test_a_bad_predictions_file_is_a_clear_error(fresh_db, tmp_path, content, wo
         path.write_text(content)
     with pytest.raises(PredictorSpecError, match=words):
         choose_predictor(fresh_db, "r", f"file:{path}")
+
+
+# --- which predictor auto takes, and its honesty in the report ---------------------------------
+
+def test_auto_takes_the_served_models_own_predictor_once_it_learnt_enough_and_says_why(history, tmp_path):
+    from batchbin.predictors.predict import auto_choice_of
+
+    shipped = auto_choice_of(history, NEW_RUN)
+    assert shipped.entry["version"] == shipped_predictor()["version"]
+    assert "shipped predictor" in shipped.reason and "no predictor of SmolLM2-135M-Instruct yet" in shipped.reason
+    ours = train_tiny(history, tmp_path / "models")  # 300 rows of the served model's answers
+    own = auto_choice_of(history, NEW_RUN)
+    assert own.entry["version"] == ours["version"] and "own predictor, learnt 300 of its answers" in own.reason
+    counts = predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)
+    assert (counts["predictor"], counts["reason"]) == (ours["version"], own.reason)
+    assert history.execute("SELECT predictor, reason FROM predictor_choices WHERE run_id = $r",
+                           {"r": NEW_RUN}).fetchone() == (ours["version"], own.reason)
+    too_few = registry.auto_choice(history, MODEL, min_own_rows=registry.AUTO_MIN_OWN_ROWS + 1000)
+    assert too_few.entry["version"] == shipped_predictor()["version"]
+    assert f"{ours['version']} has learnt only 300 of its answers" in too_few.reason
+    assert "set by the user" in predict_lengths(history, NEW_RUN, "fallback", DEFAULT_MAX)["reason"]
+
+
+def test_the_report_says_which_predictor_and_how_honest_it_was_with_and_without_the_probe(history, tmp_path):
+    ours = train_tiny(history, tmp_path / "models")
+    predict_lengths(history, "hist", "auto", DEFAULT_MAX)
+    # a probe of 20 requests ran, and its calibration gave every other request its real length
+    history.execute("INSERT INTO probe_requests (run_id, request_id, template_group) "
+                    "SELECT 'hist', request_id, 0 FROM results WHERE run_id = 'hist' ORDER BY request_id LIMIT 20")
+    history.execute("UPDATE predictions SET calibrated_tokens = r.output_tokens FROM results r "
+                    "WHERE predictions.run_id = 'hist' AND r.run_id = 'hist' AND r.request_id = predictions.request_id "
+                    "AND r.request_id NOT IN (SELECT request_id FROM probe_requests)")
+    history.execute("INSERT INTO probe_choices VALUES ('hist', 20, 'asked for')")
+    honesty = run_prediction_quality(history, "hist")["honesty"]
+    assert honesty["predictor"] == ours["version"] and "own predictor" in honesty["why"]
+    (origin,) = honesty["origins"]
+    assert origin["own"] and origin["train_rows"] == 300 and origin["trained_on"] == "SmolLM2-135M-Instruct's answers"
+    assert set(origin["held_out"]) == {"n_test", "kendall_tau", "spearman", "bin_accuracy_k4", "mae"}
+    assert honesty["probe_requests"] == 20 and honesty["scored_requests"] == 280 and honesty["probe_why"] == "asked for"
+    assert honesty["planned"] == {"kendall_tau": 1.0, "spearman": 1.0, "bin_accuracy_k4": 1.0, "mae": 0.0}
+    raw = history.execute("SELECT pr.predicted_tokens, r.output_tokens FROM predictions pr JOIN results r "
+                          "USING (run_id, request_id) WHERE run_id = 'hist' AND request_id NOT IN "
+                          "(SELECT request_id FROM probe_requests)").fetchall()
+    predicted, true = np.array([r[0] for r in raw]), np.array([r[1] for r in raw], dtype=float)
+    assert honesty["raw"]["kendall_tau"] == round(kendall_tau(true, predicted), 4)
+    assert honesty["raw"]["mae"] == round(float(np.abs(true - predicted).mean()), 3) > 0
+
+    from batchbin.tasks.report import predictor_lines, report_markdown
+
+    lines = predictor_lines({"predictor_quality": {"honesty": honesty}})
+    text = "\n".join(f"{label} {words}" for label, words in lines)
+    assert f"{ours['version']} (mlp), trained on SmolLM2-135M-Instruct's answers, 300 rows; the served model's own" in text
+    assert "on 280 finished requests (the probe's 20 left out)" in text
+    assert "as scheduled: Kendall tau 1.00, Spearman 1.00, k=4 bin accuracy 1.00, mean absolute error 0.0 tokens" in text
+    assert "predictor alone (without the probe): Kendall tau" in text
+    assert "The length predictor on this run" in report_markdown({"run_id": "hist", "predictor_quality":
+                                                                  {"honesty": honesty}})

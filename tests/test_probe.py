@@ -76,23 +76,46 @@ def test_templates_are_runs_sharing_tokens_beyond_the_jobs_common_prefix_and_the
     assert len(probe) == 4 and set(groups[probe]) == {1, 2}
 
 
-@pytest.mark.parametrize("fraction,order,spec,requests,expected", [
-    (0.02, "auto", "auto", 10_000, 200),
-    (0.0, "auto", "auto", 10_000, 0),
-    (0.02, "sorted", "auto", 10_000, 0),
-    (0.02, "input", "auto", 10_000, 0),
-    (0.02, "hybrid", "file:lengths.jsonl", 10_000, 0),
-    (0.02, "hybrid", "oracle:abc", 10_000, 0),
-    (0.5, "hybrid", "auto", 200, 0),    # every request runs at once: nothing to order
-    (0.02, "hybrid", "auto", 300, 0),   # 6 requests: too few
-    (None, "auto", "auto", 4 * 256, 21),    # auto: 2% of a job of 4 waves
-    (None, "auto", "auto", 4 * 256 - 1, 0),  # auto: a shorter job has little left to reorder after the probe
-    (0.02, "auto", "auto", 600, 12),        # asked for: runs in a job of 2.3 waves too
+@pytest.mark.parametrize("fraction,order,spec,requests,own_rows,expected", [
+    (0.02, "auto", "auto", 10_000, None, 200),
+    (0.0, "auto", "auto", 10_000, None, 0),
+    (0.02, "sorted", "auto", 10_000, None, 0),
+    (0.02, "input", "auto", 10_000, None, 0),
+    (0.02, "hybrid", "file:lengths.jsonl", 10_000, None, 0),
+    (0.02, "hybrid", "oracle:abc", 10_000, None, 0),
+    (0.5, "hybrid", "auto", 200, None, 0),    # every request runs at once: nothing to order
+    (0.02, "hybrid", "auto", 300, None, 0),   # 6 requests: too few
+    (None, "auto", "auto", 4 * 256, None, 21),  # auto: 2% of a job of 4 waves
+    (0.02, "auto", "auto", 600, None, 12),      # asked for: runs in a job of 2.3 waves too
+    # auto with a predictor that never learnt the served model's answers (the shipped one, the
+    # fallback): in any job whose requests queue, at least MIN_PROBE requests, within the first wave
+    (None, "auto", "auto", 4 * 256 - 1, None, 21),
+    (None, "auto", "auto", 300, None, MIN_PROBE),
+    (None, "auto", "fallback", 300, None, MIN_PROBE),
+    (None, "auto", "auto", 257, None, MIN_PROBE),
+    (None, "auto", "auto", 256, None, 0),       # all run at once
+    # auto with the served model's own predictor: only where much is left to reorder after the probe
+    (None, "auto", "auto", 4 * 256 - 1, 500, 0),
+    (None, "auto", "auto", 4 * 256, 500, 21),
+    (None, "hybrid", "mlp-x", 10_000, 500, 200),
 ])
-def test_the_probe_runs_only_where_lengths_decide_something(fraction, order, spec, requests, expected):
-    plan = plan_probe(fraction, requests, order, spec, max_num_seqs=256)
+def test_the_probe_runs_only_where_lengths_decide_something(fraction, order, spec, requests, own_rows, expected):
+    plan = plan_probe(fraction, requests, order, spec, max_num_seqs=256, own_rows=own_rows)
     assert plan.size == expected
     assert plan.reason
+
+
+def test_the_probe_stays_inside_the_first_wave_and_follows_kv_pressure():
+    # 7.6 waves of 32 with 10 templates: one request a template, never more than a wave
+    assert plan_probe(None, 244, "auto", "auto", max_num_seqs=32, templates=10).size == 10
+    assert plan_probe(None, 2_000, "auto", "auto", max_num_seqs=32, templates=150).size == 32
+    # every request fits in max_num_seqs, but not in the KV cache at their limits: they queue
+    squeezed = plan_probe(None, 200, "auto", "auto", max_num_seqs=256, kv_tokens_needed=200 * 700,
+                          kv_cache_tokens=46_592)
+    assert squeezed.size == MIN_PROBE and "KV cache holds 46,592" in squeezed.reason
+    roomy = plan_probe(None, 200, "auto", "auto", max_num_seqs=256, kv_tokens_needed=200 * 100,
+                       kv_cache_tokens=46_592)
+    assert roomy.size == 0 and "all 200 requests run at once" in roomy.reason
 
 
 SHORT_SYSTEM = ("You label fruit. Reply with exactly one word, the colour of the fruit named by the user, "
@@ -133,8 +156,9 @@ def test_a_probed_run_generates_every_request_once_and_calibrates_the_rest(probe
         in_phase, after = con.execute("select count(*) filter (where attempt = 1), count(*) filter (where attempt = 2) "
                                       "from results").fetchone()
         assert in_phase > 10 and in_phase + after == 40
-        # what still ran when the probe had finished was finished once, not handed to vLLM again
-        assert report["generated_now"] == after
+        # what still ran when the probe had finished was finished once, not handed to vLLM again;
+        # the run's summary counts both phases (the probe's requests are the job's own)
+        assert report["generated_now"] == in_phase + after == 40
         probe_rows, templates, generate_s = con.execute("select requests, templates, generate_s from probes").fetchone()
         assert probe_rows == 10 and templates == 2 and generate_s > 0
         probed = {r[0] for r in con.execute("select request_id from probe_requests").fetchall()}
@@ -157,6 +181,16 @@ def test_a_probed_run_generates_every_request_once_and_calibrates_the_rest(probe
     quality = report["predictor_quality"]
     assert quality["n"] == 30 and quality["predictor"].endswith("+ probe")
     assert set(quality["without_probe"]) == {"kendall_tau", "spearman", "bin_accuracy_k4", "mae"}
+    # the report's honesty: the shipped predictor, not trained on the served model, with its
+    # held-out scores; the probe's 10 left out of this run's scores, with and without it
+    honesty = quality["honesty"]
+    (origin,) = honesty["origins"]
+    assert origin["trained_on"].startswith("ShareGPT") and not origin["own"] and origin["train_rows"] > 1000
+    assert origin["held_out"]["kendall_tau"] is not None and "shipped predictor" in honesty["why"]
+    assert honesty["probe_requests"] == 10 and honesty["scored_requests"] == 30
+    assert honesty["probe_why"].startswith("10 of 40 requests")
+    assert honesty["raw"] == quality["without_probe"]
+    assert honesty["planned"] == {key: quality[key] for key in ("kendall_tau", "spearman", "bin_accuracy_k4", "mae")}
 
 
 @pytest.mark.engine

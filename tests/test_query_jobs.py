@@ -171,3 +171,18 @@ def test_reusable_tokens_count_whole_blocks_of_the_sorted_neighbours_prefix():
 def test_first_word_is_the_label_of_an_answer():
     assert first_word("EARLY: 15\nON") == first_word("early.") == "early"
     assert first_word("  ") == ""
+
+
+def test_a_run_reads_its_query_once_and_the_next_run_reads_it_again(tmp_path):
+    """Inside kept_query_results (one run) a query runs once; outside it, each call reads the
+    tables as they are now (a nightly run sees today's rows)."""
+    from batchbin.io.query_jobs import kept_query_results, run_query
+
+    table = tmp_path / "rows.csv"
+    table.write_text("id,text\n1,a\n")
+    query = f"select * from read_csv('{table}')"
+    with kept_query_results():
+        first = run_query(query)
+        table.write_text("id,text\n1,a\n2,b\n")
+        assert run_query(query) is first and first.num_rows == 1
+    assert run_query(query).num_rows == 2

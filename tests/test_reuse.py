@@ -170,6 +170,54 @@ def test_a_request_with_its_own_result_keeps_it(fresh_db):
     assert answers(con, "second") == {"a": ("own answer", None)}
 
 
+def test_an_unchanged_row_keeps_its_own_answer_among_identical_requests(fresh_db):
+    """Two identical requests of an earlier run whose stored answers differ (a database written
+    before identical requests were generated once): each id takes its own answer back."""
+    con, job = fresh_db, SamplingDefaults()
+    for rid in ("a", "b"):
+        add_request(con, "first", rid, [1, 2])
+    reuse_run(con, "first", MODEL, job, enabled=True)
+    add_result(con, "first", "a", "answer of a")
+    add_result(con, "first", "b", "answer of b")
+    for rid in ("b", "a", "c"):
+        add_request(con, "second", rid, [1, 2])
+    assert reuse_run(con, "second", MODEL, job, enabled=True) == 3
+    answered = answers(con, "second")
+    assert answered["a"] == ("answer of a", "first") and answered["b"] == ("answer of b", "first")
+    assert answered["c"][0] in ("answer of a", "answer of b")  # a new id: either stored answer
+
+
+def test_identical_requests_run_once_in_the_probes_phase_and_after_it(fresh_db):
+    """The probe's schedule marks identical requests too (a probe request and its twin in the
+    rest of the job ran both once); the schedule after it keeps as leader the one that has a
+    result, so neither phase generates an answer twice."""
+    import pyarrow as pa
+
+    from batchbin.store.queries import execute
+    from batchbin.tasks.probe import choose_probe
+
+    con = fresh_db
+    for rank, (rid, ids) in enumerate([("p", [1, 2]), ("q", [1, 2]), ("r", [3, 4]), ("s", [1, 2])]):
+        add_request(con, "run", rid, ids)
+        con.execute("insert into prompt_groups (run_id, request_id, group_id, sort_rank) values ('run', ?, 0, ?)",
+                    [rid, rank])
+        con.execute("insert into predictions (run_id, request_id, predicted_tokens, predictor) values ('run', ?, 10, 'x')",
+                    [rid])
+    templates = pa.table({"request_id": ["s", "r"], "template_group": [1, 2]})
+    assert choose_probe(con, "run", 1, 16, templates) == 1
+    probe = con.execute("select request_id from probe_requests").fetchone()[0]
+    duplicates = dict(con.execute("select request_id, duplicate_of from schedule where duplicate_of is not null").fetchall())
+    twins = {"p", "q", "s"}
+    leader = probe if probe in twins else sorted(twins)[0]
+    assert duplicates == {rid: leader for rid in twins - {leader}}
+
+    add_result(con, "run", "q", "q ran in the probe's phase")  # the twin the engine finished first
+    con.execute("update schedule set position = 3 - position where run_id = 'run'")  # the later schedule's order
+    execute(con, "schedule.mark_duplicates", {"run_id": "run"})
+    duplicates = dict(con.execute("select request_id, duplicate_of from schedule where duplicate_of is not null").fetchall())
+    assert duplicates == {"p": "q", "s": "q"}
+
+
 def test_the_views_and_frames_count_answers_from_earlier_runs(db_path):
     import batchbin
 
@@ -203,7 +251,7 @@ def test_the_probe_neither_counts_nor_picks_answered_requests(fresh_db):
                     [f"q{i}"])
     for i in range(4):
         add_result(con, "r", f"q{i}", "stored", reused_from="earlier")
-    assert fetch_one(con, "probe.count_predictions", {"run_id": "r"})[0] == 2
+    assert fetch_one(con, "probe.count_predictions", {"run_id": "r", "default_max_tokens": 16})[0] == 2
     templates = pa.table({"request_id": [f"q{i}" for i in range(6)], "template_group": [1] * 6})
     with registered(con, probe_templates=templates):
         execute(con, "probe.choose_probe", {"run_id": "r", "size": 6, "default_max_tokens": 16})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from batchbin.tasks.prefixes import assign_prefix_groups
-from batchbin.scheduling import ORDERS, choose_order, schedule_run
+from batchbin.scheduling import ORDERS, JobLoad, choose_order, kv_cache_capacity, lengths_matter, schedule_run
 
 BLOCK = 4
 # (request, tokens, predicted output). Two families sharing >= 4 tokens, and two loners.
@@ -93,6 +95,38 @@ def test_auto_order_bins_by_length_when_requests_queue_and_lengths_differ(run_db
 ])
 def test_choose_order(requests, spread, expected):
     assert choose_order("auto", requests, 256, spread).order == expected
+
+
+@pytest.mark.parametrize("requests, max_num_seqs, needed, held, matter, words", [
+    (1000, 256, None, None, True, "1000 requests queue for 256 sequences"),
+    (244, 32, None, None, True, "244 requests queue for 32 sequences"),
+    (244, 256, None, None, False, "all 244 requests run at once"),
+    (244, 256, 244 * 684, None, False, "all 244 requests run at once"),        # cache size unknown
+    (244, 256, 244 * 684, 46_592, True, "the KV cache holds 46,592"),         # they cannot all hold it
+    (244, 256, 244 * 100, 46_592, False, "KV cache 46,592 tokens"),           # they can
+    (32, 32, 32 * 684, 46_592, False, "all 32 requests run at once"),
+])
+def test_whether_lengths_matter_is_decided_from_the_job(requests, max_num_seqs, needed, held, matter, words):
+    verdict = lengths_matter(JobLoad(requests, max_num_seqs, needed, held))
+    assert verdict.matter is matter and words in verdict.reason
+
+
+def test_auto_order_under_kv_pressure_decides_on_the_planned_spread():
+    assert choose_order("auto", 200, 256, 1.3, 200 * 700, 46_592).order == "hybrid"
+    alike = choose_order("auto", 200, 256, 0.4, 200 * 700, 46_592)
+    assert alike.order == "sorted" and "planned lengths are alike" in alike.reason
+    assert choose_order("auto", 200, 256, 1.3, 200 * 100, 46_592).order == "sorted"
+
+
+def test_the_kv_cache_capacity_comes_from_the_models_shape(tmp_path):
+    config = {"num_attention_heads": 9, "hidden_size": 576, "num_hidden_layers": 30, "num_key_value_heads": 3,
+              "intermediate_size": 1536, "vocab_size": 49152}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    # SmolLM2-135M: 2 * 30 layers * 3 heads * 64 dims * 4 bytes = 46,080 bytes a token in float32
+    assert kv_cache_capacity(str(tmp_path), 1.0, "float32") == 2**30 // 46_080 == 23_301
+    assert kv_cache_capacity(str(tmp_path), 1.0, "bfloat16") == 2**30 // 23_040
+    assert kv_cache_capacity(str(tmp_path), None, "float32") is None     # a GPU's share: not known before
+    assert kv_cache_capacity("org/hub-id", 1.0, "float32") is None       # no config.json here
 
 
 def test_an_order_the_user_sets_is_kept():

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -76,8 +78,35 @@ class QueryRequests:
         return iter(self.rows)
 
 
+# The query results of the job at hand, by query text, while `kept_query_results` is entered:
+# a run checks, fingerprints and loads its query's rows from one execution of it.
+_KEPT: ContextVar[dict[str, pa.Table] | None] = ContextVar("batchbin_kept_query_results", default=None)
+
+
+@contextmanager
+def kept_query_results() -> Iterator[None]:
+    """Within the block, each query runs once and its rows are reused (one run's view of the
+    tables: a later run, outside the block, reads them again)."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 def run_query(query: str) -> pa.Table:
-    """The query's result as Arrow, from a fresh in-memory DuckDB; a failure is one clear line."""
+    """The query's result as Arrow, from a fresh in-memory DuckDB (or kept from its first run
+    inside `kept_query_results`); a failure is one clear line."""
+    kept = _KEPT.get()
+    if kept is not None and query in kept:
+        return kept[query]
+    table = _execute_query(query)
+    if kept is not None:
+        kept[query] = table
+    return table
+
+
+def _execute_query(query: str) -> pa.Table:
     con = duckdb.connect(":memory:")
     try:
         statements = duckdb.extract_statements(query)

@@ -83,7 +83,7 @@ class Held(Exception):
 T = TypeVar("T")
 
 
-def wait_while_held(attempt: Callable[[], T], wait_s: float, say: Callable[[str], None],
+def wait_while_held(attempt: Callable[[], T], wait_s: float, on_wait: Callable[[str], None],
                     waiting: Callable[[str], str], gave_up: Callable[[str], str]) -> T:
     """`attempt()` again every half second while it raises Held, saying `waiting(holder)` now
     and then (every LOCK_SAY_EVERY_S); DatabaseBusy(`gave_up(holder)`) after `wait_s`."""
@@ -96,13 +96,13 @@ def wait_while_held(attempt: Callable[[], T], wait_s: float, say: Callable[[str]
             if time.monotonic() >= deadline:
                 raise DatabaseBusy(gave_up(held.holder)) from None
             if time.monotonic() >= next_say:
-                say(waiting(held.holder))
+                on_wait(waiting(held.holder))
                 next_say = time.monotonic() + LOCK_SAY_EVERY_S
             time.sleep(0.5)
 
 
 def connect_when_free(path: Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S,
-                      say: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
+                      on_wait: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, waiting while another process holds the file (saying so now and then);
     a file that is not a DuckDB database is a clear error at once."""
 
@@ -115,7 +115,7 @@ def connect_when_free(path: Path, read_only: bool = False, wait_s: float = LOCK_
             raise Held(lock_holder(error)) from None
 
     return wait_while_held(
-        attempt, wait_s, say or (lambda message: print(message, file=sys.stderr)),
+        attempt, wait_s, on_wait or (lambda message: print(message, file=sys.stderr)),
         waiting=lambda holder: (f"waiting for {path}: {holder} has it open (a run writing to it, or a reader); "
                                 f"going on when it is free (up to {wait_s:.0f} s)"),
         gave_up=lambda holder: (f"{path} is still in use by {holder} after {wait_s:.0f} s (a run on the same "
@@ -127,14 +127,14 @@ _sessions_lock = threading.Lock()
 
 
 @contextmanager
-def session(db_path: str | Path, say: Callable[[str], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def session(db_path: str | Path, on_wait: Callable[[str], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """Keep the database open for the block; `connect` to it meanwhile returns cursors. Waits
-    while another process holds the file (`say` tells what it waits for)."""
+    while another process holds the file (`on_wait` tells what it waits for)."""
     key = str(Path(db_path).resolve())
     with _sessions_lock:
         entry = _sessions.get(key)
         if entry is None:
-            entry = _sessions[key] = [_open(Path(db_path), say), 0]
+            entry = _sessions[key] = [_open(Path(db_path), on_wait), 0]
         entry[1] += 1
     try:
         yield entry[0]
@@ -158,8 +158,8 @@ class BriefConnection:
     """The database for a stage that writes now and then over a long time (generation): opened
     when needed, let go of once held RELEASE_EVERY_S, then left free for readers a while."""
 
-    def __init__(self, db_path: str | Path, say: Callable[[str], None] | None = None) -> None:
-        self.path, self.say = Path(db_path), say
+    def __init__(self, db_path: str | Path, on_wait: Callable[[str], None] | None = None) -> None:
+        self.path, self.on_wait = Path(db_path), on_wait
         self.con: duckdb.DuckDBPyConnection | None = None
         self.opened_at = self.released_at = float("-inf")
 
@@ -169,7 +169,7 @@ class BriefConnection:
             if not wait and time.monotonic() - self.released_at < RELEASE_GAP_S:
                 return None
             try:
-                self.con = connect_when_free(self.path, wait_s=LOCK_WAIT_S if wait else 0, say=self.say)
+                self.con = connect_when_free(self.path, wait_s=LOCK_WAIT_S if wait else 0, on_wait=self.on_wait)
             except DatabaseBusy:
                 if wait:
                     raise
@@ -205,9 +205,9 @@ def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
     return entry[0].cursor() if entry is not None else _open(path)
 
 
-def _open(path: Path, say: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, on_wait: Callable[[str], None] | None = None) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = connect_when_free(path, say=say)
+    con = connect_when_free(path, on_wait=on_wait)
     try:
         execute(con, "schema.set_memory_limit", {"limit": f"{memory_limit_mib()}MiB"})
         ensure_schema(con, str(path))

@@ -7,7 +7,7 @@ so that readers get in (batchbin/store/db.py BriefConnection), and two engines a
 for the same cores and memory anyway. The lock goes with the process that holds it, also when
 that process is killed.
 
-    with run_lock("out/batchbin.duckdb", "93c231cd7e7f", say=print):
+    with run_lock("out/batchbin.duckdb", "93c231cd7e7f", on_wait=print):
         ...  # the run
 """
 
@@ -27,7 +27,7 @@ def lock_path(db_path: str | Path) -> Path:
 
 
 @contextmanager
-def run_lock(db_path: str | Path, run_id: str, say: Callable[[str], None], wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def run_lock(db_path: str | Path, run_id: str, on_wait: Callable[[str], None], wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold the database's run lock for the block, waiting up to `wait_s` for a run that has it."""
     path = lock_path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def run_lock(db_path: str | Path, run_id: str, say: Callable[[str], None], wait_
                 raise Held(path.read_text().strip() or "another run") from None
 
         wait_while_held(
-            attempt, wait_s, say,
+            attempt, wait_s, on_wait,
             waiting=lambda holder: (f"waiting for {holder} on {db_path} to finish: one run at a time on a database "
                                     f"(up to {wait_s:.0f} s)"),
             gave_up=lambda holder: f"{db_path} is still taken by {holder} after {wait_s:.0f} s; try again when it has finished")
