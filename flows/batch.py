@@ -151,7 +151,10 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
     if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
-        learn_step_costs(ref.db_path, run_id)
+        try:
+            learn_step_costs(ref.db_path, run_id)
+        except Exception as error:  # never the run's failure (the task logs its own problems)
+            on_wait(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
         outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
         if isinstance(outcome, dict):  # trained in this process

@@ -6,12 +6,14 @@
 
 Where no run has fitted this machine's step costs yet, `batchbin plan` estimates with a fit made
 on another CPU. The calibration runs a small synthetic job through the batch flow itself, into a
-temporary database: 128 requests, three in four with a short prompt (about 30 to 150 tokens), one
-in four with a long one (about 500 to 1,300 tokens), and output lengths (8 to 160 tokens, fixed by
-min_tokens = max_tokens and ignore_eos) drawn independently of the prompt's. They all run at once
-(the machine's engine settings), so that the steps vary prefill tokens, decoding sequences (up to
-128, as in a real job) and context tokens independently of each other: many short sequences with
-little context early, few long ones with much context late. The flow's last stage fits the step costs of this
+temporary database: 128 requests, half with a short prompt (about 30 to 150 tokens), a quarter
+with a long one (about 500 to 1,300 tokens), a quarter with a short question after one of four
+long shared prefixes (about 800 tokens: prefix-cache hits), and output lengths (8 to 160 tokens,
+fixed by min_tokens = max_tokens and ignore_eos) drawn independently of the prompt's. They all
+run at once (the machine's engine settings), so that the steps vary prefill tokens, decoding
+sequences (up to 128, as in a real job), context tokens and the distinct tokens held in the KV
+cache independently of each other: many short sequences with little context early, few long ones
+with much context late, and context that is a shared prefix read by many sequences. The flow's last stage fits the step costs of this
 machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
 refine that fit.
 """
@@ -33,7 +35,9 @@ from batchbin.sim.machine_fits import MachineFit, learn_from_run
 CALIBRATION_REQUESTS = 128
 SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
 LONG_PROMPT_WORDS = (250, 640)
-LONG_SHARE = 0.25              # of the requests, with a long prompt
+SHARED_PREFIX_WORDS = 400
+SHARES = (0.5, 0.75)           # below the first: a short prompt; then a long one; then a shared prefix
+SHARED_PREFIXES = 4
 OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request, drawn apart from the prompt's length
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "ha", "ri", "mo", "sa", "te")
 
@@ -41,13 +45,23 @@ SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "
 def calibration_rows(requests: int = CALIBRATION_REQUESTS, seed: int = 0) -> list[dict]:
     """The synthetic job: distinct made-up prompts (no shared prefix), lengths drawn independently."""
     rng = random.Random(seed)
+
+    def words(count: int) -> str:
+        return " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(count))
+
+    prefixes = [f"Document {number}: {words(SHARED_PREFIX_WORDS)}" for number in range(SHARED_PREFIXES)]
     rows = []
     for index in range(requests):
-        words = rng.randint(*(LONG_PROMPT_WORDS if rng.random() < LONG_SHARE else SHORT_PROMPT_WORDS))
-        text = " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(words))
+        kind = rng.random()
+        if kind < SHARES[0]:
+            prompt = f"Request {index}. Continue the list: {words(rng.randint(*SHORT_PROMPT_WORDS))}"
+        elif kind < SHARES[1]:
+            prompt = f"Request {index}. Continue the list: {words(rng.randint(*LONG_PROMPT_WORDS))}"
+        else:
+            prompt = f"{rng.choice(prefixes)}\nRequest {index}. Continue the list: {words(rng.randint(*SHORT_PROMPT_WORDS))}"
         tokens = rng.randint(*OUTPUT_TOKENS)
-        rows.append({"id": f"calibrate-{index:03d}", "prompt": f"Request {index}. Continue the list: {text}",
-                     "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True})
+        rows.append({"id": f"calibrate-{index:03d}", "prompt": prompt, "max_tokens": tokens, "min_tokens": tokens,
+                     "ignore_eos": True})
     return rows
 
 
@@ -104,7 +118,8 @@ def format_calibration(calibration: Calibration) -> str:
         f"step costs: {fit.describe()}",
         f"  per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
         f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
-        f"{cost.per_context_token_s * 1e9:.1f} ns (median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)",
+        f"{cost.per_context_token_s * 1e9:.1f} ns + per KV-cache token {cost.per_kv_token_s * 1e9:.1f} ns "
+        f"(median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)",
         "  `batchbin plan` and `batchbin simulate` use it now; every finished run of this kind refines it.",
     ])
 

@@ -5,9 +5,9 @@ SELECT engine::VARCHAR AS engine, model FROM runs WHERE run_id = $run_id;
 
 -- name: run_steps
 -- A run's measured engine steps for fitting, at most $keep of them spread evenly over the run
--- (steps without a context count, where the engine core ran in its own process, are left out).
--- Parameters: $run_id, $keep.
-SELECT prefill_tokens, decode_tokens, context_tokens, duration_s
+-- (steps without a context count, where the engine core ran in its own process, are left out),
+-- with the share of the KV cache in use after each. Parameters: $run_id, $keep.
+SELECT prefill_tokens, decode_tokens, context_tokens, kv_cache_usage, duration_s
 FROM (SELECT *, row_number() OVER (ORDER BY attempt, step) AS i, count(*) OVER () AS n
       FROM engine_steps
       WHERE run_id = $run_id AND duration_s > 0 AND context_tokens IS NOT NULL)

@@ -28,10 +28,10 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 @task(name="learn-step-costs", cache_policy=NO_CACHE, persist_result=False, retries=0)
 def learn_step_costs(db_path: str, run_id: str) -> dict | None:
     """Refit this machine's step costs with the run's steps; the fit's summary, or None."""
-    from batchbin.sim.machine_fits import learn_from_run
-
     logger = run_logger()
     try:
+        from batchbin.sim.machine_fits import learn_from_run
+
         fit = learn_from_run(db_path, run_id)
     except Exception as error:  # a fit is a by-product: the run has finished whatever happens here
         logger.warning(f"step costs of this machine not refitted: {type(error).__name__}: {error}")

@@ -181,18 +181,40 @@ def test_the_cache_folder_follows_batchbin_cache_then_xdg(monkeypatch, tmp_path)
     assert machine_fits.step_costs_path() == tmp_path / "own" / "step_costs.json"
 
 
-def test_the_calibration_job_varies_prompt_and_output_lengths_independently():
+def test_the_calibration_job_varies_prompt_and_output_lengths_and_sharing_independently():
     from batchbin.flows.calibrate import calibration_rows
 
     rows = calibration_rows()
-    prompts = [len(row["prompt"].split()) for row in rows]
-    outputs = [row["max_tokens"] for row in rows]
     assert len({row["id"] for row in rows}) == len(rows) == 128
     assert all(row["min_tokens"] == row["max_tokens"] and row["ignore_eos"] for row in rows)
+    shared = [row for row in rows if row["prompt"].startswith("Document ")]
+    alone = [row for row in rows if not row["prompt"].startswith("Document ")]
+    assert 0.15 < len(shared) / len(rows) < 0.35 and len({row["prompt"][:60] for row in shared}) == 4
+    prompts = [len(row["prompt"].split()) for row in alone]
+    outputs = [row["max_tokens"] for row in rows]
     assert min(prompts) < 20 and max(prompts) > 400 and min(outputs) < 20 and max(outputs) > 140
-    assert 0.15 < sum(p > 150 for p in prompts) / len(prompts) < 0.35  # one in four long
     # independent: long prompts come with short and long outputs alike
-    long_prompts = [o for p, o in zip(prompts, outputs) if p > 150]
+    long_prompts = [row["max_tokens"] for row in alone if len(row["prompt"].split()) > 150]
     assert min(long_prompts) < 60 and max(long_prompts) > 110
-    assert len({row["prompt"].split(":")[1][:40] for row in rows}) == len(rows)  # no shared prefix
+    assert len({row["prompt"].split(":")[1][:40] for row in alone}) == len(alone)  # no shared prefix among these
     json.dumps(rows)  # what the calibration writes as its input file
+
+
+def test_a_fit_tells_context_read_by_many_sequences_from_tokens_held_once():
+    """Where the steps vary both, the fit separates context tokens (read per sequence) from the
+    distinct tokens held in the KV cache (a shared prefix counts once)."""
+    from batchbin.sim.step_costs import fit_linear_step_cost, step_work
+
+    truth = LinearStepCost(0.03, 3e-4, 2e-4, 5e-7, per_kv_token_s=3e-6)
+    rng = random.Random(4)
+    steps = []
+    for _ in range(300):
+        held = rng.randint(1000, 60_000)
+        work = StepWork(0, rng.choice([0, rng.randint(1, 4096)]), rng.randint(1, 200), held * rng.randint(1, 6),
+                        kv_tokens=held)
+        steps.append({"prefill_tokens": work.prefill_tokens, "decode_tokens": work.decode_tokens,
+                      "context_tokens": work.context_tokens, "kv_tokens": work.kv_tokens, "duration_s": truth.seconds(work)})
+    fit = fit_linear_step_cost(steps)
+    assert fit.per_kv_token_s == pytest.approx(3e-6, rel=0.02)
+    assert fit.per_context_token_s == pytest.approx(5e-7, rel=0.05)
+    assert step_work({**steps[0], "running": 1}).kv_tokens == steps[0]["kv_tokens"]

@@ -25,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 from batchbin.engine.machine import MachineInfo, detect_machine
@@ -36,9 +37,10 @@ from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
 STEP_COSTS_ENV = "BATCHBIN_STEP_COSTS"  # another file for this machine's fits (tests, several users)
 CACHE_FILE = "step_costs.json"
-KEEP_STEPS_PER_RUN = 300  # steps kept of each run (spread evenly over it): the fit stays milliseconds
-KEEP_RUNS = 12            # the key's newest runs whose steps are kept
+KEEP_STEPS_PER_RUN = 200  # steps kept of each run (spread evenly over it): the fit stays well under a second
+KEEP_RUNS = 8             # the key's newest runs whose steps are kept
 MIN_FIT_STEPS = 8         # fit_linear_step_cost's least
+STEP_COLUMNS = ("prefill_tokens", "decode_tokens", "context_tokens", "kv_tokens", "duration_s")  # a kept step
 # What the fit shipped with BatchBin (another CPU) missed by on an Intel Xeon with AMX: +44% to
 # +210% of the measured generation (docs/simulator.md). Said with every estimate that uses it.
 SHIPPED_UNCERTAINTY = "may be off by 2-3x here"
@@ -53,11 +55,18 @@ def step_costs_path() -> Path:
 
 def machine_name(machine: MachineInfo | None = None) -> str:
     """The machine as a fit's key names it: the GPU, or the CPU model with its bf16/AMX flags and cores."""
-    machine = machine or detect_machine()
+    if machine is None:
+        return this_machine_name()
     if machine.gpu:
         return f"GPU {machine.gpu}"
     flags = sorted({"avx512_bf16", "amx_bf16"} & machine.cpu_flags)
     return f"{machine.cpu_model} ({', '.join(flags) or 'no bf16'}, {len(machine.cores)} cores)"
+
+
+@cache
+def this_machine_name() -> str:
+    """This machine's name (detected once a process: it does not change while it runs)."""
+    return machine_name(detect_machine())
 
 
 def model_name(model: str | None) -> str:
@@ -174,22 +183,43 @@ def stored_fit(con, key: FitKey) -> MachineFit | None:
 
 # --- learning from a run --------------------------------------------------------------------
 
-def run_steps(con, run_id: str, keep: int = KEEP_STEPS_PER_RUN) -> list[list[float]]:
-    """At most `keep` of the run's measured steps, as [prefill, decode, context, seconds]. Steps
-    without their context count (the engine core ran in its own process, where its scheduler is
-    out of reach) are left out: the KV cache's usage cannot stand in for it, as it counts a
-    shared prefix once and attention reads it once per sequence."""
+def kv_capacity_tokens(engine: dict, model: str | None) -> int | None:
+    """Tokens the run's KV cache held (its size in blocks of its model), or None where unknown
+    (a GPU's cache, sized by vLLM; a model folder that is gone)."""
+    from batchbin.sim.step_costs import DTYPE_BYTES, GIB, ModelShape, kv_blocks
+
+    block = int(engine.get("block_size") or 0)
+    if not (engine.get("kv_cache_gib") and block and model and Path(model).is_dir()):
+        return None
+    try:
+        shape = ModelShape.from_folder(model)
+        return block * kv_blocks(float(engine["kv_cache_gib"]) * GIB, shape, block,
+                                 DTYPE_BYTES.get(engine.get("dtype") or "auto", 2))
+    except BatchBinError:
+        return None
+
+
+def run_steps(con, run_id: str, keep: int = KEEP_STEPS_PER_RUN, capacity: int | None = None) -> list[list[float]]:
+    """At most `keep` of the run's measured steps, as [prefill, decode, context, KV tokens held,
+    seconds]; KV tokens = the cache's usage x its `capacity` (0 where unknown). Steps without
+    their context count (the engine core ran in its own process, where its scheduler is out of
+    reach) are left out: the KV cache's usage cannot stand in for it, as it counts a shared
+    prefix once and attention reads it once per sequence."""
     rows = fetch_arrow(con, "step_costs.run_steps", {"run_id": run_id, "keep": keep}).to_pylist()
-    return [[int(r["prefill_tokens"]), int(r["decode_tokens"]), int(r["context_tokens"]), float(r["duration_s"])]
+    return [[int(r["prefill_tokens"]), int(r["decode_tokens"]), int(r["context_tokens"]),
+             round((r["kv_cache_usage"] or 0.0) * capacity) if capacity else 0, float(r["duration_s"])]
             for r in rows]
 
 
 def fit_steps(key: FitKey, kept_steps: dict[str, list[list[float]]]) -> MachineFit:
-    """Fit time = a + b*prefill + c*decode + d*context (least squares, no negative term) on the kept steps."""
-    steps = [{"prefill_tokens": p, "decode_tokens": d, "context_tokens": c, "duration_s": s}
-             for rows in kept_steps.values() for p, d, c, s in rows]
+    """Fit time = a + b*prefill + c*decode + d*context + e*KV tokens (no negative term) on the
+    kept steps, by least absolute deviations: the typical step, which steps slowed down two- or
+    threefold by another process on a shared machine cannot drag (least squares followed them:
+    docs/simulator.md)."""
+    steps = [{"prefill_tokens": p, "decode_tokens": d, "context_tokens": c, "kv_tokens": kv, "duration_s": s}
+             for rows in kept_steps.values() for p, d, c, kv, s in rows]
     cost = fit_linear_step_cost(steps, {"cpu": key.machine, "dtype": key.dtype, "enforce_eager": key.enforce_eager,
-                                        "model": key.model, "runs": list(kept_steps)})
+                                        "model": key.model, "runs": list(kept_steps)}, robust=True)
     return MachineFit(key, cost, list(kept_steps), len(steps), time.strftime("%Y-%m-%dT%H:%M:%S"), kept_steps)
 
 
@@ -203,17 +233,20 @@ def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
         settings = fetch_one(con, "step_costs.run_engine", {"run_id": run_id})
         if settings is None:
             raise BatchBinError(f"no run '{run_id}' in {db_path}")
-        key = FitKey.for_engine(json.loads(settings[0] or "{}"), settings[1], machine)
-        new = run_steps(con, run_id)
+        engine = json.loads(settings[0] or "{}")
+        key = FitKey.for_engine(engine, settings[1], machine)
+        capacity = kv_capacity_tokens(engine, settings[1])
+        new = run_steps(con, run_id, capacity=capacity)
         if not new:
             return None
         cached = read_cache(path)
         earlier = cached.get(key.text)
-        kept = dict(earlier.kept_steps) if earlier else {}
+        kept = {rid: rows for rid, rows in earlier.kept_steps.items()  # (rows of an older format: left out)
+                if all(len(row) == len(STEP_COLUMNS) for row in rows)} if earlier else {}
         in_db = stored_fit(con, key)
         for other in (in_db.run_ids if in_db else []):  # runs of this key in this database the cache lost
             if other != run_id and other not in kept:
-                kept[other] = run_steps(con, other)
+                kept[other] = run_steps(con, other, capacity=capacity)
         kept.pop(run_id, None)  # a resumed run: its steps again, now as the newest
         kept[run_id] = new
         kept = {rid: rows for rid, rows in list(kept.items())[-KEEP_RUNS:] if rows}

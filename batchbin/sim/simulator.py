@@ -313,7 +313,7 @@ def simulate(requests: Sequence[SimRequest], limits: EngineLimits, cost: StepCos
         # 3. the step's cost
         if len(scheduled) > result.peak_running:
             result.peak_running = len(scheduled)
-        record(StepWork(len(scheduled), prefill, decode, context, pairs))
+        record(StepWork(len(scheduled), prefill, decode, context, pairs, kv_tokens=pool.used() * bs))
         now_s = result.seconds
         result.prefill_tokens += prefill
         # 4. advance: computed tokens, sampled tokens, finished requests
@@ -371,13 +371,14 @@ def _fast_forward(running: list[_Running], pool: _BlockPool, bs: int, record, re
     if steps <= 0:
         return
     blocks_needed = sum(-(-(state.computed + steps) // bs) - state.blocks for state in running)
+    kv_before = pool.used() * bs  # blocks held (each sequence's last one partly filled)
     if blocks_needed > pool.available() or not pool.allocate(blocks_needed):
         return
     n = len(running)
     context = sum(state.computed for state in running)
     for step in range(steps):
         ctx = context + step * n
-        record(StepWork(n, 0, n, ctx, float(ctx + n)))
+        record(StepWork(n, 0, n, ctx, float(ctx + n), kv_tokens=kv_before + step * n))
     for state in running:
         state.computed += steps
         state.generated += steps

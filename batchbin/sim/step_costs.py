@@ -3,7 +3,8 @@
 Two models of the same question, "how long does a step that computes these tokens take?":
 
 - `LinearStepCost`, fitted on this machine's measured steps (the `engine_steps` trace of real
-  runs): time = a + b * prefill tokens + c * decoded sequences + d * context tokens. The fit,
+  runs): time = a + b * prefill tokens + c * decoded sequences + d * context tokens (+ e * KV
+  tokens held, where the fit has them: see `kv_tokens`). The fit,
   the CPU it ran on and its error are kept in `data/cpu_step_costs.json` beside this module and
   refitted by `batchbin simulate fit`.
 - `GpuStepCost`, from first principles for a named GPU and model size: a step reads the weights
@@ -38,6 +39,10 @@ class StepWork:
     decode_tokens: int      # sequences that decoded one token
     context_tokens: int     # tokens already in the KV cache of the scheduled sequences
     attention_pairs: float = 0.0  # query-key pairs the step's attention computes (GPU model)
+    # distinct tokens in the KV cache (blocks in use x block size): a prefix shared by many
+    # sequences counts once here and once per sequence in context_tokens. Attention over a
+    # shared prefix reads the same blocks again, which costs a CPU less (they stay in cache).
+    kv_tokens: int = 0
 
 
 class StepCost(Protocol):
@@ -46,7 +51,7 @@ class StepCost(Protocol):
 
 # --- the fitted CPU model ------------------------------------------------------------------
 
-FEATURES = ("prefill_tokens", "decode_tokens", "context_tokens")
+FEATURES = ("prefill_tokens", "decode_tokens", "context_tokens", "kv_tokens")
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,12 @@ class LinearStepCost:
     per_decode_token_s: float
     per_context_token_s: float
     fitted_on: dict = field(default_factory=dict)  # CPU, engine settings, rows, error of the fit
+    per_kv_token_s: float = 0.0  # fits of this machine (machine_fits.py); 0 in the shipped ones
 
     def seconds(self, work: StepWork) -> float:
         return (self.intercept_s + self.per_prefill_token_s * work.prefill_tokens
-                + self.per_decode_token_s * work.decode_tokens + self.per_context_token_s * work.context_tokens)
+                + self.per_decode_token_s * work.decode_tokens + self.per_context_token_s * work.context_tokens
+                + self.per_kv_token_s * work.kv_tokens)
 
     def kind(self) -> tuple:
         """The engine kind it was fitted on: (dtype, enforce_eager)."""
@@ -148,8 +155,8 @@ def fit_linear_step_cost(steps: Sequence[dict], fitted_on: dict | None = None, r
     if len(steps) < 8:
         raise BatchBinError(f"{len(steps)} measured steps are too few to fit a step cost (at least 8)")
     # scale the columns so that the normal equations stay well conditioned
-    scale = [1.0] + [max(1.0, max(float(s[name]) for s in steps)) for name in FEATURES]
-    rows = [[1.0] + [float(s[name]) / scale[i + 1] for i, name in enumerate(FEATURES)] for s in steps]
+    scale = [1.0] + [max(1.0, max(float(s.get(name) or 0) for s in steps)) for name in FEATURES]
+    rows = [[1.0] + [float(s.get(name) or 0) / scale[i + 1] for i, name in enumerate(FEATURES)] for s in steps]
     targets = [float(s["duration_s"]) for s in steps]
     solution = _fit_nonnegative(rows, targets, None)
     for _ in range(ROBUST_ROUNDS if robust else 0):
@@ -157,20 +164,21 @@ def fit_linear_step_cost(steps: Sequence[dict], fitted_on: dict | None = None, r
                    for r, t in zip(rows, targets)]
         solution = _fit_nonnegative(rows, targets, weights)
     coefficients = [value / scale[i] for i, value in enumerate(solution)]
-    model = LinearStepCost(*coefficients)
+    model = LinearStepCost(*coefficients[:4], per_kv_token_s=coefficients[4])
     predicted = [model.seconds(step_work(s)) for s in steps]
     errors = sorted(abs(p - t) for p, t in zip(predicted, targets))
     total = sum(targets)
     summary = {**(fitted_on or {}), "steps": len(steps), "measured_s": round(total, 3),
                "median_abs_error_ms": round(1000 * errors[len(errors) // 2], 3),
                "sum_error": round(sum(predicted) / total - 1, 4) if total else None}
-    return LinearStepCost(*coefficients, fitted_on=summary)
+    return LinearStepCost(*coefficients[:4], fitted_on=summary, per_kv_token_s=coefficients[4])
 
 
 def step_work(row: dict) -> StepWork:
     """A StepWork from a row of engine_steps."""
     return StepWork(running=int(row.get("running") or 0), prefill_tokens=int(row["prefill_tokens"]),
-                    decode_tokens=int(row["decode_tokens"]), context_tokens=int(row["context_tokens"]))
+                    decode_tokens=int(row["decode_tokens"]), context_tokens=int(row["context_tokens"]),
+                    kv_tokens=int(row.get("kv_tokens") or 0))
 
 
 # --- model shapes and GPUs ------------------------------------------------------------------
