@@ -154,7 +154,7 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
         try:
             learn_step_costs(ref.db_path, run_id)
         except Exception as error:  # never the run's failure (the task logs its own problems)
-            on_wait(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
+            get_run_logger().warning(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
         outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
         if isinstance(outcome, dict):  # trained in this process
