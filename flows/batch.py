@@ -193,6 +193,9 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
     probe's calibration and the schedule then open it again)."""
     clock = clock or StageClock()
     block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
+    # the KV cache's size where it is known before the engine is built (lengths matter where the
+    # job's requests cannot all hold it at their limits): the probe and the schedule ask it
+    kv_cache_tokens = kv_cache_capacity(model_path, settings.kv_cache_gib, settings.dtype)
     with db.session(ref.db_path, on_wait=on_wait):
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
@@ -203,26 +206,26 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
         with clock.stage("predict_lengths"):
             ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
-        probe = ProbeStep(ref, config, settings, fraction=config.probe if with_probe else 0.0)
+        probe = ProbeStep(ref, config, settings, fraction=config.probe if with_probe else 0.0,
+                          kv_cache_tokens=kv_cache_tokens)
         with clock.stage("probe"):
             probed = probe.start()
         if not probed.result():  # no probe to run (raises what the task raised): schedule in this open
-            return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed))
+            return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens))
     with clock.stage("probe"):  # the probe's generation holds the file only at checkpoints: readers get in
         probed = probe.run(model_path)
-    return PreparedWork(scheduled(ref, config, settings, clock, upstream=probed), probe.generation)
+    return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens), probe.generation)
 
 
-def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State) -> RunRef:
+def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State,
+              kv_cache_tokens: int | None) -> RunRef:
     """The schedule stage. The probe is its one upstream in Prefect's graph, which then draws the
     stages in the pipeline's order (quote: the RunRef is not taken for predict_lengths' result)."""
     with clock.stage("schedule"):
         return schedule(quote(ref), config.k_bins, config.order,
                         min_shared_tokens=settings.block_size or DEFAULT_BLOCK_TOKENS,
                         max_num_seqs=settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-                        after=stamp_before(ref, "schedule"), wait_for=[upstream],
-                        kv_cache_tokens=kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib,
-                                                          settings.dtype))
+                        after=stamp_before(ref, "schedule"), wait_for=[upstream], kv_cache_tokens=kv_cache_tokens)
 
 
 class ProbeStep:
@@ -236,15 +239,14 @@ class ProbeStep:
     task run, for the schedule's `wait_for` (the probe's tasks return no RunRef that would tell
     Prefect what comes after them)."""
 
-    def __init__(self, ref: RunRef, config: JobConfig, settings: EngineSettings, fraction: float) -> None:
+    def __init__(self, ref: RunRef, config: JobConfig, settings: EngineSettings, fraction: float,
+                 kv_cache_tokens: int | None) -> None:
         self.ref, self.config, self.settings = ref, config, settings
         self.args = (fraction, config.order, config.predictor, config.max_tokens,
                      settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         self.after = stamp_before(ref, "probe")
         self.generation: dict | None = None  # what `run` generated
-        # the KV cache's size where it is known before the engine is built (lengths matter where
-        # the job's requests cannot all hold it at their limits)
-        self.kv_cache_tokens = kv_cache_capacity(resolve_model(config.model), settings.kv_cache_gib, settings.dtype)
+        self.kv_cache_tokens = kv_cache_tokens
 
     def start(self) -> State:
         return start_probe(self.ref, *self.args, after=self.after, kv_cache_tokens=self.kv_cache_tokens,
