@@ -91,14 +91,13 @@ def kv_cache_capacity(model_path: str, kv_cache_gib: float | None, dtype: str | 
     if not kv_cache_gib:
         return None
     from batchbin.errors import BatchBinError
-    from batchbin.sim.step_costs import ModelShape
+    from batchbin.sim.step_costs import DTYPE_BYTES, ModelShape
 
     try:
         shape = ModelShape.from_folder(model_path)
     except (BatchBinError, OSError, ValueError):
         return None
-    dtype_bytes = 4 if str(dtype or "").lower() in ("float32", "float", "fp32") else 2
-    return int(kv_cache_gib * 2**30 // shape.kv_bytes_per_token(dtype_bytes))
+    return int(kv_cache_gib * 2**30 // shape.kv_bytes_per_token(DTYPE_BYTES.get(str(dtype or "auto").lower(), 2)))
 
 
 def schedule_run(con: duckdb.DuckDBPyConnection, run_id: str, k_bins: int, order: str, min_shared_tokens: int,

@@ -27,7 +27,9 @@ from batchbin.errors import BatchBinError
 
 GIB = 1024**3
 FITTED_PATH = Path(__file__).parent / "data" / "cpu_step_costs.json"
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
+# bytes per value of each dtype name vLLM takes ("float" is float32, "half" float16; "auto": the
+# models BatchBin serves are bf16/fp16), and "fp32" as users write it
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "fp32": 4, "auto": 2}
 
 
 @dataclass(frozen=True)
