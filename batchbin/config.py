@@ -81,7 +81,8 @@ class JobConfig(BaseModel):
                                "while its KV cache can hold every request inside at its predicted peak length, so "
                                "none is preempted and computed again; off: vLLM takes whatever fits its prompt now. "
                                "Not with ray_address.")
-    checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB every N completions.")
+    checkpoint_every: int = Field(32, ge=1, description="Write finished results to DuckDB once N have completed "
+                                                           "(at most one checkpoint every 2 s).")
     retry_errors: bool = Field(False, description="Generate again the requests of this run that ended in an error "
                                                   "(a run resumed without it leaves them as they are).")
     reuse_results: bool = Field(True, description="Answer a request from the database when an earlier run answered "

@@ -47,6 +47,15 @@ class JobLoad:
 
 
 @dataclass(frozen=True)
+class EngineRoom:
+    """What of the engine decides whether a job's requests queue: the sequences it runs at once,
+    and the tokens its KV cache holds (None: not known before it is built)."""
+
+    max_num_seqs: int
+    kv_cache_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class LengthsVerdict:
     matter: bool
     reason: str

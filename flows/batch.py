@@ -30,7 +30,7 @@ from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
 from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
-from batchbin.scheduling import kv_cache_capacity
+from batchbin.scheduling import EngineRoom, kv_cache_capacity
 from batchbin.flows.retrain import retrain_if_due
 from batchbin.flows.table_jobs import answer_agreement
 from batchbin.store.run_lock import run_lock
@@ -150,11 +150,6 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
             summary = run_stages(ref, config, fingerprint, model_path, output_path, output_format, on_wait)
     except BatchBinError as error:  # a database it cannot use, an output file it cannot write, ...
         return Failed(message=str(error))
-    if not isinstance(summary, State):  # a finished run: its steps refit this machine's step costs
-        try:
-            learn_step_costs(ref.db_path, run_id)
-        except Exception as error:  # never the run's failure (the task logs its own problems)
-            get_run_logger().warning(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
     if retrain_after is not None and not isinstance(summary, State):  # a finished run, its database free
         outcome = retrain_if_due(ref.db_path, retrain_after, config.max_tokens, get_run_logger(), model=model_path)
         if isinstance(outcome, dict):  # trained in this process
@@ -166,10 +161,13 @@ def run_job(config: JobConfig, retrain_after: int | None) -> dict | State:
 
 @dataclass(frozen=True)
 class PreparedWork:
-    """The run, scheduled; and what the probe's phase generated, if it ran (those requests are
-    the job's own: the run's summary counts them with the rest, see with_probe_phase)."""
+    """The run, loaded and scheduled: the engine settings chosen for its size, what load counted,
+    and what the probe's phase generated, if it ran (those requests are the job's own: the run's
+    summary counts them with the rest, see with_probe_phase)."""
 
     ref: RunRef
+    settings: EngineSettings
+    loaded: LoadResult
     probe_generation: dict | None = None
 
 
@@ -184,19 +182,19 @@ def with_probe_phase(generation: dict, probe_generation: dict | None) -> dict:
     return {**generation, **summed, "peak_kv_cache_usage": peak}
 
 
-def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: EngineSettings,
-                 clock: StageClock | None = None, with_probe: bool = True,
-                 on_wait: Callable[[str], None] | None = None) -> PreparedWork:
-    """The stages between load and generate, each handed the stamp of the one before it.
-    `with_probe=False` (`batchbin plan`: no engine) makes the probe stage run none. The stages
-    share one open of the database, but for the probe's generation, which lets readers in (the
-    probe's calibration and the schedule then open it again)."""
+def prepare_work(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, clock: StageClock | None = None,
+                 with_probe: bool = True, on_wait: Callable[[str], None] | None = None) -> PreparedWork:
+    """Start (or resume) the run and run the stages from load to schedule, each handed the stamp
+    of the one before it. `with_probe=False` (`batchbin plan`: no engine) makes the probe stage
+    run none. The stages share one open of the database, but for the probe's generation, which
+    lets readers in (the probe's calibration and the schedule then open it again)."""
     clock = clock or StageClock()
-    block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
-    # the KV cache's size where it is known before the engine is built (lengths matter where the
-    # job's requests cannot all hold it at their limits): the probe and the schedule ask it
-    kv_cache_tokens = kv_cache_capacity(model_path, settings.kv_cache_gib, settings.dtype)
     with db.session(ref.db_path, on_wait=on_wait):
+        settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, clock)
+        block = settings.block_size or DEFAULT_BLOCK_TOKENS  # prefix-cache hits come in whole KV blocks
+        # the KV cache's size where it is known before the engine is built (lengths matter where the
+        # job's requests cannot all hold it at their limits): the probe and the schedule ask it
+        kv_cache_tokens = kv_cache_capacity(model_path, settings.kv_cache_gib, settings.dtype)
         with clock.stage("tokenize"):
             ref = tokenize(ref, model_path, config.max_model_len, after=stamp_before(ref, "tokenize"))
         with clock.stage("reuse"):  # answers of earlier runs: those requests are not generated
@@ -204,17 +202,20 @@ def prepare_work(ref: RunRef, config: JobConfig, model_path: str, settings: Engi
                                 after=stamp_before(ref, "reuse"))
         with clock.stage("group_prefixes"):
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
-        with clock.stage("predict_lengths"):
-            ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"))
+        with clock.stage("predict_lengths"):  # `plan` estimates the run's time from the lengths: always predicted
+            room = EngineRoom(settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS, kv_cache_tokens) if with_probe else None
+            ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"),
+                                  engine_room=room)
         probe = ProbeStep(ref, config, settings, fraction=config.probe if with_probe else 0.0,
                           kv_cache_tokens=kv_cache_tokens)
         with clock.stage("probe"):
             probed = probe.start()
         if not probed.result():  # no probe to run (raises what the task raised): schedule in this open
-            return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens))
+            return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens), settings, loaded)
     with clock.stage("probe"):  # the probe's generation holds the file only at checkpoints: readers get in
         probed = probe.run(model_path)
-    return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens), probe.generation)
+    return PreparedWork(scheduled(ref, config, settings, clock, probed, kv_cache_tokens), settings, loaded,
+                        probe.generation)
 
 
 def scheduled(ref: RunRef, config: JobConfig, settings: EngineSettings, clock: StageClock, upstream: State,
@@ -304,19 +305,18 @@ def generate_scaled_out(ref: RunRef, config: JobConfig, model_path: str, setting
 def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str, output_path: Path,
                output_format: str, on_wait: Callable[[str], None]) -> dict:
     clock = StageClock()
-    with db.session(ref.db_path, on_wait=on_wait):  # the first stages share one open of the file
-        try:
-            settings, _ = load_and_choose_engine(ref, config, fingerprint, model_path, clock)
-        except BatchBinError as error:  # no valid request, or an engine option the engine would refuse
-            return Failed(message=str(error))
     try:
         # the probe runs in this process's engine: not with the engines of a Ray cluster
-        prepared = prepare_work(ref, config, model_path, settings, clock, with_probe=not config.ray_address, on_wait=on_wait)
-        ref = prepared.ref
-    except BaseException:
+        prepared = prepare_work(ref, config, fingerprint, model_path, clock, with_probe=not config.ray_address,
+                                on_wait=on_wait)
+        ref, settings = prepared.ref, prepared.settings
+    except BaseException as error:
         finish_run(ref, "failed")
+        if isinstance(error, BatchBinError):  # no valid request, an engine option the engine would refuse, ...
+            return Failed(message=str(error))
         raise
     defaults = sampling_defaults(config)
+    finished = False
     try:
         # generation holds the file only while it reads work or writes a checkpoint: readers get in
         with clock.stage("generate"):
@@ -334,10 +334,22 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
             if "scale_out" in generation:
                 summary = {**summary, "scale_out": generation["scale_out"]}
             finish_run(ref, "finished")  # only now: its report and output file are written
+            finished = True
+            learn_from_steps(ref)  # in the same open of the file
     except BaseException:
-        finish_run(ref, "failed")
+        if not finished:
+            finish_run(ref, "failed")
         raise
     return summary
+
+
+def learn_from_steps(ref: RunRef) -> None:
+    """A finished run's engine steps refit this machine's step costs (in the report's open of
+    the database); never the run's failure (the task logs its own problems)."""
+    try:
+        learn_step_costs(ref.db_path, ref.run_id)
+    except Exception as error:
+        get_run_logger().warning(f"step costs of this machine not refitted: {type(error).__name__}: {error}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class Plan:
 
 def prepare(config: JobConfig) -> tuple[RunRef, int]:
     """Run the stages before generation into config.db_path; returns the run and its rejects."""
-    from batchbin.flows.batch import StageClock, check_input, load_and_choose_engine, prepare_work
+    from batchbin.flows.batch import check_input, prepare_work
     from batchbin.engine.models import resolve_model
     from batchbin.store.runs import finish_run
 
@@ -71,10 +71,9 @@ def prepare(config: JobConfig) -> tuple[RunRef, int]:
     fingerprint = config.input_fingerprint()
     ref = RunRef(db_path=str(Path(config.db_path).resolve()), run_id=config.run_id(fingerprint))
     with db.session(ref.db_path):
-        settings, loaded = load_and_choose_engine(ref, config, fingerprint, model_path, StageClock())
-        ref = prepare_work(ref, config, model_path, settings, with_probe=False).ref  # no engine here
-        finish_run(ref, "planned")
-    return ref, loaded.rejects
+        prepared = prepare_work(ref, config, fingerprint, model_path, with_probe=False)  # no engine here
+        finish_run(prepared.ref, "planned")
+    return prepared.ref, prepared.loaded.rejects
 
 
 def describe(ref: RunRef, rejects: int, gpu: tuple[str, str] | None, cpu: bool = True) -> Plan:

@@ -44,7 +44,8 @@ from batchbin.errors import BatchBinError
 from batchbin.predictors.features import (FeatureSettings, asked_length, has_long_cue, has_short_cue,
                                           instruction_window, last_user_text)
 from batchbin.predictors.registry import AutoChoice, PredictorNotFound, auto_choice, get_predictor, load_predictor
-from batchbin.store.queries import execute, row_batches
+from batchbin.scheduling import EngineRoom, JobLoad, lengths_matter
+from batchbin.store.queries import execute, fetch_one, row_batches
 
 log = logging.getLogger(__name__)
 
@@ -231,12 +232,33 @@ def choose_predictor_why(con, run_id: str, spec: str) -> tuple[str, Predict, str
     return entry["version"], lambda requests: (model.predict(requests), [entry["version"]] * len(requests)), reason
 
 
+def lengths_decide_nothing(con, run_id: str, engine_room: EngineRoom) -> str | None:
+    """Why the run's output lengths cannot change what it costs (every request runs at once in
+    an engine of `engine_room`: batchbin/scheduling.py `lengths_matter`, asked as the schedule
+    will ask it), or None where they can."""
+    requests, _, kv_tokens_needed = fetch_one(con, "schedule.prediction_spread", {"run_id": run_id})
+    verdict = lengths_matter(JobLoad(requests, engine_room.max_num_seqs, kv_tokens_needed, engine_room.kv_cache_tokens))
+    return None if verdict.matter else verdict.reason
+
+
 def predict_lengths(con, run_id: str, spec: str = "auto", default_max_tokens: int = 256,
-                    rows_per_batch: int = CHUNK_ROWS) -> dict:
+                    rows_per_batch: int = CHUNK_ROWS, engine_room: EngineRoom | None = None) -> dict:
     """Write `predictions` for every prompt of the run, `rows_per_batch` requests at a time, in
     place of the run's earlier ones (one transaction), and which predictor and why
-    (`predictor_choices`); returns {"predictor", "reason", "rows", "fallback_rows"}."""
-    name, predict, reason = choose_predictor_why(con, run_id, spec)
+    (`predictor_choices`); returns {"predictor", "reason", "rows", "fallback_rows"}.
+
+    `engine_room`: the engine the run goes to (the batch flow gives it; `plan`, which estimates
+    the run's time from its lengths, does not). Under "auto", a job whose lengths decide nothing
+    there gets the fallback rule's quick estimates instead of the predictor's."""
+    idle = lengths_decide_nothing(con, run_id, engine_room) if (spec or "auto") == "auto" and engine_room else None
+    if idle is not None:
+        base = fallback_base(con, run_id)
+        name, reason = FALLBACK, f"auto: the fallback rule: lengths decide nothing here ({idle})"
+
+        def predict(requests: list[dict]) -> tuple[np.ndarray, list[str]]:
+            return fallback_lengths(requests, base), [FALLBACK] * len(requests)
+    else:
+        name, predict, reason = choose_predictor_why(con, run_id, spec)
     counts = {"predictor": name, "reason": reason, "rows": 0, "fallback_rows": 0}
     with transaction(con):
         execute(con, "predictors.clear_predictions", {"run_id": run_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import task
@@ -9,6 +10,7 @@ from prefect import task
 from batchbin.config import file_fingerprint
 
 from batchbin.predictors.predict import predict_lengths as predict_lengths_for_run
+from batchbin.scheduling import EngineRoom
 from batchbin.store.runs import RunRef, open_run_db
 from batchbin.tasks.common import Stage
 
@@ -36,13 +38,16 @@ STAGE = Stage("predict_lengths", sql_file="predictors", modules=(__name__, "batc
 
 
 @task(**STAGE.task_options(extra_key=lambda ref, inputs: predictor_identity(ref, str(inputs.get("spec") or "auto"))))
-def predict_lengths(ref: RunRef, spec: str, default_max_tokens: int, after: str = "") -> RunRef:
+def predict_lengths(ref: RunRef, spec: str, default_max_tokens: int, after: str = "",
+                    engine_room: EngineRoom | None = None) -> RunRef:
     """Predicted output length of every request (trained predictor, fallback or oracle);
-    `after`: the stamp of the stage before it."""
+    `after`: the stamp of the stage before it; `engine_room`: the engine the run goes to, where
+    "auto" skips the predictor for a job whose lengths decide nothing (predictors/predict.py)."""
     params = {"spec": spec, "default_max_tokens": default_max_tokens, "after": after,
-              "predictor": predictor_identity(ref, spec) or None}
+              "predictor": predictor_identity(ref, spec) or None,
+              "engine_room": asdict(engine_room) if engine_room else None}
     with open_run_db(ref) as con:
         if not STAGE.is_done(con, ref.run_id, params):
-            counts = predict_lengths_for_run(con, ref.run_id, spec, default_max_tokens)
+            counts = predict_lengths_for_run(con, ref.run_id, spec, default_max_tokens, engine_room=engine_room)
             STAGE.mark_done(con, ref.run_id, params, counts["rows"])
     return ref

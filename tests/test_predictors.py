@@ -19,6 +19,7 @@ from batchbin.predictors.evaluate import kendall_tau, prediction_metrics, ranks,
 from batchbin.predictors.features import FeatureSettings, asked_length, feature_matrix, hashed_bag, last_user_text
 from batchbin.predictors.model import TINY_CONFIG
 from batchbin.predictors.predict import fallback_length, predict_lengths
+from batchbin.scheduling import EngineRoom
 from batchbin.predictors import registry
 from batchbin.predictors.registry import (PredictorNotFound, auto_predictor, latest_predictor, load_predictor,
                                           model_key, shipped_predictor)
@@ -234,6 +235,26 @@ def test_errored_results_are_not_training_rows(fresh_db, tmp_path):
 
 def test_auto_without_trained_predictor_is_the_shipped_one(history):
     assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX)["predictor"] == shipped_predictor()["version"]
+
+
+def test_auto_skips_the_predictor_where_lengths_decide_nothing(history, tmp_path):
+    """Every request runs at once in the engine: the fallback rule's quick estimates, saying why;
+    where requests queue, the predictor; a predictor the user names, however the job runs."""
+    requests = history.execute("select count(*) from tokens where run_id = $r", {"r": NEW_RUN}).fetchone()[0]
+    assert requests > 2
+    all_at_once = EngineRoom(max_num_seqs=requests)
+    idle = predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX, engine_room=all_at_once)
+    assert idle["predictor"] == "fallback" and "lengths decide nothing here" in idle["reason"]
+    assert idle["rows"] == requests
+    assert history.execute("select reason from predictor_choices where run_id = $r", {"r": NEW_RUN}).fetchone()[0] \
+        == idle["reason"]
+    shipped = shipped_predictor()["version"]
+    queueing = EngineRoom(max_num_seqs=requests - 1)
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX, engine_room=queueing)["predictor"] == shipped
+    short_of_kv = EngineRoom(max_num_seqs=requests, kv_cache_tokens=1)  # they queue for the KV cache
+    assert predict_lengths(history, NEW_RUN, "auto", DEFAULT_MAX, engine_room=short_of_kv)["predictor"] == shipped
+    named = train_tiny(history, tmp_path / "models")["version"]
+    assert predict_lengths(history, NEW_RUN, named, DEFAULT_MAX, engine_room=all_at_once)["predictor"] == named
 
 
 def test_auto_is_the_fallback_only_when_no_predictor_loads(history, tmp_path, monkeypatch):

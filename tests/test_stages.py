@@ -15,12 +15,9 @@ from prefect import flow
 
 from batchbin.store import db
 from batchbin.config import EngineOptions, JobConfig, file_fingerprint
-from batchbin.engine.settings import choose_engine_settings
-from batchbin.engine.machine import detect_machine
 from batchbin.flows.batch import PIPELINE, prepare_work
 from batchbin.store.runs import RunRef
 from batchbin.tasks.common import Stage, code_version
-from batchbin.tasks.load import load
 from tests.conftest import TEST_ENGINE
 from batchbin.predictors.registry import shipped_predictor
 from tests.test_predictors import add_run, synthetic_requests, train_tiny
@@ -29,8 +26,7 @@ from tests.test_predictors import add_run, synthetic_requests, train_tiny
 @flow
 def prepare(config: JobConfig, ref: RunRef, model_path: str) -> None:
     """The batch flow up to its schedule (no engine)."""
-    load(ref, config.input_path, file_fingerprint(config.input_path))
-    prepare_work(ref, config, model_path, choose_engine_settings(detect_machine(), config.engine, requests=4))
+    prepare_work(ref, config, file_fingerprint(config.input_path), model_path)
 
 
 def stamps(ref: RunRef) -> dict[str, str]:
@@ -47,8 +43,9 @@ def job(tmp_path):
     rows = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"Tell me about city number {i}."}]}
             for i in range(4)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 4 requests queue for 2 sequences: their lengths matter, so "auto" runs the predictor
     config = JobConfig(input_path=str(path), db_path=str(tmp_path / "bb.duckdb"), max_tokens=16,
-                       engine=EngineOptions(**TEST_ENGINE))
+                       engine=EngineOptions(**{**TEST_ENGINE, "max_num_seqs": 2}))
     return config, RunRef(db_path=config.db_path, run_id="r")
 
 

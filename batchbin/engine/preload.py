@@ -15,6 +15,7 @@ import glob
 import os
 import platform
 import sys
+from functools import lru_cache
 
 # set in the restarted process, so that it never restarts again
 RESTARTED_FLAG = "BATCHBIN_PRELOAD_RESTARTED"
@@ -46,7 +47,14 @@ def libraries_in_this_process(maps_path: str = "/proc/self/maps") -> frozenset[s
             paths = {parts[5].strip() for parts in fields if len(parts) == 6 and parts[5].startswith("/")}
     except OSError:
         return frozenset()
-    return frozenset(os.path.realpath(path) for path in paths)  # each library once (it has several mappings)
+    return frozenset(_real_path(path) for path in paths)  # each library once (it has several mappings)
+
+
+@lru_cache(maxsize=None)
+def _real_path(path: str) -> str:
+    """os.path.realpath, once per path: a process with vLLM maps hundreds of libraries, and the
+    batch flow asks at every run (detect_machine)."""
+    return os.path.realpath(path)
 
 
 def all_loaded(libs: tuple[str, ...], loaded: frozenset[str] | None = None) -> bool:

@@ -138,7 +138,8 @@ def in_flight_limit(engine: Engine) -> int:
 
 class StepLoop:
     """Runs rows (of generate.work_in_order, in order) through one vLLM engine and hands each
-    finished request to `store`, `checkpoint_every` at a time.
+    finished request to `store`: after a step that brings the waiting results to `checkpoint_every`,
+    all of them at once (a step that finishes many requests writes one checkpoint, not many).
 
     At most `in_flight` requests (default `in_flight_limit`) are inside vLLM at a time; `total`
     is only for progress reports. `store_steps` (optional) gets the rows of the engine steps
@@ -227,6 +228,8 @@ class StepLoop:
                 for output in outputs:
                     if output.finished:
                         self._finished(output)
+                if len(self.checkpoint) >= self.checkpoint_every:  # what a step finished goes in at once
+                    self._store_checkpoint()
                 if self.waiting_for is not None and not self.waiting_for:
                     return  # the phase is over: what still runs goes on in the next one
                 self._top_up(rows)
@@ -284,8 +287,6 @@ class StepLoop:
         self.stats.requests += 1
         if self.waiting_for is not None:
             self.waiting_for.discard(row["request_id"])
-        if len(self.checkpoint) >= self.checkpoint_every:
-            self._store_checkpoint()
 
     def _store_checkpoint(self) -> None:
         if self.steps and self.store_steps:
