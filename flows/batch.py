@@ -202,7 +202,9 @@ def prepare_work(ref: RunRef, config: JobConfig, fingerprint: str, model_path: s
                                 after=stamp_before(ref, "reuse"))
         with clock.stage("group_prefixes"):
             ref = group_prefixes(ref, min_shared_tokens=block, after=stamp_before(ref, "group_prefixes"))
-        with clock.stage("predict_lengths"):  # `plan` estimates the run's time from the lengths: always predicted
+        # "auto" may skip the predictor where this process's engine runs every request at once; `plan`
+        # (its estimate needs the lengths) and a Ray cluster's engines (with_probe False) always predict
+        with clock.stage("predict_lengths"):
             room = EngineRoom(settings.max_num_seqs or DEFAULT_MAX_NUM_SEQS, kv_cache_tokens) if with_probe else None
             ref = predict_lengths(ref, config.predictor, config.max_tokens, after=stamp_before(ref, "predict_lengths"),
                                   engine_room=room)
