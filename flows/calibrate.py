@@ -30,7 +30,7 @@ from pathlib import Path
 
 from batchbin.config import EngineOptions, JobConfig
 from batchbin.errors import BatchBinError
-from batchbin.sim.machine_fits import MachineFit, learn_from_run
+from batchbin.sim.machine_fits import MachineFit, cost_terms, learn_from_run
 
 CALIBRATION_REQUESTS = 128
 SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
@@ -112,14 +112,10 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
 
 def format_calibration(calibration: Calibration) -> str:
     fit = calibration.fit
-    cost = fit.cost
     return "\n".join([
         f"calibrated in {calibration.seconds:.0f} s ({calibration.generate_s:.1f} s of generation, run {calibration.run_id})",
         f"step costs: {fit.describe()}",
-        f"  per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
-        f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
-        f"{cost.per_context_token_s * 1e9:.1f} ns + per KV-cache token {cost.per_kv_token_s * 1e9:.1f} ns "
-        f"(median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)",
+        f"  {cost_terms(fit.cost)}",
         "  `batchbin plan` and `batchbin simulate` use it now; every finished run of this kind refines it.",
     ])
 

@@ -218,3 +218,54 @@ def test_a_fit_tells_context_read_by_many_sequences_from_tokens_held_once():
     assert fit.per_kv_token_s == pytest.approx(3e-6, rel=0.02)
     assert fit.per_context_token_s == pytest.approx(5e-7, rel=0.05)
     assert step_work({**steps[0], "running": 1}).kv_tokens == steps[0]["kv_tokens"]
+
+
+def test_simulate_fit_keeps_one_fit_per_key_in_the_cache_from_the_stored_runs(db_path, cache):
+    from batchbin.sim.machine_fits import fit_stored_runs
+
+    measured_run(db_path, "eager-a", seed=1)
+    measured_run(db_path, "eager-b", seed=2)
+    measured_run(db_path, "compiled", eager=False, seed=3)
+    measured_run(db_path, "own-process", context=False, seed=4)  # no context counts: nothing to fit
+    fits = {fit.key.enforce_eager: fit for fit in fit_stored_runs([db_path], machine=XEON)}
+    assert fits[True].run_ids == ["eager-a", "eager-b"] and fits[True].steps == 240
+    assert fits[False].run_ids == ["compiled"] and fits[False].key == fits[True].key.other_mode()
+    assert fits[True].cost.per_prefill_token_s == pytest.approx(TRUTH.per_prefill_token_s, rel=0.1)
+    # the cache holds them with their steps: the next run refits from them
+    assert {text: fit.run_ids for text, fit in read_cache(cache).items()} == {
+        fits[True].key.text: ["eager-a", "eager-b"], fits[False].key.text: ["compiled"]}
+    measured_run(db_path, "eager-c", seed=5)
+    assert learn_from_run(db_path, "eager-c", machine=XEON).run_ids == ["eager-a", "eager-b", "eager-c"]
+    # only the runs named; a fit of another key already in the cache stays
+    only = fit_stored_runs([db_path], ["eager-c"], machine=XEON)
+    assert [fit.run_ids for fit in only] == [["eager-c"]]
+    assert read_cache(cache)[fits[False].key.text].run_ids == ["compiled"]
+    with pytest.raises(BatchBinError, match="the runs own-process in .*no engine steps with their context counts"):
+        fit_stored_runs([db_path], ["own-process"], machine=XEON)
+    with pytest.raises(BatchBinError, match="no database at"):
+        fit_stored_runs([db_path + ".missing"], machine=XEON)
+
+
+def test_simulate_fit_writes_the_cache_never_the_shipped_file_unless_told_where(db_path, cache, tmp_path):
+    from click.testing import CliRunner
+
+    from batchbin.cli.main import main
+    from batchbin.sim.step_costs import FITTED_PATH, read_fits
+
+    shipped = FITTED_PATH.read_bytes()
+    measured_run(db_path, "a", seed=1)
+    measured_run(db_path, "b", seed=2)
+    measured_run(db_path, "c", seed=3)
+    result = CliRunner().invoke(main, ["simulate", "fit", "--db", db_path])
+    assert result.exit_code == 0, result.output
+    assert FITTED_PATH.read_bytes() == shipped
+    assert f"kept in {cache}" in result.output and "from 3 runs, 360 steps" in result.output
+    assert [fit.run_ids for fit in read_cache(cache).values()] == [["a", "b", "c"]]
+    # a developer refreshing the shipped fit names the file: the package's format, four terms
+    out = tmp_path / "cpu_step_costs.json"
+    result = CliRunner().invoke(main, ["simulate", "fit", "--db", db_path, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [fit.kind() for fit in read_fits(out)] == [("bfloat16", True)]
+    assert FITTED_PATH.read_bytes() == shipped
+    missing = CliRunner().invoke(main, ["simulate", "fit", "--db", str(tmp_path / "none.duckdb")])
+    assert missing.exit_code != 0 and "no database at" in missing.output

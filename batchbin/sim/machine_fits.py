@@ -16,7 +16,8 @@ compiled costs something else. Each key's fit is kept twice:
 
 Where this machine has no fit of the key, `choose_cost` takes this machine's fit of the other
 compile mode, else the fit shipped with BatchBin (another CPU), and says so with a warning.
-`batchbin doctor --calibrate` makes a fit in about a minute (flows/calibrate.py).
+`batchbin doctor --calibrate` makes a fit in about a minute (flows/calibrate.py); `batchbin
+simulate fit` refits them from a database's stored runs (`fit_stored_runs`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ class MachineFit:
     def from_json(cls, values: dict) -> "MachineFit":
         return cls(FitKey(**values["key"]), LinearStepCost(**values["cost"]), list(values["run_ids"]),
                    int(values["steps"]), values.get("updated", ""), dict(values.get("kept_steps") or {}))
+
+
+def cost_terms(cost: LinearStepCost) -> str:
+    """A fit's five terms and its median error per step, in a line."""
+    return (f"per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
+            f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
+            f"{cost.per_context_token_s * 1e9:.1f} ns + per KV-cache token {cost.per_kv_token_s * 1e9:.1f} ns "
+            f"(median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)")
 
 
 # --- the cache file -------------------------------------------------------------------------
@@ -259,6 +268,44 @@ def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
     cached[key.text] = fit
     write_cache(cached, path)
     return fit
+
+
+def fit_stored_runs(db_paths: list[str | Path], run_ids: list[str] | None = None, path: Path | None = None,
+                    machine: MachineInfo | str | None = None) -> list[MachineFit]:
+    """`batchbin simulate fit`: refit this machine's step costs from the stored runs of the
+    databases (all that recorded usable steps, or `run_ids`), one fit per key from the key's
+    newest KEEP_RUNS runs, and keep each in the cache file in place of the key's earlier fit
+    (the databases are only read). The runs are taken as measured on this machine, as after a run."""
+    by_key: dict[FitKey, dict[str, list[list[float]]]] = {}
+    for db_path in db_paths:
+        if not Path(db_path).is_file():
+            raise BatchBinError(f"no database at {db_path}")
+        con = db.connect(db_path, read_only=True)
+        try:
+            for run_id, engine_json, model in execute(con, "step_costs.runs_with_steps").fetchall():
+                if run_ids and run_id not in run_ids:
+                    continue
+                engine = json.loads(engine_json or "{}")
+                key = FitKey.for_engine(engine, model, machine)
+                rows = run_steps(con, run_id, capacity=kv_capacity_tokens(engine, model))
+                kept = by_key.setdefault(key, {})
+                kept.pop(run_id, None)
+                kept[run_id] = rows
+        finally:
+            con.close()
+    fits = []
+    for key, kept in by_key.items():
+        kept = dict(list(kept.items())[-KEEP_RUNS:])
+        if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS:
+            fits.append(fit_steps(key, kept))
+    if not fits:
+        named = f"the runs {', '.join(run_ids)}" if run_ids else "any run"
+        raise BatchBinError(f"{named} in {', '.join(map(str, db_paths))}: no engine steps with their context counts "
+                            f"to fit (at least {MIN_FIT_STEPS}); run a job with its engine core in process first")
+    cached = read_cache(path)
+    cached.update({fit.key.text: fit for fit in fits})
+    write_cache(cached, path)
+    return fits
 
 
 def find_fit(key: FitKey, db_path: str | Path | None = None, path: Path | None = None) -> MachineFit | None:
