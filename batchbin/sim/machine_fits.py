@@ -46,6 +46,10 @@ STEP_COLUMNS = ("prefill_tokens", "decode_tokens", "context_tokens", "kv_tokens"
 # +210% of the measured generation (docs/simulator.md). Said with every estimate that uses it.
 SHIPPED_UNCERTAINTY = "may be off by 2-3x here"
 CALIBRATE_HINT = "run `batchbin doctor --calibrate` (about a minute)"
+# A run whose steps the fit misses by more than this share of its median step, typically, ran
+# erratically: another process slowed some of its steps. On an Intel Xeon with AMX (2 cores) a
+# quiet calibration's share was 2-4%, one beside another process's work 18% (docs/simulator.md).
+ERRATIC_STEP_SHARE = 0.10
 
 
 def step_costs_path() -> Path:
@@ -306,6 +310,47 @@ def fit_stored_runs(db_paths: list[str | Path], run_ids: list[str] | None = None
     cached.update({fit.key.text: fit for fit in fits})
     write_cache(cached, path)
     return fits
+
+
+def run_error_share(fit: MachineFit, run_id: str) -> float | None:
+    """How far the fit misses the run's kept steps, typically: the median absolute error per step
+    over the median step's seconds (None: the fit keeps no steps of the run)."""
+    rows = fit.kept_steps.get(run_id) or []
+    if not rows:
+        return None
+    cost = fit.cost
+    errors = sorted(abs(cost.intercept_s + cost.per_prefill_token_s * p + cost.per_decode_token_s * d
+                        + cost.per_context_token_s * c + cost.per_kv_token_s * kv - s) for p, d, c, kv, s in rows)
+    seconds = sorted(row[-1] for row in rows)
+    return errors[len(errors) // 2] / seconds[len(seconds) // 2] if seconds[len(seconds) // 2] > 0 else None
+
+
+def forget_run(key: FitKey, run_id: str, path: Path | None = None) -> MachineFit | None:
+    """Take the run's steps out of the key's fit in the cache file and refit on the rest (None:
+    too few left, and the key's fit is removed). The database's fit is left as it is."""
+    cached = read_cache(path)
+    earlier = cached.pop(key.text, None)
+    if earlier is None:
+        return None
+    kept = {rid: rows for rid, rows in earlier.kept_steps.items() if rid != run_id}
+    fit = fit_steps(key, kept) if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS else None
+    if fit is not None:
+        cached[key.text] = fit
+    write_cache(cached, path)
+    return fit
+
+
+def keep_if_steady(fit: MachineFit, run_id: str, path: Path | None = None) -> float | None:
+    """A calibration's check: where the fit misses the run's steps by more than
+    ERRATIC_STEP_SHARE (another process slowed them), take the run out of the fit again and
+    say so; else return the share."""
+    share = run_error_share(fit, run_id)
+    if share is not None and share > ERRATIC_STEP_SHARE:
+        forget_run(fit.key, run_id, path)
+        raise BatchBinError(f"the calibration's steps ran erratically (the fit misses its typical step by {share:.0%}; "
+                            f"on a quiet machine by a few per cent): another process slowed them, so this fit was not "
+                            "kept. Calibrate again when the machine is quieter")
+    return share
 
 
 def find_fit(key: FitKey, db_path: str | Path | None = None, path: Path | None = None) -> MachineFit | None:
