@@ -32,7 +32,7 @@ from pathlib import Path
 from batchbin.engine.machine import MachineInfo, detect_machine
 from batchbin.engine.models import cache_dir
 from batchbin.errors import BatchBinError
-from batchbin.sim.step_costs import FITTED_PATH, LinearStepCost, fit_linear_step_cost
+from batchbin.sim.step_costs import FITTED_PATH, LinearStepCost, StepWork, fit_linear_step_cost
 from batchbin.store import db
 from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
@@ -318,9 +318,7 @@ def run_error_share(fit: MachineFit, run_id: str) -> float | None:
     rows = fit.kept_steps.get(run_id) or []
     if not rows:
         return None
-    cost = fit.cost
-    errors = sorted(abs(cost.intercept_s + cost.per_prefill_token_s * p + cost.per_decode_token_s * d
-                        + cost.per_context_token_s * c + cost.per_kv_token_s * kv - s) for p, d, c, kv, s in rows)
+    errors = sorted(abs(fit.cost.seconds(StepWork(d, p, d, c, kv_tokens=kv)) - s) for p, d, c, kv, s in rows)
     seconds = sorted(row[-1] for row in rows)
     return errors[len(errors) // 2] / seconds[len(seconds) // 2] if seconds[len(seconds) // 2] > 0 else None
 
