@@ -15,7 +15,8 @@ sequences (up to 128, as in a real job), context tokens and the distinct tokens 
 cache independently of each other: many short sequences with little context early, few long ones
 with much context late, and context that is a shared prefix read by many sequences. The flow's last stage fits the step costs of this
 machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
-refine that fit.
+refine that fit. A calibration whose steps ran erratically (another process slowed them: the
+fit misses its typical step by more than 10%) is taken out of the fit again, with an error.
 """
 
 from __future__ import annotations
