@@ -114,19 +114,37 @@ def simulate_multibin_command(requests: int, batch_size: int, length_range: str,
 @click.option("--db", "db_paths", multiple=True, default=["batchbin.duckdb"], show_default=True,
               help="BatchBin database with measured runs (their engine_steps); repeat the flag for several.")
 @click.option("--run-id", "run_ids", multiple=True, help="Fit on these runs only (repeat the flag; default: all).")
-@click.option("--out", default=None, help="Where to write the fit (default: the one the simulator uses).")
+@click.option("--out", default=None,
+              help="Write a fit in the format shipped with BatchBin to this file instead (for developers who "
+                   "refresh batchbin/sim/data/cpu_step_costs.json). Default: this machine's fits in the cache folder.")
 def simulate_fit_command(db_paths: tuple[str, ...], run_ids: tuple[str, ...], out: str | None) -> None:
-    """Fit this machine's step costs on the measured engine steps of runs (least squares:
-    time = a + b*prefill tokens + c*decoded sequences + d*context tokens). Runs that the fit
-    misses by more than 15% (slowed by another process) are left out and named.
+    """Refit this machine's step costs on the measured engine steps of stored runs, one fit per
+    machine and engine kind (dtype, eager or torch.compile, model) from its newest runs, and keep
+    them in the cache folder, where `batchbin plan` and `simulate run` find them (every finished
+    run refits them too). Nothing inside the installed package is written.
 
-    Example: batchbin simulate fit --db batchbin.duckdb
+    With --out FILE: the fit shipped with BatchBin (least squares, four terms; runs that the
+    typical step misses by more than 15%, slowed by another process, left out and named) is
+    written to FILE.
+
+    \b
+    Examples:
+      batchbin simulate fit --db batchbin.duckdb
+      batchbin simulate fit --db runs.duckdb --out batchbin/sim/data/cpu_step_costs.json
     """
-    from batchbin.sim.stored_runs import fit_from_db
+    from batchbin.sim.machine_fits import cost_terms, fit_stored_runs, step_costs_path
 
     try:
-        cost = fit_from_db(list(db_paths), list(run_ids) or None)
-        path = cost.save(Path(out)) if out else cost.save()
+        if out:
+            from batchbin.sim.stored_runs import fit_from_db
+
+            cost = fit_from_db(list(db_paths), list(run_ids) or None)
+            path = cost.save(Path(out))
+            click.echo(json.dumps({"path": str(path), **cost.__dict__}, indent=2, default=str))
+            return
+        fits = fit_stored_runs(list(db_paths), list(run_ids) or None)
     except (BatchBinError, FileNotFoundError) as error:
         fail(str(error))
-    click.echo(json.dumps({"path": str(path), **cost.__dict__}, indent=2, default=str))
+    for fit in fits:
+        click.echo(f"step costs: {fit.describe()}, {fit.key.model}\n  {cost_terms(fit.cost)}")
+    click.echo(f"kept in {step_costs_path()}: `batchbin plan` and `batchbin simulate run` use them")

@@ -15,7 +15,8 @@ sequences (up to 128, as in a real job), context tokens and the distinct tokens 
 cache independently of each other: many short sequences with little context early, few long ones
 with much context late, and context that is a shared prefix read by many sequences. The flow's last stage fits the step costs of this
 machine and engine kind on its steps (batchbin/sim/machine_fits.py), as after any run; later runs
-refine that fit.
+refine that fit. A calibration whose steps ran erratically (another process slowed them: the
+fit misses its typical step by more than 10%) is taken out of the fit again, with an error.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchbin.config import EngineOptions, JobConfig
+from batchbin.engine.machine_load import cores_busy_elsewhere
 from batchbin.errors import BatchBinError
-from batchbin.sim.machine_fits import MachineFit, learn_from_run
+from batchbin.sim.machine_fits import MachineFit, cost_terms, keep_if_steady, learn_from_run
 
 CALIBRATION_REQUESTS = 128
 SHORT_PROMPT_WORDS = (10, 60)  # a made-up word is one to three tokens of the default model
@@ -39,6 +41,8 @@ SHARED_PREFIX_WORDS = 400
 SHARES = (0.5, 0.75)           # below the first: a short prompt; then a long one; then a shared prefix
 SHARED_PREFIXES = 4
 OUTPUT_TOKENS = (8, 160)       # uniform, fixed per request, drawn apart from the prompt's length
+# other processes' load during the calibration (cores, on average) from which its fit is said to be suspect
+BUSY_WARNING_CORES = 0.25
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "do", "pe", "zu", "ha", "ri", "mo", "sa", "te")
 
 
@@ -71,6 +75,7 @@ class Calibration:
     run_id: str
     seconds: float       # the whole calibration, engine start included
     generate_s: float    # its generation
+    cores_busy_elsewhere: float | None = None  # by other processes, on average, while it ran
 
 
 def calibrate(engine: EngineOptions | None = None, requests: int | None = None, model: str = "default",
@@ -98,8 +103,9 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
         config = JobConfig(input_path=str(input_path), db_path=str(db_path), output_path=str(where / "calibration-out.jsonl"),
                            model=model, max_tokens=OUTPUT_TOKENS[1], order="input", probe=0.0, predictor="fallback",
                            reuse_results=False, engine=engine)
-        started = time.perf_counter()
-        state = batch_inference(config, return_state=True)
+        started, busy = time.perf_counter(), {}
+        with cores_busy_elsewhere(busy):
+            state = batch_inference(config, return_state=True)
         if not state.is_completed():
             raise BatchBinError(f"the calibration job failed: {state.message or 'see the log above'}")
         report = state.result()
@@ -107,20 +113,28 @@ def calibrate(engine: EngineOptions | None = None, requests: int | None = None, 
         if fit is None:
             raise BatchBinError("the calibration job recorded no engine steps to fit (does the engine run in a process "
                                 "of its own? try --in-process)")
-        return Calibration(fit, report["run_id"], time.perf_counter() - started, float(report.get("generate_s") or 0.0))
+        busy_s = busy.get("cores_busy_elsewhere")
+        try:
+            keep_if_steady(fit, report["run_id"])
+        except BatchBinError as error:
+            raise BatchBinError(f"{error}{f' (other processes kept {busy_s:.2f} cores busy meanwhile)' if busy_s else ''}"
+                                ) from None
+        return Calibration(fit, report["run_id"], time.perf_counter() - started, float(report.get("generate_s") or 0.0),
+                           busy_s)
 
 
 def format_calibration(calibration: Calibration) -> str:
     fit = calibration.fit
-    cost = fit.cost
+    busy = calibration.cores_busy_elsewhere
+    disturbed = ([f"  warning: other processes kept {busy:.2f} cores busy during the calibration, so its steps ran "
+                  "slower than on a quiet machine and estimates will come out long; calibrate again when the "
+                  "machine is quieter"] if busy is not None and busy >= BUSY_WARNING_CORES else [])
     return "\n".join([
         f"calibrated in {calibration.seconds:.0f} s ({calibration.generate_s:.1f} s of generation, run {calibration.run_id})",
         f"step costs: {fit.describe()}",
-        f"  per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
-        f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
-        f"{cost.per_context_token_s * 1e9:.1f} ns + per KV-cache token {cost.per_kv_token_s * 1e9:.1f} ns "
-        f"(median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)",
+        f"  {cost_terms(fit.cost)}",
         "  `batchbin plan` and `batchbin simulate` use it now; every finished run of this kind refines it.",
+        *disturbed,
     ])
 
 

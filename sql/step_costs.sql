@@ -33,3 +33,12 @@ INSERT OR REPLACE INTO step_cost_fits (fit_key, machine, dtype, enforce_eager, m
                                        fitted_on, updated_at)
 VALUES ($fit_key, $machine, $dtype, $enforce_eager, $model, $intercept_s, $per_prefill_token_s, $per_decode_token_s,
         $per_context_token_s, $run_ids, $steps, $fitted_on::JSON, current_timestamp);
+
+-- name: runs_with_steps
+-- The runs that recorded engine steps with their context counts (those a fit can use), oldest
+-- first, with their engine settings and model: `batchbin simulate fit` refits each one's key.
+SELECT r.run_id, r.engine::VARCHAR AS engine, r.model
+FROM runs r
+WHERE EXISTS (SELECT 1 FROM engine_steps s
+              WHERE s.run_id = r.run_id AND s.duration_s > 0 AND s.context_tokens IS NOT NULL)
+ORDER BY r.created_at, r.run_id;

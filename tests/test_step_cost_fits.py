@@ -34,9 +34,10 @@ def engine_settings(eager: bool = True, dtype: str = "bfloat16") -> EngineSettin
 
 def measured_run(db_path: str, run_id: str, steps: int = 120, eager: bool = True, seed: int = 0,
                  slowdown: float = 1.0, context: bool = True, settings: EngineSettings | None = None,
-                 model: str = MODEL) -> None:
+                 model: str = MODEL, erratic: bool = False) -> None:
     """A run's row and engine steps, written through the product's own store functions; the
-    steps' times follow TRUTH (with a little noise)."""
+    steps' times follow TRUTH (with a little noise; `erratic`: each step slowed by 0-150%, at
+    random, as another process's work on the machine did to a calibration)."""
     rng = random.Random(seed)
     ref = RunRef(db_path=db_path, run_id=run_id)
     start_run(ref, JobConfig(input_path="requests.jsonl", db_path=db_path), f"fingerprint-{run_id}", model)
@@ -44,7 +45,9 @@ def measured_run(db_path: str, run_id: str, steps: int = 120, eager: bool = True
     rows = []
     for step in range(steps):
         work = StepWork(0, rng.choice([0, 0, rng.randint(1, 4096)]), rng.randint(1, 32), rng.randint(0, 40_000))
-        rows.append({"step": step, "started_s": float(step), "duration_s": TRUTH.seconds(work) * slowdown * rng.uniform(0.98, 1.02),
+        slowed = rng.uniform(1.0, 2.5) if erratic else 1.0
+        rows.append({"step": step, "started_s": float(step),
+                     "duration_s": TRUTH.seconds(work) * slowdown * slowed * rng.uniform(0.98, 1.02),
                      "running": work.decode_tokens, "waiting": 0, "prefill_tokens": work.prefill_tokens,
                      "decode_tokens": work.decode_tokens, "context_tokens": work.context_tokens if context else None,
                      "kv_cache_usage": 0.5, "preempted": 0})
@@ -218,3 +221,85 @@ def test_a_fit_tells_context_read_by_many_sequences_from_tokens_held_once():
     assert fit.per_kv_token_s == pytest.approx(3e-6, rel=0.02)
     assert fit.per_context_token_s == pytest.approx(5e-7, rel=0.05)
     assert step_work({**steps[0], "running": 1}).kv_tokens == steps[0]["kv_tokens"]
+
+
+def test_simulate_fit_keeps_one_fit_per_key_in_the_cache_from_the_stored_runs(db_path, cache):
+    from batchbin.sim.machine_fits import fit_stored_runs
+
+    measured_run(db_path, "eager-a", seed=1)
+    measured_run(db_path, "eager-b", seed=2)
+    measured_run(db_path, "compiled", eager=False, seed=3)
+    measured_run(db_path, "own-process", context=False, seed=4)  # no context counts: nothing to fit
+    fits = {fit.key.enforce_eager: fit for fit in fit_stored_runs([db_path], machine=XEON)}
+    assert fits[True].run_ids == ["eager-a", "eager-b"] and fits[True].steps == 240
+    assert fits[False].run_ids == ["compiled"] and fits[False].key == fits[True].key.other_mode()
+    assert fits[True].cost.per_prefill_token_s == pytest.approx(TRUTH.per_prefill_token_s, rel=0.1)
+    # the cache holds them with their steps: the next run refits from them
+    assert {text: fit.run_ids for text, fit in read_cache(cache).items()} == {
+        fits[True].key.text: ["eager-a", "eager-b"], fits[False].key.text: ["compiled"]}
+    measured_run(db_path, "eager-c", seed=5)
+    assert learn_from_run(db_path, "eager-c", machine=XEON).run_ids == ["eager-a", "eager-b", "eager-c"]
+    # only the runs named; a fit of another key already in the cache stays
+    only = fit_stored_runs([db_path], ["eager-c"], machine=XEON)
+    assert [fit.run_ids for fit in only] == [["eager-c"]]
+    assert read_cache(cache)[fits[False].key.text].run_ids == ["compiled"]
+    with pytest.raises(BatchBinError, match="the runs own-process in .*no engine steps with their context counts"):
+        fit_stored_runs([db_path], ["own-process"], machine=XEON)
+    with pytest.raises(BatchBinError, match="no database at"):
+        fit_stored_runs([db_path + ".missing"], machine=XEON)
+
+
+def test_simulate_fit_writes_the_cache_never_the_shipped_file_unless_told_where(db_path, cache, tmp_path):
+    from click.testing import CliRunner
+
+    from batchbin.cli.main import main
+    from batchbin.sim.step_costs import FITTED_PATH, read_fits
+
+    shipped = FITTED_PATH.read_bytes()
+    measured_run(db_path, "a", seed=1)
+    measured_run(db_path, "b", seed=2)
+    measured_run(db_path, "c", seed=3)
+    result = CliRunner().invoke(main, ["simulate", "fit", "--db", db_path])
+    assert result.exit_code == 0, result.output
+    assert FITTED_PATH.read_bytes() == shipped
+    assert f"kept in {cache}" in result.output and "from 3 runs, 360 steps" in result.output
+    assert [fit.run_ids for fit in read_cache(cache).values()] == [["a", "b", "c"]]
+    # a developer refreshing the shipped fit names the file: the package's format, four terms
+    out = tmp_path / "cpu_step_costs.json"
+    result = CliRunner().invoke(main, ["simulate", "fit", "--db", db_path, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [fit.kind() for fit in read_fits(out)] == [("bfloat16", True)]
+    assert FITTED_PATH.read_bytes() == shipped
+    missing = CliRunner().invoke(main, ["simulate", "fit", "--db", str(tmp_path / "none.duckdb")])
+    assert missing.exit_code != 0 and "no database at" in missing.output
+
+
+def test_a_calibration_slowed_erratically_by_another_process_is_not_kept(db_path, cache):
+    from batchbin.sim.machine_fits import ERRATIC_STEP_SHARE, keep_if_steady, run_error_share
+
+    measured_run(db_path, "earlier", seed=1)
+    learn_from_run(db_path, "earlier", machine=XEON)
+    measured_run(db_path, "steady", seed=2)
+    steady = learn_from_run(db_path, "steady", machine=XEON)
+    share = keep_if_steady(steady, "steady", cache)
+    assert share < 0.05 and read_cache(cache)[steady.key.text].run_ids == ["earlier", "steady"]
+    measured_run(db_path, "erratic", seed=3, erratic=True)
+    erratic = learn_from_run(db_path, "erratic", machine=XEON)
+    assert run_error_share(erratic, "erratic") > ERRATIC_STEP_SHARE
+    with pytest.raises(BatchBinError, match=r"ran erratically \(the fit misses its typical step by \d+%.*not kept"):
+        keep_if_steady(erratic, "erratic", cache)
+    # the cache's fit is the one before it again: made from the other runs alone
+    kept = read_cache(cache)[steady.key.text]
+    assert kept.run_ids == ["earlier", "steady"]
+    assert kept.cost.per_decode_token_s == pytest.approx(steady.cost.per_decode_token_s, rel=1e-6)
+    assert run_error_share(kept, "erratic") is None
+
+
+def test_a_calibration_that_was_the_keys_only_run_leaves_no_fit_when_forgotten(db_path, cache):
+    from batchbin.sim.machine_fits import keep_if_steady
+
+    measured_run(db_path, "erratic", seed=3, erratic=True)
+    fit = learn_from_run(db_path, "erratic", machine=XEON)
+    with pytest.raises(BatchBinError, match="Calibrate again when the machine is quieter"):
+        keep_if_steady(fit, "erratic", cache)
+    assert read_cache(cache) == {} and find_fit(fit.key, path=cache) is None

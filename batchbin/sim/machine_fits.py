@@ -16,7 +16,8 @@ compiled costs something else. Each key's fit is kept twice:
 
 Where this machine has no fit of the key, `choose_cost` takes this machine's fit of the other
 compile mode, else the fit shipped with BatchBin (another CPU), and says so with a warning.
-`batchbin doctor --calibrate` makes a fit in about a minute (flows/calibrate.py).
+`batchbin doctor --calibrate` makes a fit in about a minute (flows/calibrate.py); `batchbin
+simulate fit` refits them from a database's stored runs (`fit_stored_runs`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from batchbin.engine.machine import MachineInfo, detect_machine
 from batchbin.engine.models import cache_dir
 from batchbin.errors import BatchBinError
-from batchbin.sim.step_costs import FITTED_PATH, LinearStepCost, fit_linear_step_cost
+from batchbin.sim.step_costs import FITTED_PATH, LinearStepCost, StepWork, fit_linear_step_cost
 from batchbin.store import db
 from batchbin.store.queries import execute, fetch_arrow, fetch_one
 
@@ -45,6 +46,10 @@ STEP_COLUMNS = ("prefill_tokens", "decode_tokens", "context_tokens", "kv_tokens"
 # +210% of the measured generation (docs/simulator.md). Said with every estimate that uses it.
 SHIPPED_UNCERTAINTY = "may be off by 2-3x here"
 CALIBRATE_HINT = "run `batchbin doctor --calibrate` (about a minute)"
+# A run whose steps the fit misses by more than this share of its median step, typically, ran
+# erratically: another process slowed some of its steps. On an Intel Xeon with AMX (2 cores) a
+# quiet calibration's share was 2-4%, one beside another process's work 18% (docs/simulator.md).
+ERRATIC_STEP_SHARE = 0.10
 
 
 def step_costs_path() -> Path:
@@ -128,6 +133,14 @@ class MachineFit:
     def from_json(cls, values: dict) -> "MachineFit":
         return cls(FitKey(**values["key"]), LinearStepCost(**values["cost"]), list(values["run_ids"]),
                    int(values["steps"]), values.get("updated", ""), dict(values.get("kept_steps") or {}))
+
+
+def cost_terms(cost: LinearStepCost) -> str:
+    """A fit's five terms and its median error per step, in a line."""
+    return (f"per step {cost.intercept_s * 1000:.2f} ms + per prompt token {cost.per_prefill_token_s * 1e6:.1f} us "
+            f"+ per decoding sequence {cost.per_decode_token_s * 1000:.3f} ms + per context token "
+            f"{cost.per_context_token_s * 1e9:.1f} ns + per KV-cache token {cost.per_kv_token_s * 1e9:.1f} ns "
+            f"(median error per step {cost.fitted_on.get('median_abs_error_ms')} ms)")
 
 
 # --- the cache file -------------------------------------------------------------------------
@@ -259,6 +272,83 @@ def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
     cached[key.text] = fit
     write_cache(cached, path)
     return fit
+
+
+def fit_stored_runs(db_paths: list[str | Path], run_ids: list[str] | None = None, path: Path | None = None,
+                    machine: MachineInfo | str | None = None) -> list[MachineFit]:
+    """`batchbin simulate fit`: refit this machine's step costs from the stored runs of the
+    databases (all that recorded usable steps, or `run_ids`), one fit per key from the key's
+    newest KEEP_RUNS runs, and keep each in the cache file in place of the key's earlier fit
+    (the databases are only read). The runs are taken as measured on this machine, as after a run."""
+    by_key: dict[FitKey, dict[str, list[list[float]]]] = {}
+    for db_path in db_paths:
+        if not Path(db_path).is_file():
+            raise BatchBinError(f"no database at {db_path}")
+        con = db.connect(db_path, read_only=True)
+        try:
+            for run_id, engine_json, model in execute(con, "step_costs.runs_with_steps").fetchall():
+                if run_ids and run_id not in run_ids:
+                    continue
+                engine = json.loads(engine_json or "{}")
+                key = FitKey.for_engine(engine, model, machine)
+                rows = run_steps(con, run_id, capacity=kv_capacity_tokens(engine, model))
+                kept = by_key.setdefault(key, {})
+                kept.pop(run_id, None)
+                kept[run_id] = rows
+        finally:
+            con.close()
+    fits = []
+    for key, kept in by_key.items():
+        kept = dict(list(kept.items())[-KEEP_RUNS:])
+        if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS:
+            fits.append(fit_steps(key, kept))
+    if not fits:
+        named = f"the runs {', '.join(run_ids)}" if run_ids else "any run"
+        raise BatchBinError(f"{named} in {', '.join(map(str, db_paths))}: no engine steps with their context counts "
+                            f"to fit (at least {MIN_FIT_STEPS}); run a job with its engine core in process first")
+    cached = read_cache(path)
+    cached.update({fit.key.text: fit for fit in fits})
+    write_cache(cached, path)
+    return fits
+
+
+def run_error_share(fit: MachineFit, run_id: str) -> float | None:
+    """How far the fit misses the run's kept steps, typically: the median absolute error per step
+    over the median step's seconds (None: the fit keeps no steps of the run)."""
+    rows = fit.kept_steps.get(run_id) or []
+    if not rows:
+        return None
+    errors = sorted(abs(fit.cost.seconds(StepWork(d, p, d, c, kv_tokens=kv)) - s) for p, d, c, kv, s in rows)
+    seconds = sorted(row[-1] for row in rows)
+    return errors[len(errors) // 2] / seconds[len(seconds) // 2] if seconds[len(seconds) // 2] > 0 else None
+
+
+def forget_run(key: FitKey, run_id: str, path: Path | None = None) -> MachineFit | None:
+    """Take the run's steps out of the key's fit in the cache file and refit on the rest (None:
+    too few left, and the key's fit is removed). The database's fit is left as it is."""
+    cached = read_cache(path)
+    earlier = cached.pop(key.text, None)
+    if earlier is None:
+        return None
+    kept = {rid: rows for rid, rows in earlier.kept_steps.items() if rid != run_id}
+    fit = fit_steps(key, kept) if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS else None
+    if fit is not None:
+        cached[key.text] = fit
+    write_cache(cached, path)
+    return fit
+
+
+def keep_if_steady(fit: MachineFit, run_id: str, path: Path | None = None) -> float | None:
+    """A calibration's check: where the fit misses the run's steps by more than
+    ERRATIC_STEP_SHARE (another process slowed them), take the run out of the fit again and
+    say so; else return the share."""
+    share = run_error_share(fit, run_id)
+    if share is not None and share > ERRATIC_STEP_SHARE:
+        forget_run(fit.key, run_id, path)
+        raise BatchBinError(f"the calibration's steps ran erratically (the fit misses its typical step by {share:.0%}; "
+                            f"on a quiet machine by a few per cent): another process slowed them, so this fit was not "
+                            "kept. Calibrate again when the machine is quieter")
+    return share
 
 
 def find_fit(key: FitKey, db_path: str | Path | None = None, path: Path | None = None) -> MachineFit | None:
