@@ -245,6 +245,7 @@ CREATE TABLE IF NOT EXISTS step_cost_fits (
     enforce_eager BOOLEAN,
     model VARCHAR,                 -- the model's folder name or hub id
     intercept_s DOUBLE,            -- time = intercept + prefill * tokens + decode * sequences + context * tokens
+                                   --        + kv * distinct tokens in the KV cache (per_kv_token_s, below)
     per_prefill_token_s DOUBLE,
     per_decode_token_s DOUBLE,
     per_context_token_s DOUBLE,
@@ -253,6 +254,7 @@ CREATE TABLE IF NOT EXISTS step_cost_fits (
     fitted_on JSON,                -- the fit's own record: error per step, error of the summed time
     updated_at TIMESTAMP DEFAULT current_timestamp
 );
+ALTER TABLE step_cost_fits ADD COLUMN IF NOT EXISTS per_kv_token_s DOUBLE;  -- distinct tokens in the KV cache
 
 CREATE TABLE IF NOT EXISTS run_reports (
     run_id VARCHAR PRIMARY KEY,

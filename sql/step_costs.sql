@@ -21,18 +21,19 @@ SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database(
 -- name: get_fit
 -- The step-cost fit kept for one key. Parameters: $fit_key.
 SELECT fit_key, machine, dtype, enforce_eager, model, intercept_s, per_prefill_token_s, per_decode_token_s,
-       per_context_token_s, run_ids, steps, fitted_on::VARCHAR AS fitted_on, updated_at::VARCHAR AS updated_at
+       per_context_token_s, coalesce(per_kv_token_s, 0) AS per_kv_token_s, run_ids, steps,
+       fitted_on::VARCHAR AS fitted_on, updated_at::VARCHAR AS updated_at
 FROM step_cost_fits WHERE fit_key = $fit_key;
 
 -- name: put_fit
 -- Keep (or replace) the fit of one key.
 -- Parameters: $fit_key, $machine, $dtype, $enforce_eager, $model, $intercept_s, $per_prefill_token_s,
--- $per_decode_token_s, $per_context_token_s, $run_ids, $steps, $fitted_on.
+-- $per_decode_token_s, $per_context_token_s, $per_kv_token_s, $run_ids, $steps, $fitted_on.
 INSERT OR REPLACE INTO step_cost_fits (fit_key, machine, dtype, enforce_eager, model, intercept_s,
-                                       per_prefill_token_s, per_decode_token_s, per_context_token_s, run_ids, steps,
-                                       fitted_on, updated_at)
+                                       per_prefill_token_s, per_decode_token_s, per_context_token_s, per_kv_token_s,
+                                       run_ids, steps, fitted_on, updated_at)
 VALUES ($fit_key, $machine, $dtype, $enforce_eager, $model, $intercept_s, $per_prefill_token_s, $per_decode_token_s,
-        $per_context_token_s, $run_ids, $steps, $fitted_on::JSON, current_timestamp);
+        $per_context_token_s, $per_kv_token_s, $run_ids, $steps, $fitted_on::JSON, current_timestamp);
 
 -- name: runs_with_steps
 -- The runs that recorded engine steps with their context counts (those a fit can use), oldest

@@ -303,3 +303,14 @@ def test_a_calibration_that_was_the_keys_only_run_leaves_no_fit_when_forgotten(d
     with pytest.raises(BatchBinError, match="Calibrate again when the machine is quieter"):
         keep_if_steady(fit, "erratic", cache)
     assert read_cache(cache) == {} and find_fit(fit.key, path=cache) is None
+
+
+def test_the_database_keeps_every_term_of_a_fit(fresh_db):
+    """step_cost_fits keeps the KV-cache term too: a fit read back costs a step as the fit made."""
+    key = FitKey.for_engine({"dtype": "bfloat16", "enforce_eager": True}, MODEL, XEON)
+    cost = LinearStepCost(0.01, 2e-5, 3e-4, 1e-7, per_kv_token_s=4e-8, fitted_on={"steps": 9})
+    machine_fits.store_fit(fresh_db, machine_fits.MachineFit(key, cost, ["r1", "r2"], 9, ""))
+    kept = machine_fits.stored_fit(fresh_db, key)
+    work = StepWork(running=64, prefill_tokens=512, decode_tokens=64, context_tokens=40_000, kv_tokens=30_000)
+    assert kept.cost.per_kv_token_s == cost.per_kv_token_s and kept.run_ids == ["r1", "r2"] and kept.steps == 9
+    assert kept.cost.seconds(work) == pytest.approx(cost.seconds(work))

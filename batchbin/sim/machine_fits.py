@@ -177,7 +177,8 @@ def store_fit(con, fit: MachineFit) -> None:
         "fit_key": fit.key.text, "machine": fit.key.machine, "dtype": fit.key.dtype,
         "enforce_eager": fit.key.enforce_eager, "model": fit.key.model, "intercept_s": c.intercept_s,
         "per_prefill_token_s": c.per_prefill_token_s, "per_decode_token_s": c.per_decode_token_s,
-        "per_context_token_s": c.per_context_token_s, "run_ids": fit.run_ids, "steps": fit.steps,
+        "per_context_token_s": c.per_context_token_s, "per_kv_token_s": c.per_kv_token_s, "run_ids": fit.run_ids,
+        "steps": fit.steps,
         "fitted_on": json.dumps(c.fitted_on)})
 
 
@@ -188,8 +189,8 @@ def stored_fit(con, key: FitKey) -> MachineFit | None:
     row = fetch_one(con, "step_costs.get_fit", {"fit_key": key.text})
     if row is None:
         return None
-    (_, machine, dtype, eager, model, a, b, c, d, run_ids, steps, fitted_on, updated) = row
-    cost = LinearStepCost(a, b, c, d, fitted_on=json.loads(fitted_on or "{}"))
+    (_, machine, dtype, eager, model, a, b, c, d, kv, run_ids, steps, fitted_on, updated) = row
+    cost = LinearStepCost(a, b, c, d, per_kv_token_s=kv, fitted_on=json.loads(fitted_on or "{}"))
     return MachineFit(FitKey(machine, dtype, bool(eager), model), cost, list(run_ids or []), int(steps or 0),
                       updated or "")
 
