@@ -124,9 +124,12 @@ SELECT run_id FROM runs WHERE status = 'finished' ORDER BY started_at DESC LIMIT
 
 -- name: count_predictions
 -- How many requests of a run have a prediction and are to be generated (not answered from an
--- earlier run, tasks/reuse.py), and the KV tokens they need at their limits (prompt + max_tokens).
+-- earlier run, tasks/reuse.py), the KV tokens they need at their limits (prompt + max_tokens),
+-- and how many of them fix their own length (ignore_eos, or min_tokens at max_tokens).
 -- Parameters: $run_id, $default_max_tokens.
-SELECT count(*), coalesce(sum(coalesce(t.prompt_tokens, 0) + coalesce(p.max_tokens, $default_max_tokens)), 0)::BIGINT
+SELECT count(*), coalesce(sum(coalesce(t.prompt_tokens, 0) + coalesce(p.max_tokens, $default_max_tokens)), 0)::BIGINT,
+       count(*) FILTER (WHERE coalesce(p.ignore_eos, false)
+                           OR coalesce(p.min_tokens, 0) >= coalesce(p.max_tokens, $default_max_tokens))
 FROM predictions pr
 JOIN prompts p USING (run_id, request_id)
 LEFT JOIN tokens t USING (run_id, request_id)

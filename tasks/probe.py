@@ -11,7 +11,8 @@ results and marks the stage done, and the schedule stage orders what is left.
 The probe runs only where lengths decide something: an order that uses them (not `sorted` or
 `input`), a job whose requests queue (more than the engine runs at once, or more than its KV
 cache holds at their limits: batchbin/scheduling.py `lengths_matter`), and a predictor that
-guesses (not `oracle:` or `file:`, whose lengths are taken as given). Whether lengths matter
+guesses (not `oracle:` or `file:`, whose lengths are taken as given), for requests whose length
+is not fixed by the request itself (ignore_eos, or min_tokens at max_tokens). Whether lengths matter
 is decided from the job, never from the spread of the predictions: a predictor out of its
 distribution predicts alike what the served model answers very differently. With the fraction
 left to "auto" (None): where the predictor has not learnt the served model's answers (the
@@ -55,17 +56,21 @@ class ProbePlan:
 
 def plan_probe(fraction: float | None, requests: int, order: str, spec: str, max_num_seqs: int,
                templates: int = 0, own_rows: int | None = None, kv_tokens_needed: int | None = None,
-               kv_cache_tokens: int | None = None) -> ProbePlan:
+               kv_cache_tokens: int | None = None, fixed_lengths: int = 0) -> ProbePlan:
     """How many requests probe the job (0: none) and why (module doc). `fraction` None is
     "auto". `own_rows`: how many of the served model's answers the predictor learnt (None: it
     learnt none, it was trained elsewhere); `kv_tokens_needed`, `kv_cache_tokens`: the job's KV
-    tokens at its limits and what the cache holds (None: unknown)."""
+    tokens at its limits and what the cache holds (None: unknown); `fixed_lengths`: how many of
+    the requests fix their own length (ignore_eos, or min_tokens at max_tokens)."""
     if fraction is not None and fraction <= 0:
         return ProbePlan(0, "off (probe fraction 0)")
     if order in ("sorted", "input"):
         return ProbePlan(0, f"not needed: order '{order}' does not use lengths")
     if spec.startswith(("oracle", "file:")):
         return ProbePlan(0, f"not needed: predictor '{spec}' is used as given")
+    if requests and fixed_lengths >= requests:
+        return ProbePlan(0, f"not needed: all {requests} requests fix their own length (ignore_eos, or min_tokens "
+                            "at max_tokens), so every length is known")
     verdict = lengths_matter(JobLoad(requests, max_num_seqs, kv_tokens_needed, kv_cache_tokens))
     if not verdict.matter:
         return ProbePlan(0, f"not needed: {verdict.reason}")
@@ -169,13 +174,13 @@ def start_probe(ref: RunRef, fraction: float | None, order: str, spec: str, defa
     with open_run_db(ref) as con:
         if STAGE.is_done(con, ref.run_id, params):
             return 0
-        requests, kv_needed = execute(con, "probe.count_predictions", {"run_id": ref.run_id,
-                                                                       "default_max_tokens": default_max_tokens}
-                                      ).fetchall()[0]
+        requests, kv_needed, fixed = execute(con, "probe.count_predictions", {"run_id": ref.run_id,
+                                                                              "default_max_tokens": default_max_tokens}
+                                             ).fetchall()[0]
         templates = template_table(con, ref.run_id)
         plan = plan_probe(fraction, requests, order, spec, max_num_seqs,
                           pc.count_distinct(templates["template_group"]).as_py(), own_rows_of(con, ref.run_id),
-                          kv_needed, kv_cache_tokens)
+                          kv_needed, kv_cache_tokens, fixed)
         logger.info("probe: %s", plan.reason)
         execute(con, "probe.record_choice", {"run_id": ref.run_id, "size": plan.size, "reason": plan.reason})
         execute(con, "probe.clear_calibration", {"run_id": ref.run_id})

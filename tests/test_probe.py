@@ -118,6 +118,35 @@ def test_the_probe_stays_inside_the_first_wave_and_follows_kv_pressure():
     assert roomy.size == 0 and "all 200 requests run at once" in roomy.reason
 
 
+
+def test_no_probe_where_every_request_fixes_its_own_length():
+    """ignore_eos or min_tokens at max_tokens: every length is known, a probe would learn nothing."""
+    fixed = plan_probe(None, 500, "auto", "auto", max_num_seqs=32, templates=10, fixed_lengths=500)
+    assert fixed.size == 0 and "all 500 requests fix their own length" in fixed.reason
+    assert plan_probe(None, 500, "auto", "auto", max_num_seqs=32, templates=10, fixed_lengths=499).size == 10
+    assert plan_probe(0.1, 500, "hybrid", "auto", max_num_seqs=32, fixed_lengths=500).size == 0
+
+
+def test_the_probe_counts_requests_that_fix_their_length(fresh_db):
+    """probe.count_predictions: ignore_eos, or min_tokens at the request's max_tokens (or the run's
+    default where it sets none), and not a request answered from an earlier run."""
+    from batchbin.store.queries import execute
+
+    rows = [("a", None, None, None), ("b", 8, 8, None), ("c", None, None, True), ("d", 8, 4, None),
+            ("e", None, 16, False), ("f", 8, 8, None)]
+    for request_id, max_tokens, min_tokens, ignore_eos in rows:
+        fresh_db.execute("insert into prompts (run_id, request_id, max_tokens, min_tokens, ignore_eos) "
+                         "values ('r', ?, ?, ?, ?)", [request_id, max_tokens, min_tokens, ignore_eos])
+        fresh_db.execute("insert into tokens (run_id, request_id, prompt_tokens) values ('r', ?, 10)", [request_id])
+        fresh_db.execute("insert into predictions (run_id, request_id, predicted_tokens) values ('r', ?, 5)",
+                         [request_id])
+    fresh_db.execute("insert into results (run_id, request_id, reused_from) values ('r', 'f', 'old')")
+    requests, kv_needed, fixed = execute(fresh_db, "probe.count_predictions",
+                                         {"run_id": "r", "default_max_tokens": 16}).fetchone()
+    assert (requests, fixed) == (5, 3)  # b, c, e; f was answered before
+    assert kv_needed == 5 * 10 + 16 + 8 + 16 + 8 + 16
+
+
 SHORT_SYSTEM = ("You label fruit. Reply with exactly one word, the colour of the fruit named by the user, "
                 "and nothing else: no sentence, no punctuation, no explanation, no greeting.")
 LONG_SYSTEM = ("You are a storyteller. Whatever the user names, write a long, detailed story about it, with many "
