@@ -28,7 +28,6 @@ from batchbin.engine.machine import detect_machine
 from batchbin.errors import BatchBinError
 from batchbin.engine.models import resolve_model
 from batchbin.engine.quiet import engine_noise_to_log
-from batchbin.io.charts import ChartDrawing
 from batchbin.io.query_jobs import kept_query_results
 from batchbin.io.readers import detect_format, file_format, is_openai_batch_file
 from batchbin.scheduling import EngineRoom, kv_cache_capacity
@@ -43,7 +42,7 @@ from batchbin.tasks.load import LoadResult, load
 from batchbin.tasks.predict import predict_lengths
 from batchbin.tasks.prefixes import group_prefixes
 from batchbin.tasks.probe import finish_probe, start_probe
-from batchbin.tasks.report import check_output_folder, report, start_charts
+from batchbin.tasks.report import check_output_folder, report
 from batchbin.tasks.reuse import reuse_results
 from batchbin.tasks.schedule import schedule
 from batchbin.tasks.step_costs import learn_step_costs
@@ -338,23 +337,12 @@ def run_stages(ref: RunRef, config: JobConfig, fingerprint: str, model_path: str
                 summary = {**summary, "scale_out": generation["scale_out"]}
             finish_run(ref, "finished")  # only now: its report and output file are written
             finished = True
-            drawing = start_charts(ref)  # drawn while the step costs are refitted and the file closes
             learn_from_steps(ref)  # in the same open of the file
-        publish_charts(drawing)
     except BaseException:
         if not finished:
             finish_run(ref, "failed")
         raise
     return summary
-
-
-def publish_charts(drawing: ChartDrawing) -> None:
-    """The finished run's charts as artifacts of its flow run; a problem costs the charts (a
-    warning in the run's log), never the finished run."""
-    try:
-        drawing.publish()
-    except Exception as error:
-        get_run_logger().warning(f"the run's charts were not published: {type(error).__name__}: {error}")
 
 
 def learn_from_steps(ref: RunRef) -> None:

@@ -212,13 +212,8 @@ def report(ref: RunRef, output_path: str, generation: dict, stage_seconds: dict[
         summary["status"] = "finished"
         summary["finished_at"] = str(fetch_one(con, "report.finished_now")[0])
         execute(con, "report.store_report", {"run_id": ref.run_id, "report": json.dumps(summary, default=str)})
+        chart_data = charts.read_chart_data(con, ref.run_id)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report_markdown(summary), description="BatchBin run report")
     create_table_artifact(key=TABLE_ARTIFACT_KEY, table=report_table(summary), description="BatchBin run report, as a table")
+    charts.publish_charts(chart_data)  # drawn after the database is closed: its lock is not held for it
     return summary
-
-
-def start_charts(ref: RunRef) -> charts.ChartDrawing:
-    """The run's charts (batchbin/io/charts.py), their data read now and drawn in a thread of
-    their own while the flow ends the run; the flow publishes them (`publish`) before it returns."""
-    with open_run_db(ref) as con:
-        return charts.ChartDrawing(charts.read_chart_data(con, ref.run_id))

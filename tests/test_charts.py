@@ -86,38 +86,6 @@ def test_charts_are_published_as_markdown_artifacts_under_fixed_keys(finished_ru
     assert all(artifact.type == "markdown" and "data:image/png;base64," in artifact.data for artifact in found)
 
 
-def test_charts_drawn_in_a_thread_are_published_by_the_flow(finished_run, prefect_api, monkeypatch, caplog):
-    """The flow draws them while it ends the run and publishes them in its own thread; a drawing
-    that fails costs the charts and one warning, not the run."""
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    data = charts.read_chart_data(finished_run, "r")
-
-    @flow
-    def publish() -> tuple[list[str], str, str | None]:
-        from prefect.runtime import flow_run
-
-        drawing = charts.ChartDrawing(data)
-        assert drawing.thread is not None
-        return drawing.publish(), flow_run.id, drawing.thread.name
-
-    keys, flow_run_id, thread = publish()
-    assert keys == [charts.THROUGHPUT_ARTIFACT_KEY, charts.BINS_ARTIFACT_KEY] and thread == "batchbin-charts-r"
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    assert sorted(artifact.key for artifact in found) == sorted(keys)
-
-    def broken(data):
-        raise ValueError("no ink")
-
-    monkeypatch.setattr(charts, "render_charts", broken)
-    with caplog.at_level("WARNING"):
-        assert charts.ChartDrawing(data).publish() == []
-    assert "No chart artifacts for run r: drawing failed: ValueError: no ink" in caplog.text
-
-
 def test_without_matplotlib_no_chart_and_one_log_line(tmp_path):
     """A --no-deps install without matplotlib: publish_charts returns no keys and logs one line."""
     done = subprocess.run([sys.executable, "-c", (

@@ -1,8 +1,7 @@
 """A run's charts as Prefect artifacts: its throughput over the generation, and predicted against
-real output tokens per length bin. After the report stage, the flow reads the data
-(`read_chart_data`, queries in sql/charts.sql), draws them in a thread of their own while it ends
-the run (`ChartDrawing`: matplotlib takes ~0.17 s on a 2-core CPU, off the run's critical path)
-and publishes them under fixed keys, so runs can be compared in the UI's Artifacts page.
+real output tokens per length bin. The report stage reads the data (`read_chart_data`, queries
+in sql/charts.sql) and publishes them (`publish_charts`) under fixed keys, so runs can be
+compared in the UI's Artifacts page.
 
 Why a markdown artifact with the PNG inside it rather than Prefect's image artifact: an image
 artifact (`create_image_artifact`) stores only a URL, and the UI shows `<img src=URL>` with
@@ -26,7 +25,6 @@ import base64
 import io
 import logging
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,56 +155,24 @@ def render_charts(data: ChartData) -> dict[str, tuple[str, bytes, str]]:
 def publish_charts(data: ChartData) -> list[str]:
     """Publish the run's charts as markdown artifacts; return their keys. Without matplotlib,
     or with nothing finished to draw, publish none and say why in one log line."""
-    return ChartDrawing(data, in_background=False).publish()
+    from prefect.artifacts import create_markdown_artifact
 
-
-class ChartDrawing:
-    """A run's charts, drawn (`in_background`: in a thread of its own, while the flow ends the
-    run: its state, the step-cost refit, the database's close) and then published by `publish`
-    in the caller's thread, where the run's Prefect context is. matplotlib's Figure API keeps no
-    global state, so drawing in another thread is safe; a drawing that fails costs the run its
-    charts and one warning, never the run."""
-
-    def __init__(self, data: ChartData, in_background: bool = True) -> None:
-        self.data = data
-        self.charts: dict[str, tuple[str, bytes, str]] = {}
-        self.problem: str | None = None
-        self.thread: threading.Thread | None = None
-        if in_background:
-            self.thread = threading.Thread(target=self._draw, name=f"batchbin-charts-{data.run_id}", daemon=True)
-            self.thread.start()
-        else:
-            self._draw()
-
-    def _draw(self) -> None:
-        try:
-            import matplotlib.figure  # noqa: F401  (a dependency; absent only from a --no-deps install)
-        except ImportError as error:
-            self.problem = f"matplotlib cannot be imported ({error}); pip install matplotlib to get them"
-            return
-        try:
-            self.charts = render_charts(self.data)
-        except Exception as error:  # a chart is a by-product of the run
-            self.problem = f"drawing failed: {type(error).__name__}: {error}"
-
-    def publish(self) -> list[str]:
-        """Wait for the drawing, publish the charts as markdown artifacts, return their keys."""
-        from prefect.artifacts import create_markdown_artifact
-
-        if self.thread is not None:
-            self.thread.join()
-        logger, run_id = _logger(), self.data.run_id
-        if self.problem:
-            logger.warning("No chart artifacts for run %s: %s", run_id, self.problem)
-            return []
-        if not self.charts:
-            logger.info("No chart artifacts for run %s: it has no finished results", run_id)
-        elif THROUGHPUT_ARTIFACT_KEY not in self.charts:
-            logger.info("No throughput chart for run %s: its results finished all at once (a single straight line)",
-                        run_id)
-        for key, (title, png, caption) in self.charts.items():
-            create_markdown_artifact(key=key, markdown=markdown_image(title, png, caption), description=title)
-        return list(self.charts)
+    logger = _logger()
+    try:
+        import matplotlib.figure  # noqa: F401  (a dependency; absent only from a --no-deps install)
+    except ImportError as error:
+        logger.warning("No chart artifacts for run %s: matplotlib cannot be imported (%s); "
+                       "pip install matplotlib to get them", data.run_id, error)
+        return []
+    charts = render_charts(data)
+    if not charts:
+        logger.info("No chart artifacts for run %s: it has no finished results", data.run_id)
+    elif THROUGHPUT_ARTIFACT_KEY not in charts:
+        logger.info("No throughput chart for run %s: its results finished all at once (a single straight line)",
+                    data.run_id)
+    for key, (title, png, caption) in charts.items():
+        create_markdown_artifact(key=key, markdown=markdown_image(title, png, caption), description=title)
+    return list(charts)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
