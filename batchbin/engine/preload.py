@@ -6,7 +6,7 @@ only reaches a process when it starts, so there are two ways to have it:
 - the engine core in a new process (vLLM's default), spawned with LD_PRELOAD set;
 - the engine core in this process, which then must have started with it: the `batchbin`
   command restarts itself once with LD_PRELOAD set (`restart_with_preload`).
-The second is the one whose greedy outputs repeat run to run (README "Engine settings").
+The second is the one whose greedy outputs repeat run to run (docs/engine-settings.md).
 """
 
 from __future__ import annotations
