@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import duckdb
 
@@ -22,31 +21,6 @@ def test_connect_inside_a_session_shares_one_open_file(db_path):
     # the session is over: the file is closed, so a read-only open (another configuration) works
     reader = duckdb.connect(db_path, read_only=True)
     assert reader.execute("SELECT x FROM probe").fetchone() == (1,)
-    reader.close()
-
-
-def test_a_lingering_connection_is_the_next_sessions_or_closed_in_time(db_path, monkeypatch):
-    """Generation leaves its open connection to the report's session (no close and reopen in
-    between); one nobody takes is closed after LINGER_S, so other openers get the file."""
-    brief = db.BriefConnection(db_path)
-    brief.get().execute("CREATE TABLE probe (x INTEGER)")
-    left = brief.con
-    brief.hand_on()
-    assert brief.con is None
-    with db.session(db_path) as held:
-        assert held is left  # the same connection, not a new open
-        held.execute("INSERT INTO probe VALUES (1)")
-    reader = duckdb.connect(db_path, read_only=True)  # the session closed it: the file is free
-    assert reader.execute("SELECT x FROM probe").fetchone() == (1,)
-    reader.close()
-
-    monkeypatch.setattr(db, "LINGER_S", 0.05)
-    brief = db.BriefConnection(db_path)
-    brief.get()
-    brief.hand_on()
-    time.sleep(0.5)  # nobody took it: closed
-    reader = duckdb.connect(db_path, read_only=True)
-    assert reader.execute("SELECT count(*) FROM probe").fetchone() == (1,)
     reader.close()
 
 
