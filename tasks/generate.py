@@ -78,7 +78,6 @@ def generate_run(
     running = take_left_running(engine, run_id)
     database = BriefConnection(db_path, on_wait)
     writer = CheckpointWriter(database, run_id)
-    generated = False
     try:
         attempt = begin_attempt(database, run_id, retry_errors)
         writer.attempt = attempt.number
@@ -100,7 +99,6 @@ def generate_run(
         if stats.left_running:
             engine.left_running = (run_id, stats.left_running)
         stats.retried_errors = attempt.retried_errors
-        generated = True
         return stats
     except BaseException:
         if running:  # not finished by this phase: nobody would collect them
@@ -111,10 +109,7 @@ def generate_run(
         raise
     finally:
         writer.flush()
-        if generated:  # the flow's next stage opens the file again at once (the report, the probe's calibration)
-            database.hand_on()
-        else:
-            database.close()
+        database.close()
 
 
 PROGRESS_ARTIFACT_KEY = "batchbin-generation-progress"

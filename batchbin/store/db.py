@@ -146,33 +146,6 @@ def session(db_path: str | Path, on_wait: Callable[[str], None] | None = None) -
                 entry[0].close()
 
 
-# A stage that ends with the file open (generation) leaves its connection to the next `session`
-# on the same file in this process (the report's) for up to LINGER_S: a close and the next open
-# cost ~0.1 s (DuckDB checkpoints its log into the file at the close, the open reads the schema).
-LINGER_S = 1.0
-
-
-def linger(db_path: str | Path, con: duckdb.DuckDBPyConnection) -> None:
-    """Leave `con` open for the next `session` on `db_path` in this process; closed if none
-    takes it within LINGER_S (or at once, where a session on the file is already open)."""
-    key = str(Path(db_path).resolve())
-    with _sessions_lock:
-        if key in _sessions:
-            con.close()
-            return
-        entry = _sessions[key] = [con, 0]
-
-    def expire() -> None:
-        with _sessions_lock:
-            if _sessions.get(key) is entry and entry[1] == 0:
-                del _sessions[key]
-                entry[0].close()
-
-    timer = threading.Timer(LINGER_S, expire)
-    timer.daemon = True
-    timer.start()
-
-
 # Generation writes a checkpoint now and then for hours: it keeps the file open at most
 # RELEASE_EVERY_S at a time, then leaves it free at least RELEASE_GAP_S, so that `batchbin sql`
 # and other readers get in while a job runs (closing costs ~65 ms: DuckDB writes its log into
@@ -212,13 +185,6 @@ class BriefConnection:
     def close(self) -> None:
         if self.con is not None:
             self.con.close()
-            self.con = None
-            self.released_at = time.monotonic()
-
-    def hand_on(self) -> None:
-        """Done: leave the open connection to the next stage's session (`linger`), or nothing."""
-        if self.con is not None:
-            linger(self.path, self.con)
             self.con = None
             self.released_at = time.monotonic()
 
