@@ -237,6 +237,13 @@ def fit_steps(key: FitKey, kept_steps: dict[str, list[list[float]]]) -> MachineF
     return MachineFit(key, cost, list(kept_steps), len(steps), time.strftime("%Y-%m-%dT%H:%M:%S"), kept_steps)
 
 
+def fit_newest(key: FitKey, kept_steps: dict[str, list[list[float]]]) -> MachineFit | None:
+    """fit_steps on the newest KEEP_RUNS runs with steps (`kept_steps` oldest first), or None
+    where they hold fewer than MIN_FIT_STEPS steps."""
+    kept = {rid: rows for rid, rows in list(kept_steps.items())[-KEEP_RUNS:] if rows}
+    return fit_steps(key, kept) if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS else None
+
+
 def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
                    machine: MachineInfo | str | None = None) -> MachineFit | None:
     """Refit this machine's step costs of the run's key with the run's steps and the key's
@@ -263,10 +270,9 @@ def learn_from_run(db_path: str | Path, run_id: str, path: Path | None = None,
                 kept[other] = run_steps(con, other, capacity=capacity)
         kept.pop(run_id, None)  # a resumed run: its steps again, now as the newest
         kept[run_id] = new
-        kept = {rid: rows for rid, rows in list(kept.items())[-KEEP_RUNS:] if rows}
-        if sum(len(rows) for rows in kept.values()) < MIN_FIT_STEPS:
+        fit = fit_newest(key, kept)
+        if fit is None:
             return None
-        fit = fit_steps(key, kept)
         store_fit(con, fit)
     finally:
         con.close()
@@ -298,11 +304,7 @@ def fit_stored_runs(db_paths: list[str | Path], run_ids: list[str] | None = None
                 kept[run_id] = rows
         finally:
             con.close()
-    fits = []
-    for key, kept in by_key.items():
-        kept = dict(list(kept.items())[-KEEP_RUNS:])
-        if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS:
-            fits.append(fit_steps(key, kept))
+    fits = [fit for fit in (fit_newest(key, kept) for key, kept in by_key.items()) if fit is not None]
     if not fits:
         named = f"the runs {', '.join(run_ids)}" if run_ids else "any run"
         raise BatchBinError(f"{named} in {', '.join(map(str, db_paths))}: no engine steps with their context counts "
@@ -332,7 +334,7 @@ def forget_run(key: FitKey, run_id: str, path: Path | None = None) -> MachineFit
     if earlier is None:
         return None
     kept = {rid: rows for rid, rows in earlier.kept_steps.items() if rid != run_id}
-    fit = fit_steps(key, kept) if sum(len(rows) for rows in kept.values()) >= MIN_FIT_STEPS else None
+    fit = fit_newest(key, kept)
     if fit is not None:
         cached[key.text] = fit
     write_cache(cached, path)
